@@ -1,0 +1,42 @@
+# CDR service. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+PYTEST_ARGS ?=
+
+.PHONY: help setup test run lint bench kafka-start kafka-stop clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+setup: $(UV) ## create .venv with the locked dependencies
+	$(UV) sync --frozen
+
+test: setup ## run the whole test suite (starts its own Kafka unless CDR_KAFKA_BOOTSTRAP_SERVERS is set)
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+run: setup ## local Kafka + ingest + API + PBX simulator; prints a curl line (Ctrl-C stops all)
+	$(UV) run --frozen bash deploy/local/run.sh
+
+lint: setup ## ruff and mypy
+	$(UV) run --frozen ruff check services tests
+	$(UV) run --frozen mypy
+
+bench: setup ## benchmarks (not part of test): ingest and API, each beside its baseline
+	$(UV) run --frozen python bench/run.py
+
+kafka-start: ## start the local Kafka broker (prints CDR_KAFKA_BOOTSTRAP_SERVERS=...)
+	deploy/local/kafka.sh start
+
+kafka-stop: ## stop the local Kafka broker
+	deploy/local/kafka.sh stop
+
+clean: ## remove the virtual environments, caches and local data
+	rm -rf .venv $(TOOLS) .cache data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,136 @@
+"""The ``cdr`` command: migrate, create-topics, ingest, api, run, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from cdr.logs import configure_logging
+from cdr.metrics import Metrics
+from cdr.settings import Settings, SettingsError, load_settings
+from cdr.store import StoreError, open_store
+from cdr.store.migrations import migrate
+
+log = logging.getLogger("cdr")
+
+
+async def _migrate(settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        applied = await migrate(store)
+    finally:
+        await store.close()
+    names = [f"{m.version:04d}_{m.name}" for m in applied]
+    log.info("schema is current", extra={"applied": names})
+    return 0
+
+
+async def _create_topics(settings: Settings) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in (settings.kafka_topic, settings.kafka_dlq_topic) if t not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=settings.kafka_partitions, replication_factor=1) for t in wanted]
+                )
+            except TopicAlreadyExistsError:
+                pass
+        log.info("topics ready", extra={"created": wanted})
+    finally:
+        await admin.close()
+    return 0
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _ingest(settings: Settings) -> int:
+    from cdr.ingest.app import build_ingestor, ops_app
+    from cdr.serve import http_server
+
+    metrics = Metrics()
+    store = open_store(settings)
+    await migrate(store)
+    ingestor = build_ingestor(settings, store, metrics)
+    _on_signals(asyncio.get_running_loop(), ingestor.stopping)
+    ops = http_server(ops_app(ingestor, metrics), settings.api_host, settings.ops_port)
+    ops_task = asyncio.create_task(ops.serve())
+    try:
+        await ingestor.start()
+        await ingestor.wait()
+    finally:
+        await ingestor.stop()
+        ops.should_exit = True
+        await ops_task
+        await store.close()
+    return 1 if ingestor.pipeline.fatal else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdr",
+        description="CDR service. Configuration comes from CDR_* environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply pending ClickHouse schema migrations")
+    sub.add_parser("create-topics", help="create the call-ended and dead-letter topics if missing")
+    sub.add_parser("ingest", help="consume call-ended events into ClickHouse")
+    sub.add_parser("api", help="serve the CDR query API")
+    sub.add_parser("run", help="migrate, ingest and serve the API in one process (embedded store)")
+    sim = sub.add_parser("simulate", help="publish realistic call-ended events")
+    sim.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
+    sim.add_argument("--count", type=int, default=0, help="stop after this many events (0: run until Ctrl-C)")
+    sim.add_argument("--tenants", default="demo.tel4vn.com,acme.pbx.vn,hanoi.callcenter.vn",
+                     help="comma-separated tenant ids")
+    sim.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"cdr: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    commands = {
+        "migrate": lambda: _migrate(settings),
+        "create-topics": lambda: _create_topics(settings),
+        "ingest": lambda: _ingest(settings),
+    }
+    try:
+        if args.command in ("api", "run"):
+            from cdr.runner import run_api, run_all
+
+            runner = run_api if args.command == "api" else run_all
+            return asyncio.run(runner(settings))
+        if args.command == "simulate":
+            from cdr.simulate import simulate
+
+            return asyncio.run(
+                simulate(settings, rate=args.rate, count=args.count,
+                         tenants=[t.strip() for t in args.tenants.split(",") if t.strip()], seed=args.seed)
+            )
+        return asyncio.run(commands[args.command]())
+    except (StoreError, SettingsError) as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""One batch, end to end: validate -> dead-letter -> insert -> commit.
+
+Offsets are committed only after the batch's valid events are in ClickHouse and its
+invalid ones in the dead-letter topic. Anything that stops a batch half-way rewinds
+the partitions to the batch's first offsets and commits nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from cdr.ingest.dlq import DeadLetter, DlqLimit, DlqLimitExceeded
+from cdr.ingest.processor import Invalid, parse_event, to_table
+from cdr.ingest.writer import Abandoned, BatchWriter
+from cdr.metrics import Metrics
+from cdr.model.event import CallEnded
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetterSink(Protocol):
+    async def send(self, letters: list[DeadLetter]) -> None: ...
+
+
+class BatchMessage(Protocol):
+    """What the pipeline needs of FastStream's batch message."""
+
+    raw_message: tuple[ConsumerRecord[bytes, bytes], ...]
+    consumer: AIOKafkaConsumer
+
+    async def nack(self) -> None: ...
+
+
+class Pipeline:
+    """Handles batches one at a time; after a fatal error or a stop it handles none."""
+
+    def __init__(
+        self,
+        *,
+        zone: ZoneInfo,
+        max_event_bytes: int,
+        writer: BatchWriter,
+        dead_letters: DeadLetterSink,
+        dlq_limit: DlqLimit,
+        metrics: Metrics,
+        stopping: asyncio.Event,
+    ) -> None:
+        self._zone = zone
+        self._max_bytes = max_event_bytes
+        self._writer = writer
+        self._dead_letters = dead_letters
+        self._limit = dlq_limit
+        self._metrics = metrics
+        self._stopping = stopping
+        self._busy = asyncio.Lock()
+        self.halted = asyncio.Event()
+        self.fatal: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.fatal is None and self._writer.healthy
+
+    async def handle(self, message: BatchMessage) -> None:
+        """The FastStream batch handler. Never raises: an escaped exception would let
+        FastStream fetch and commit past a batch that was not stored."""
+        if self.halted.is_set() or self._stopping.is_set():
+            await message.nack()
+            self.halted.set()
+            return
+        async with self._busy:
+            try:
+                await self._process(message)
+            except DlqLimitExceeded as exc:
+                await self._stop(message, str(exc), fatal=True)
+            except Abandoned as exc:
+                await self._stop(message, str(exc), fatal=False)
+            except Exception as exc:
+                log.exception("batch failed unexpectedly")
+                await self._stop(message, f"unexpected error: {exc!r}", fatal=True)
+
+    async def drain(self) -> None:
+        """Wait until the batch in hand (if any) is finished or abandoned."""
+        async with self._busy:
+            self.halted.set()
+
+    async def _stop(self, message: BatchMessage, why: str, *, fatal: bool) -> None:
+        try:
+            await message.nack()
+        except Exception:
+            log.exception("could not rewind the batch; it will be re-read after restart")
+        if fatal:
+            self.fatal = why
+            log.critical("ingest stopped: %s", why)
+        else:
+            log.info("batch abandoned: %s", why)
+        self.halted.set()
+
+    async def _process(self, message: BatchMessage) -> None:
+        records = message.raw_message
+        started = time.perf_counter()
+        events, letters = self._split(records)
+        self._metrics.events_consumed.inc(len(records))
+        self._metrics.batch_size.observe(len(records))
+
+        if letters:
+            await self._dead_letters.send(letters)
+            for letter in letters:
+                self._metrics.events_dead_lettered.labels(reason=letter.invalid.kind).inc()
+                log.warning(
+                    "dead-lettered",
+                    extra={
+                        "topic": letter.topic,
+                        "partition": letter.partition,
+                        "offset": letter.offset,
+                        "kind": letter.invalid.kind,
+                        "reason": letter.invalid.reason[:300],
+                    },
+                )
+        if events:
+            await self._writer.write(to_table(events))
+            self._metrics.events_stored.inc(len(events))
+
+        committed = await self._commit(message.consumer, records)
+        log.debug(
+            "batch stored",
+            extra={
+                "messages": len(records),
+                "stored": len(events),
+                "dead_lettered": len(letters),
+                "committed": committed,
+                "seconds": round(time.perf_counter() - started, 4),
+            },
+        )
+
+    def _split(self, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> tuple[list[CallEnded], list[DeadLetter]]:
+        events: list[CallEnded] = []
+        letters: list[DeadLetter] = []
+        outcomes: dict[tuple[str, int], list[bool]] = defaultdict(list)
+        for record in records:
+            parsed = parse_event(record.value, self._zone, self._max_bytes)
+            is_invalid = isinstance(parsed, Invalid)
+            outcomes[(record.topic, record.partition)].append(is_invalid)
+            if isinstance(parsed, Invalid):
+                letters.append(
+                    DeadLetter(
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        timestamp=record.timestamp,
+                        key=record.key,
+                        value=record.value,
+                        headers=tuple(record.headers),
+                        invalid=parsed,
+                    )
+                )
+            else:
+                events.append(parsed)
+        for (topic, partition), flags in outcomes.items():
+            self._limit.observe(topic, partition, flags)
+        return events, letters
+
+    async def _commit(self, consumer: AIOKafkaConsumer, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> bool:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The partitions moved to another consumer; it re-reads this batch and the
+            # duplicates collapse in ClickHouse. Nothing is lost.
+            log.warning("commit failed after a stored batch; it will be re-delivered", extra={"error": str(exc)})
+            return False
+        for tp, next_offset in offsets.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(highwater - next_offset, 0)
+                )
+        return True

@@ -1,0 +1,55 @@
+"""Prometheus metrics of both services, on a registry owned by the process (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
+_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """All metrics; one instance per process, passed to whoever records."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # Ingest
+        self.events_consumed = Counter(
+            "cdr_events_consumed_total", "Messages read from the call-ended topic.", registry=r
+        )
+        self.events_stored = Counter(
+            "cdr_events_stored_total", "Valid events written to ClickHouse.", registry=r
+        )
+        self.events_dead_lettered = Counter(
+            "cdr_events_dead_lettered_total",
+            "Invalid messages published to the dead-letter topic.",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "cdr_ingest_batch_size", "Messages per ingested batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.insert_seconds = Histogram(
+            "cdr_insert_duration_seconds", "Time of one ClickHouse batch insert.", buckets=_SECONDS_BUCKETS, registry=r
+        )
+        self.insert_failures = Counter(
+            "cdr_insert_failures_total", "Failed ClickHouse insert attempts (retried).", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "cdr_consumer_lag", "Messages behind the partition's high watermark.", ["topic", "partition"], registry=r
+        )
+        self.ingest_healthy = Gauge(
+            "cdr_ingest_healthy", "1 while the last insert succeeded, 0 while retrying.", registry=r
+        )
+        # API
+        self.http_requests = Counter(
+            "cdr_http_requests_total", "API requests by route and status.", ["route", "status"], registry=r
+        )
+        self.http_seconds = Histogram(
+            "cdr_http_request_duration_seconds", "API request latency.", ["route"], buckets=_SECONDS_BUCKETS, registry=r
+        )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Data shared by ingest and API: the call-ended event and the stored CDR."""

@@ -1,0 +1,240 @@
+"""The one settings object, read from ``CDR_*`` environment variables.
+
+Built once by the command line and passed down; nothing reads the environment
+anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SECRET_NAMES = ("SECRET", "PASSWORD", "TOKENS")
+
+
+class SettingsError(Exception):
+    """Configuration that cannot start the service; the message names each bad variable."""
+
+
+class Settings(BaseSettings):
+    """Every setting of both services. Each field is the variable ``CDR_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CDR_", extra="ignore", frozen=True)
+
+    # --- Kafka -------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
+    )
+    kafka_topic: str = Field("pbx.call-ended", description="Topic the PBX publishes call-ended events to.")
+    kafka_dlq_topic: str = Field(
+        "pbx.call-ended.dlq", description="Dead-letter topic for events that fail validation."
+    )
+    kafka_group_id: str = Field("cdr-ingest", description="Consumer group of the ingestors.")
+    kafka_auto_offset_reset: str = Field(
+        "earliest", description="Where a new consumer group starts: earliest or latest."
+    )
+
+    # --- Batching and failure handling -----------------------------------------
+    batch_size: int = Field(
+        20_000, ge=1, le=1_000_000, description="Most events in one ClickHouse insert."
+    )
+    batch_time_ms: int = Field(
+        1_000,
+        ge=10,
+        le=60_000,
+        description="Longest a partly filled batch waits for more events before it is written.",
+    )
+    insert_retry_initial_ms: int = Field(
+        200, ge=1, description="First back-off after a failed insert; doubles up to the maximum."
+    )
+    insert_retry_max_ms: int = Field(10_000, ge=1, description="Longest back-off between insert retries.")
+    max_event_bytes: int = Field(
+        65_536, ge=1_024, description="Larger messages are dead-lettered unread (a CDR is ~0.5 KB)."
+    )
+    dlq_max_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Stop the consumer when more than this share of a partition's recent messages "
+            "are invalid: something is systematically wrong, dead-lettering would hide it."
+        ),
+    )
+    dlq_window: int = Field(
+        1_000, ge=10, description="How many recent messages per partition the dead-letter limit looks at."
+    )
+    dlq_min_messages: int = Field(
+        100, ge=1, description="The dead-letter limit applies only once a partition saw this many messages."
+    )
+
+    # --- ClickHouse --------------------------------------------------------------
+    clickhouse_url: str | None = Field(
+        None,
+        description=(
+            "ClickHouse server, e.g. http://user@host:8123. Unset: the embedded engine (chdb) "
+            "in CDR_DATA_DIR."
+        ),
+    )
+    clickhouse_password: SecretStr | None = Field(
+        None, description="ClickHouse password (kept out of the URL and the logs)."
+    )
+    clickhouse_database: str = Field("cdr", description="Database holding the CDR tables.")
+    clickhouse_cluster: str | None = Field(
+        None,
+        description=(
+            "Cluster name: DDL runs ON CLUSTER and tables use ReplicatedReplacingMergeTree. "
+            "Unset: a single server."
+        ),
+    )
+    data_dir: Path = Field(Path("./data"), description="Folder of the embedded ClickHouse store.")
+
+    # --- Time ----------------------------------------------------------------------
+    timezone: str = Field(
+        "Asia/Ho_Chi_Minh",
+        description="Timezone of naive PBX timestamps and of the API's times (the tenant's timezone).",
+    )
+
+    # --- API -------------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(8000, ge=0, le=65535, description="Port the API listens on.")
+    api_tokens: str = Field(
+        "",
+        description="Comma-separated tenant_id:sha256hex(token) entries; only digests, never tokens.",
+    )
+    api_tokens_file: Path | None = Field(
+        None, description="File of tenant_id:sha256hex(token) lines, added to CDR_API_TOKENS."
+    )
+    cursor_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "HMAC key signing scroll cursors; the same on every API replica, at least 32 characters. "
+            "Required by the API."
+        ),
+    )
+    cursor_ttl_s: int = Field(3_600, ge=1, description="How long a scroll_id stays valid, in seconds.")
+    default_limit: int = Field(10, ge=1, description="Records per response when limit is not given.")
+    max_limit: int = Field(1_000, ge=1, description="Largest accepted limit.")
+    phone_region: str = Field("VN", description="Region for reading national phone numbers.")
+
+    ops_port: int = Field(
+        9100, ge=0, le=65535, description="Port of a standalone ingestor's /healthz, /readyz, /metrics."
+    )
+    kafka_partitions: int = Field(
+        4, ge=1, description="Partitions of the topics `cdr create-topics` creates (ingestor replicas at most)."
+    )
+
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    @field_validator("clickhouse_database", "clickhouse_cluster")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        # Both end up in DDL as identifiers, where parameters cannot be used.
+        if value is not None and not _IDENTIFIER.match(value):
+            raise ValueError(f"{value!r} is not a plain identifier (letters, digits, _)")
+        return value
+
+    @field_validator("kafka_auto_offset_reset")
+    @classmethod
+    def _offset_reset(cls, value: str) -> str:
+        if value not in ("earliest", "latest"):
+            raise ValueError(f"must be earliest or latest, not {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
+        return upper
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_entries(cls, value: str) -> str:
+        parse_token_entries(value.replace(",", "\n"))
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Settings:
+        if self.default_limit > self.max_limit:
+            raise ValueError("CDR_DEFAULT_LIMIT must not exceed CDR_MAX_LIMIT")
+        if self.insert_retry_initial_ms > self.insert_retry_max_ms:
+            raise ValueError("CDR_INSERT_RETRY_INITIAL_MS must not exceed CDR_INSERT_RETRY_MAX_MS")
+        if self.cursor_secret is not None and len(self.cursor_secret.get_secret_value()) < 32:
+            raise ValueError("CDR_CURSOR_SECRET must be at least 32 characters")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def embedded(self) -> bool:
+        return self.clickhouse_url is None
+
+    def token_digests(self) -> dict[str, str]:
+        """SHA-256 hex digest -> tenant, from CDR_API_TOKENS and CDR_API_TOKENS_FILE."""
+        text = self.api_tokens.replace(",", "\n")
+        if self.api_tokens_file is not None:
+            try:
+                text += "\n" + self.api_tokens_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(f"CDR_API_TOKENS_FILE: cannot read {self.api_tokens_file}: {exc}") from exc
+        try:
+            return parse_token_entries(text)
+        except ValueError as exc:
+            raise SettingsError(f"CDR_API_TOKENS_FILE: {exc}") from exc
+
+
+def parse_token_entries(text: str) -> dict[str, str]:
+    """Parse ``tenant:sha256hex`` lines (blank lines and ``#`` comments skipped)."""
+    digests: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        tenant, sep, digest = line.rpartition(":")
+        digest = digest.strip().lower()
+        if not sep or not tenant.strip() or not _SHA256_HEX.match(digest):
+            raise ValueError(
+                f"entry {number} is not tenant_id:sha256hex(token) (64 hex digits after the last ':')"
+            )
+        digests[digest] = tenant.strip()
+    return digests
+
+
+def token_digest(token: str) -> str:
+    """The digest stored in configuration for a bearer token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; a SettingsError names every bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "CDR_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
+            if not error["loc"]:
+                problems.append(error["msg"])
+                continue
+            shown = "***" if any(k in name for k in _SECRET_NAMES) else repr(error.get("input"))
+            problems.append(f"{name}: {error['msg']} (got {shown})")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from exc

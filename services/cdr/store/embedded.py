@@ -1,0 +1,106 @@
+"""The embedded ClickHouse engine (chdb), persisting to a local folder.
+
+Only one process may own the folder, and every call goes through the store's single
+worker thread: chdb's query parameters are not safe across threads, and a query
+running with another request's parameters would leak one tenant's data to another.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import orjson
+
+from cdr.store.base import Param, Row, Store, StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from chdb.session import Session
+
+# ClickHouse reads parameter values in its escaped text format.
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
+
+
+def format_param(value: Param) -> str:
+    """Render a value as the text ClickHouse parses for a ``{name:Type}`` parameter."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, datetime):
+        moment = value.astimezone(UTC) if value.tzinfo else value
+        return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, str):
+        return value.translate(_ESCAPES)
+    # An array of strings: a ClickHouse literal, each element quoted and escaped.
+    items = ",".join("'" + item.replace("\\", "\\\\").replace("'", "\\'") + "'" for item in value)
+    return f"[{items}]"
+
+
+class EmbeddedStore(Store):
+    """chdb in this process; the same SQL as a server."""
+
+    def __init__(self, data_dir: Path, database: str) -> None:
+        super().__init__(database, cluster=None, workers=1)
+        from chdb.session import Session
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        try:
+            self._session: Session | None = Session(str(data_dir))
+        except Exception as exc:  # chdb raises plain RuntimeError/Exception types
+            raise StoreUnavailable(f"cannot open embedded store in {data_dir}: {exc}") from exc
+
+    def _session_or_raise(self) -> Session:
+        if self._session is None:
+            raise StoreUnavailable("embedded store is closed")
+        return self._session
+
+    def _execute(self, sql: str, params: dict[str, Param], fmt: str) -> bytes:
+        session = self._session_or_raise()
+        try:
+            result = session.query(sql, fmt, params={k: format_param(v) for k, v in params.items()})
+        except Exception as exc:
+            raise _classify(exc) from exc
+        return result.bytes()
+
+    def _query(self, sql: str, params: dict[str, Param]) -> list[Row]:
+        out = self._execute(sql, params, "JSONCompactEachRow")
+        return [orjson.loads(line) for line in out.splitlines() if line]
+
+    def _command(self, sql: str, params: dict[str, Param]) -> None:
+        self._execute(sql, params, "CSV")
+
+    def _insert_arrow(self, table: str, data: pa.Table) -> None:
+        session = self._session_or_raise()
+        columns = ", ".join(data.column_names)
+        # chdb's Python() table function finds the Arrow table by the name of a local
+        # variable in the calling frame, so it must be named here.
+        arrow_rows = data
+        sql = f"INSERT INTO {self.qualified(table)} ({columns}) SELECT {columns} FROM Python(arrow_rows)"
+        try:
+            session.query(sql)
+        except Exception as exc:
+            raise _classify(exc) from exc
+        del arrow_rows
+
+    def _close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def _classify(exc: Exception) -> StoreError:
+    text = str(exc)
+    # A missing or detached table, a full disk or a read-only folder pass; bad SQL does not.
+    transient = ("UNKNOWN_TABLE", "NOT_ENOUGH_SPACE", "TABLE_IS_READ_ONLY", "CANNOT_WRITE", "TIMEOUT")
+    if any(code in text for code in transient):
+        return StoreUnavailable(text)
+    return StoreError(text)

@@ -1,0 +1,104 @@
+"""Test helpers that talk to the real broker and store (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from cdr.simulate import make_event
+from cdr.store import Store
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def create_topics(bootstrap: str, *topics: str, partitions: int = 4) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics])
+    finally:
+        await admin.close()
+
+
+async def produce(bootstrap: str, topic: str, values: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    """Send (key, value) pairs with a plain producer; returns how many."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024,
+                                max_batch_size=1024 * 1024)
+    await producer.start()
+    n = 0
+    try:
+        futures = []
+        for key, value in values:
+            futures.append(await producer.send(topic, value=value, key=key))
+            n += 1
+            if len(futures) >= 5000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return n
+
+
+def events(n: int, *, seed: int, tenants: tuple[str, ...] = ("t1.example", "t2.example"),
+           start: datetime = datetime(2024, 5, 1, tzinfo=UTC)) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [make_event(rng, tenants[i % len(tenants)], start + timedelta(seconds=7 * i)) for i in range(n)]
+
+
+def encoded(evs: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+    return [(e["id"].encode(), orjson.dumps(e)) for e in evs]
+
+
+async def stored_ids(store: Store) -> list[str]:
+    rows = await store.query(f"SELECT toString(id) FROM {store.qualified('cdr')} FINAL")
+    return [r[0] for r in rows]
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list[Any]:
+    """Every record of a topic (from the beginning), once ``expected`` have arrived."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 4) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out = {}
+        for p in range(partitions):
+            out[p] = await consumer.committed(TopicPartition(topic, p)) or 0
+        return out
+    finally:
+        await consumer.stop()

@@ -1,0 +1,151 @@
+"""Ingest through a real Kafka broker into a real ClickHouse engine."""
+
+from __future__ import annotations
+
+import orjson
+
+from cdr.ingest.dlq import HEADER_ERROR, HEADER_KIND, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
+from tests.helpers import encoded, events, produce, read_all, stored_ids, wait_for
+from tests.integration.conftest import IngestEnv
+
+FIELDS_SQL = """
+SELECT toString(id), tenant_id, sip_call_id, cause, duration, billsec, toString(direction),
+       recording_url, recording_file, extension, from_number, to_number, receive_dest,
+       toUnixTimestamp64Milli(time_started), toUnixTimestamp64Milli(time_answered),
+       toUnixTimestamp64Milli(time_ended), status, toUnixTimestamp64Milli(emitted_at)
+FROM {table} FINAL
+"""
+
+
+def _ms(text: str | None) -> int | None:
+    from datetime import datetime
+
+    return None if text is None else int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+async def test_50k_events_exactly_once_and_every_field_round_trips(ingest_env: IngestEnv) -> None:
+    sent = events(50_000, seed=1)
+    # Nulls and empty strings must survive too.
+    sent[0].update(recording_url=None, receive_dest=None, extension=None, time_answered=None, sip_call_id="")
+    sent[1].update(recording_url="", receive_dest="", extension="")
+    await produce(ingest_env.settings.kafka_bootstrap_servers, ingest_env.settings.kafka_topic, encoded(sent))
+
+    async with ingest_env.running():
+        async def all_stored() -> bool:
+            return len(await stored_ids(ingest_env.store)) >= len(sent)
+
+        await wait_for(all_stored, 120, "50,000 events in ClickHouse")
+
+    rows = await ingest_env.store.query(FIELDS_SQL.format(table=ingest_env.store.qualified("cdr")))
+    assert len(rows) == len(sent)
+    by_id = {row[0]: row for row in rows}
+    assert set(by_id) == {e["id"] for e in sent}
+    for e in sent:
+        row = by_id[e["id"]]
+        expected = [
+            e["id"], e["tenant_id"], e["sip_call_id"], e["cause"], e["duration"], e["billsec"], e["direction"],
+            e["recording_url"] or "", (e["recording_url"] or "").rsplit("/", 1)[-1] if e["recording_url"] else "",
+            e["extension"] or "", e["from_number"], e["to_number"], e["receive_dest"] or "",
+            _ms(e["time_started"]), _ms(e["time_answered"]), _ms(e["time_ended"]), e["status"], _ms(e["emitted_at"]),
+        ]
+        assert [int(v) if isinstance(v, str) and v.isdigit() and i in (13, 14, 15, 17) else v
+                for i, v in enumerate(row[1:], start=1)] == expected[1:], e["id"]
+    assert ingest_env.metrics.events_stored._value.get() == len(sent)
+
+
+async def test_duplicates_and_corrections_collapse_to_newest(ingest_env: IngestEnv) -> None:
+    sent = events(2_000, seed=2)
+    corrected = []
+    for e in sent[:300]:
+        fixed = dict(e)
+        fixed["emitted_at"] = "2030-01-01T00:00:00+00:00"
+        fixed["status"] = "FAILED"
+        fixed["cause"] = "CORRECTED"
+        corrected.append(fixed)
+    bootstrap, topic = ingest_env.settings.kafka_bootstrap_servers, ingest_env.settings.kafka_topic
+    # Old, then corrected, then the old ones again (late re-delivery must not win).
+    await produce(bootstrap, topic, encoded(sent))
+    await produce(bootstrap, topic, encoded(corrected))
+    await produce(bootstrap, topic, encoded(sent))
+
+    async with ingest_env.running():
+        async def all_read() -> bool:
+            return ingest_env.metrics.events_stored._value.get() >= 2 * len(sent) + len(corrected)
+
+        await wait_for(all_read, 60, "every copy ingested")
+
+    table = ingest_env.store.qualified("cdr")
+    rows = await ingest_env.store.query(f"SELECT toString(id), status, cause FROM {table} FINAL")
+    assert len(rows) == len(sent)
+    assert len({r[0] for r in rows}) == len(sent)
+    fixed_ids = {e["id"] for e in corrected}
+    for id_, status, cause in rows:
+        if id_ in fixed_ids:
+            assert (status, cause) == ("FAILED", "CORRECTED")
+        else:
+            assert cause != "CORRECTED"
+
+
+POISON: dict[str, bytes] = {
+    "not_json": b"this is not json {",
+    "json_array": b'[{"event": "call.ended"}]',
+    "invalid_utf8": b'{"event": "call.ended", "tenant_id": "\xff\xfe"}',
+    "too_large": b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+}
+
+
+def _poison_events() -> dict[str, bytes]:
+    base = events(1, seed=3)[0]
+    broken = {
+        "missing_fields": {k: v for k, v in base.items() if k not in ("tenant_id", "time_ended")},
+        "wrong_types": {**base, "duration": "fifteen", "billsec": True},
+        "billsec_over_duration": {**base, "duration": 10, "billsec": 11},
+        "ended_before_started": {**base, "time_ended": "2000-01-01T00:00:00+00:00"},
+        "unknown_schema_version": {**base, "schema_version": 2},
+    }
+    return {**POISON, **{name: orjson.dumps(value) for name, value in broken.items()}}
+
+
+async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env: IngestEnv) -> None:
+    good = events(3_000, seed=4)
+    poison = _poison_events()
+    mixed: list[tuple[bytes | None, bytes | None]] = []
+    good_iter = iter(encoded(good))
+    for i, (name, value) in enumerate(poison.items()):
+        # Same key as a good message: same partition, the good ones behind it must flow.
+        mixed.extend([next(good_iter) for _ in range(200)])
+        mixed.append((f"poison-{i}".encode(), value))
+    mixed.extend(good_iter)
+    settings = ingest_env.settings
+    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, mixed)
+
+    async with ingest_env.running():
+        async def all_stored() -> bool:
+            return len(await stored_ids(ingest_env.store)) >= len(good)
+
+        await wait_for(all_stored, 60, "every good event stored")
+        dead = await read_all(settings.kafka_bootstrap_servers, settings.kafka_dlq_topic, len(poison))
+
+    assert sorted(await stored_ids(ingest_env.store)) == sorted(e["id"] for e in good)
+    assert len(dead) == len(poison)
+    by_value = {record.value: record for record in dead}
+    expected_kind = {
+        "not_json": "not_json", "json_array": "not_object", "invalid_utf8": "not_json", "too_large": "too_large",
+        "missing_fields": "invalid_event", "wrong_types": "invalid_event", "billsec_over_duration": "invalid_event",
+        "ended_before_started": "invalid_event", "unknown_schema_version": "unknown_schema_version",
+    }
+    expected_text = {
+        "missing_fields": "tenant_id", "wrong_types": "duration", "billsec_over_duration": "billsec",
+        "ended_before_started": "time_ended", "unknown_schema_version": "schema_version", "too_large": "limit",
+    }
+    for name, value in poison.items():
+        record = by_value[value]  # published unchanged
+        headers = {k: v.decode() for k, v in record.headers}
+        assert headers[HEADER_KIND] == expected_kind[name], name
+        assert headers[HEADER_TOPIC] == settings.kafka_topic
+        assert int(headers[HEADER_PARTITION]) in range(4)
+        assert int(headers[HEADER_OFFSET]) >= 0
+        assert headers[HEADER_ERROR], name
+        if name in expected_text:
+            assert expected_text[name] in headers[HEADER_ERROR], (name, headers[HEADER_ERROR])
+    assert ingest_env.metrics.events_dead_lettered.labels(reason="invalid_event")._value.get() == 4
