@@ -37,6 +37,16 @@ class Settings(BaseSettings):
         "pbx.call-ended.dlq", description="Dead-letter topic for events that fail validation."
     )
     kafka_group_id: str = Field("cdr-ingest", description="Consumer group of the ingestors.")
+    kafka_group_instance_id: str | None = Field(
+        None,
+        description=(
+            "Static group membership id (e.g. a StatefulSet pod name): a restarted ingestor "
+            "gets its partitions back at once instead of after a rebalance."
+        ),
+    )
+    kafka_session_timeout_ms: int = Field(
+        10_000, ge=1_000, description="Consumer session timeout; a dead ingestor's partitions move after it."
+    )
     kafka_auto_offset_reset: str = Field(
         "earliest", description="Where a new consumer group starts: earliest or latest."
     )

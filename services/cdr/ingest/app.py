@@ -112,6 +112,8 @@ def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipel
     subscriber = broker.subscriber(
         settings.kafka_topic,
         group_id=settings.kafka_group_id,
+        group_instance_id=settings.kafka_group_instance_id,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
         batch=True,
         max_records=settings.batch_size,
         batch_timeout_ms=settings.batch_time_ms,

@@ -1,0 +1,162 @@
+"""Faults: the ingestor SIGKILLed mid-stream, and ClickHouse failing inserts for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cdr.store import open_store
+from tests.helpers import committed_offsets, create_topics, encoded, events, produce, stored_ids, wait_for
+from tests.integration.conftest import IngestEnv, make_settings
+
+
+def _start_ingestor(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "cdr.cli", "ingest"], env=env, stdout=log, stderr=log)
+
+
+@pytest.mark.slow
+async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = make_settings(kafka_bootstrap, tmp_path / "store", None, batch_size=2_000)
+    await create_topics(kafka_bootstrap, settings.kafka_topic, settings.kafka_dlq_topic)
+    env = {
+        **os.environ,
+        "CDR_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "CDR_KAFKA_TOPIC": settings.kafka_topic,
+        "CDR_KAFKA_DLQ_TOPIC": settings.kafka_dlq_topic,
+        "CDR_KAFKA_GROUP_ID": settings.kafka_group_id,
+        "CDR_DATA_DIR": str(settings.data_dir),
+        "CDR_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "CDR_BATCH_SIZE": "2000",
+        "CDR_BATCH_TIME_MS": "200",
+        "CDR_OPS_PORT": "0",
+    }
+    env.pop("CDR_CLICKHOUSE_URL", None)
+    # Static membership: each restart takes its partitions back at once, so the test
+    # spends its time ingesting rather than waiting out session timeouts.
+    env["CDR_KAFKA_GROUP_INSTANCE_ID"] = "ingest-0"
+    log_path = tmp_path / "ingest.log"
+    pairs = encoded(events(150_000, seed=5))
+    rng = random.Random(5)
+    produced = 0
+    kills_done = asyncio.Event()
+
+    async def produce_until_kills_done() -> None:
+        nonlocal produced
+        while produced < len(pairs) and not kills_done.is_set():
+            await produce(kafka_bootstrap, settings.kafka_topic, pairs[produced : produced + 2_000])
+            produced += 2_000
+            await asyncio.sleep(0.25)
+
+    async def committed() -> int:
+        offsets = await committed_offsets(kafka_bootstrap, settings.kafka_group_id, settings.kafka_topic)
+        return sum(offsets.values())
+
+    producing = asyncio.create_task(produce_until_kills_done())
+    process = _start_ingestor(env, log_path)
+    kills = 0
+    progress_at_kill: list[int] = []
+    try:
+        while kills < 6:
+            # Kill at a random moment once this incarnation is really ingesting.
+            before = await committed()
+
+            async def progressed(floor: int = before) -> bool:
+                return await committed() > floor
+
+            await wait_for(progressed, 90, f"progress before kill {kills + 1}")
+            await asyncio.sleep(rng.uniform(0.0, 1.0))
+            progress_at_kill.append(await committed())
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+            kills += 1
+            process = _start_ingestor(env, log_path)
+        kills_done.set()
+        await producing
+
+        async def all_committed() -> bool:
+            return await committed() >= produced
+
+        await wait_for(all_committed, 120, "the last incarnation to catch up")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        kills_done.set()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    sent = [orjson.loads(value) for _, value in pairs[:produced]]
+
+    store = open_store(settings)
+    try:
+        ids = await stored_ids(store)
+    finally:
+        await store.close()
+    assert kills == 6
+    # The kills really landed mid-stream: progress was made, and not yet finished.
+    mid_stream = [p for p in progress_at_kill if 0 < p < len(sent)]
+    assert len(mid_stream) >= 3, progress_at_kill
+    assert progress_at_kill == sorted(progress_at_kill), progress_at_kill
+    assert len(ids) == len(set(ids)) == len(sent)
+    assert set(ids) == {e["id"] for e in sent}
+
+
+async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: IngestEnv) -> None:
+    settings = ingest_env.settings
+    store = ingest_env.store
+    table = store.qualified("cdr")
+    first = events(1_000, seed=6)
+    second = events(4_000, seed=7)
+    async with ingest_env.running() as ingestor:
+        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(first))
+
+        async def first_stored() -> bool:
+            return len(await stored_ids(store)) == len(first)
+
+        await wait_for(first_stored, 60, "the first events")
+
+        async def first_committed() -> bool:
+            offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id,
+                                              settings.kafka_topic)
+            return sum(offsets.values()) == len(first)
+
+        await wait_for(first_committed, 30, "the first commit")
+
+        await store.command(f"DETACH TABLE {table}")
+        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(second))
+
+        async def failing() -> bool:
+            return ingest_env.metrics.insert_failures._value.get() >= 3
+
+        await wait_for(failing, 30, "inserts failing during the outage")
+        ready, checks = await ingestor.ready()
+        assert not ready, checks
+        offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id,
+                                          settings.kafka_topic)
+        assert sum(offsets.values()) == len(first), "committed during the outage"
+
+        await store.command(f"ATTACH TABLE {table}")
+
+        async def all_stored() -> bool:
+            return len(await stored_ids(store)) == len(first) + len(second)
+
+        await wait_for(all_stored, 60, "ingest to resume by itself")
+        await wait_for(lambda: _ready(ingestor), 30, "ready again")
+
+    assert set(await stored_ids(store)) == {e["id"] for e in first + second}
+    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    assert sum(offsets.values()) == len(first) + len(second)
+
+
+async def _ready(ingestor: object) -> bool:
+    ready, _ = await ingestor.ready()  # type: ignore[attr-defined]
+    return ready
