@@ -52,9 +52,9 @@ async def produce(bootstrap: str, topic: str, values: Iterable[tuple[bytes | Non
 
 
 def events(n: int, *, seed: int, tenants: tuple[str, ...] = ("t1.example", "t2.example"),
-           start: datetime = datetime(2024, 5, 1, tzinfo=UTC)) -> list[dict[str, Any]]:
+           start: datetime = datetime(2024, 5, 1, tzinfo=UTC), spacing_s: int = 7) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    return [make_event(rng, tenants[i % len(tenants)], start + timedelta(seconds=7 * i)) for i in range(n)]
+    return [make_event(rng, tenants[i % len(tenants)], start + timedelta(seconds=spacing_s * i)) for i in range(n)]
 
 
 def encoded(evs: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]]:

@@ -17,6 +17,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -24,8 +25,17 @@ from pydantic import (
 SCHEMA_VERSION = 1
 
 Seconds = Annotated[StrictInt, Field(ge=0, le=4_294_967_295)]
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|z|[+-]\d{2}:\d{2})?$"
 Timestamp = Annotated[
     datetime,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": TIMESTAMP_PATTERN},
+                {"type": "integer", "minimum": 0},
+            ]
+        }
+    ),
     Field(
         description=(
             "RFC 3339 with an offset, integer Unix seconds, or naive "

@@ -1,0 +1,1 @@
+"""The CDR query API (spec/API.md): a thin Starlette reader over the store."""

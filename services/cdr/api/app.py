@@ -1,0 +1,111 @@
+"""The API's app factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cdr.api.auth import TokenAuthority
+from cdr.api.cursor import CursorCodec
+from cdr.api.errors import ApiError, NotFound, error_response
+from cdr.api.middleware import MetricsMiddleware
+from cdr.api.openapi import openapi_document
+from cdr.api.responses import OrjsonResponse
+from cdr.api.routes import CdrRoutes
+from cdr.metrics import Metrics
+from cdr.ops import ops_routes
+from cdr.settings import Settings, SettingsError
+from cdr.store import Store
+from cdr.store.migrations import is_current
+
+log = logging.getLogger(__name__)
+
+ExtraReady = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    *,
+    extra_ready: ExtraReady | None = None,
+    close_store: bool = False,
+) -> Starlette:
+    """The API over an open store. ``close_store``: the app's lifespan closes it."""
+    if settings.cursor_secret is None:
+        raise SettingsError("CDR_CURSOR_SECRET is required by the API (at least 32 characters)")
+    digests = settings.token_digests()
+    if not digests:
+        log.warning("no API tokens configured (CDR_API_TOKENS / CDR_API_TOKENS_FILE): every request gets 401")
+    cdr = CdrRoutes(
+        settings,
+        store,
+        TokenAuthority(digests),
+        CursorCodec(settings.cursor_secret.get_secret_value().encode(), settings.cursor_ttl_s),
+    )
+    document = openapi_document(settings)
+
+    async def ready() -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        reachable = await store.ping()
+        checks["clickhouse"] = "ok" if reachable else "unreachable"
+        current = reachable and await is_current(store)
+        checks["schema"] = "current" if current else "not current (run `cdr migrate`)"
+        ok = reachable and current
+        if extra_ready is not None:
+            extra_ok, extra_checks = await extra_ready()
+            checks.update(extra_checks)
+            ok = ok and extra_ok
+        return ok, checks
+
+    async def openapi(request: Request) -> Response:
+        return OrjsonResponse(document)
+
+    routes = [
+        Route("/v1/cdr", cdr.list_cdrs, methods=["GET"]),
+        Route("/v1/cdr/{key:path}", cdr.get_cdr, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *ops_routes(metrics, ready),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log.info("api ready", extra={"tenants": len(set(digests.values())), "embedded": settings.embedded})
+        try:
+            yield
+        finally:
+            if close_store:
+                await store.close()
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, HTTPException):
+            raise exc
+        if exc.status_code == 404:
+            return error_response(NotFound("no such route"))
+        err = ApiError(exc.detail or "request not allowed")
+        err.status, err.code = exc.status_code, "method_not_allowed" if exc.status_code == 405 else "bad_request"
+        return error_response(err)
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, ApiError):
+            raise exc
+        return error_response(exc)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return OrjsonResponse({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics, routes=routes)],
+        exception_handlers={HTTPException: on_http_error, ApiError: on_api_error, Exception: on_unexpected},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,70 @@
+"""The API's error model: ``{"error": {"code", "message", "param"?}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cdr.api.responses import OrjsonResponse
+
+
+class ApiError(Exception):
+    status = 400
+    code = "invalid_parameter"
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        return {"error": error}
+
+
+class InvalidParameter(ApiError):
+    status = 400
+    code = "invalid_parameter"
+
+
+class InvalidScrollId(ApiError):
+    status = 400
+    code = "invalid_scroll_id"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="cdr"'})
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
+
+
+class Unavailable(ApiError):
+    status = 503
+    code = "unavailable"
+
+
+def error_response(error: ApiError) -> Response:
+    return OrjsonResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, ApiError):
+        raise exc
+    return error_response(exc)

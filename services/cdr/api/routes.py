@@ -1,0 +1,133 @@
+"""GET /v1/cdr and GET /v1/cdr/{id} (spec/API.md)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cdr.api.auth import TokenAuthority
+from cdr.api.cursor import CursorCodec, Position
+from cdr.api.errors import InvalidParameter, InvalidScrollId, NotFound, Unavailable
+from cdr.api.params import FILTER_PARAMS, ListRequest, parse_list_request
+from cdr.api.responses import OrjsonResponse
+from cdr.settings import Settings
+from cdr.store import Store, StoreUnavailable
+from cdr.store.queries import SearchFilters, count_query, lookup_query, page_query, record, scroll_query
+
+log = logging.getLogger(__name__)
+
+# Query parameter -> field of SearchFilters.
+_FIELD_OF = {
+    "start_date": "start",
+    "end_date": "end",
+    "start_date_ended": "start_ended",
+    "end_date_ended": "end_ended",
+    "phone": "phones",
+}
+_MAX_KEY = 1024
+
+
+class CdrRoutes:
+    def __init__(self, settings: Settings, store: Store, auth: TokenAuthority, cursors: CursorCodec) -> None:
+        self._settings = settings
+        self._store = store
+        self._auth = auth
+        self._cursors = cursors
+        self._table = store.qualified("cdr")
+
+    async def list_cdrs(self, request: Request) -> Response:
+        tenant = self._auth.tenant_for(request.headers.get("authorization"))
+        s = self._settings
+        wanted = parse_list_request(
+            request.query_params,
+            zone=s.zone,
+            region=s.phone_region,
+            default_limit=s.default_limit,
+            max_limit=s.max_limit,
+        )
+        if wanted.mode == "page":
+            return OrjsonResponse(await self._page(tenant, wanted))
+        return OrjsonResponse(await self._scroll(tenant, wanted, request.query_params.get("order")))
+
+    async def get_cdr(self, request: Request) -> Response:
+        tenant = self._auth.tenant_for(request.headers.get("authorization"))
+        key = request.path_params["key"]
+        if not key or len(key) > _MAX_KEY:
+            raise NotFound("no such CDR")
+        query = lookup_query(self._table, tenant, key, tz=self._settings.timezone)
+        rows = await self._run(query.sql, query.params)
+        if not rows:
+            raise NotFound("no such CDR")
+        return OrjsonResponse(record(rows[0]))
+
+    async def _page(self, tenant: str, wanted: ListRequest) -> dict[str, Any]:
+        desc = wanted.order == "desc"
+        page = page_query(self._table, tenant, wanted.filters, tz=self._settings.timezone,
+                          limit=wanted.limit, offset=wanted.offset, desc=desc)
+        count = count_query(self._table, tenant, wanted.filters)
+        rows = await self._run(page.sql, page.params)
+        total = await self._run(count.sql, count.params)
+        return {
+            "data": [record(row) for row in rows],
+            "limit": wanted.limit,
+            "page": wanted.page,
+            "total": int(total[0][0]),
+        }
+
+    async def _scroll(self, tenant: str, wanted: ListRequest, order_param: str | None) -> dict[str, Any]:
+        filters, order, after = wanted.filters, wanted.order, None
+        now = int(time.time())
+        if wanted.scroll_id is not None:
+            position = self._cursors.decode(wanted.scroll_id, tenant=tenant, now=now)
+            _same_filters(wanted, position, order_param)
+            filters = SearchFilters.from_canonical(position.filters)
+            order = position.order  # type: ignore[assignment]
+            try:
+                after = (
+                    datetime.fromtimestamp(position.time_started_ms / 1000, tz=UTC),
+                    UUID(position.id),
+                )
+            except (ValueError, OverflowError, OSError):
+                raise InvalidScrollId("scroll_id is malformed", param="scroll_id") from None
+        query = scroll_query(self._table, tenant, filters, tz=self._settings.timezone,
+                             limit=wanted.limit, desc=order == "desc", after=after)
+        rows = await self._run(query.sql, query.params)
+        more = len(rows) > wanted.limit
+        rows = rows[: wanted.limit]
+        next_id = None
+        if more:
+            last = rows[-1]
+            next_id = self._cursors.encode(
+                Position(tenant=tenant, filters=filters.canonical(), order=order,
+                         time_started_ms=int(last[-1]), id=str(last[0]), issued_at=now)
+            )
+        return {"data": [record(row) for row in rows], "scroll_id": next_id}
+
+    async def _run(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:
+        try:
+            return await self._store.query(sql, params)
+        except StoreUnavailable as exc:
+            log.error("ClickHouse unavailable", extra={"error": str(exc)[:300]})
+            raise Unavailable("the CDR store is unavailable; retry shortly", headers={"Retry-After": "5"}) from exc
+
+
+def _same_filters(wanted: ListRequest, position: Position, order_param: str | None) -> None:
+    """Filters repeated beside a scroll_id must be the ones it was issued for."""
+    given = wanted.filters.canonical()
+    for param in FILTER_PARAMS:
+        if param not in wanted.given_filters:
+            continue
+        name = _FIELD_OF.get(param, param)
+        if given.get(name) != position.filters.get(name):
+            raise InvalidParameter(
+                f"{param} differs from the filters this scroll_id was issued for; start a new scroll",
+                param=param,
+            )
+    if order_param and order_param.lower() != position.order:
+        raise InvalidParameter("order differs from the order of this scroll_id", param="order")

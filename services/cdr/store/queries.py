@@ -1,0 +1,184 @@
+"""API parameters -> SQL text and ``{name:Type}`` parameters. Pure: no I/O.
+
+Values never enter the SQL text: the text only varies by which filters are present.
+Every query is confined to one tenant and reads with FINAL, so re-sent events
+collapse to their newest version whatever the state of background merges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from cdr.store.base import Param
+
+TIME_FORMAT = "%Y-%m-%d %H:%i:%S"
+
+# Columns of an API record, in the document's order, formatted by ClickHouse in the
+# tenant's timezone, then the sort key for the cursor.
+_RECORD_COLUMNS = f"""
+    toString(id), sip_call_id, cause, duration, billsec, CAST(direction, 'UInt8'),
+    recording_url, extension, from_number, to_number, receive_dest,
+    formatDateTime(time_started, '{TIME_FORMAT}', {{tz:String}}),
+    if(isNull(time_answered), '', formatDateTime(assumeNotNull(time_answered), '{TIME_FORMAT}', {{tz:String}})),
+    formatDateTime(time_ended, '{TIME_FORMAT}', {{tz:String}}),
+    status,
+    toUnixTimestamp64Milli(time_started)
+"""
+RECORD_WIDTH = 15  # the API fields; the last column is the cursor key
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """The normalized filters of a CDR search (all optional, combined with AND)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    start_ended: datetime | None = None
+    end_ended: datetime | None = None
+    duration: int | None = None
+    min_duration: int | None = None
+    extension: str | None = None
+    recordingfile: str | None = None
+    status: str | None = None
+    phones: tuple[str, ...] | None = None
+    direction: int | None = None
+
+    @classmethod
+    def from_canonical(cls, data: dict[str, Any]) -> SearchFilters:
+        """Inverse of ``canonical`` (for filters carried by a verified cursor)."""
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name in ("start", "end", "start_ended", "end_ended"):
+                values[name] = datetime.fromisoformat(value)
+            elif name == "phones":
+                values[name] = tuple(value)
+            else:
+                values[name] = value
+        return cls(**values)
+
+    def canonical(self) -> dict[str, Any]:
+        """A plain, comparable form (what a scroll cursor carries)."""
+        out: dict[str, Any] = {}
+        for name, value in self.__dict__.items():
+            if value is None:
+                continue
+            if isinstance(value, datetime):
+                out[name] = value.isoformat()
+            elif isinstance(value, tuple):
+                out[name] = list(value)
+            else:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class Query:
+    sql: str
+    params: dict[str, Param]
+
+
+def _where(tenant: str, f: SearchFilters) -> tuple[list[str], dict[str, Param]]:
+    clauses = ["tenant_id = {tenant:String}"]
+    params: dict[str, Param] = {"tenant": tenant}
+    ranges = (
+        ("start", "time_started >= {start:DateTime64(3, 'UTC')}"),
+        ("end", "time_started <= {end:DateTime64(3, 'UTC')}"),
+        ("start_ended", "time_ended >= {start_ended:DateTime64(3, 'UTC')}"),
+        ("end_ended", "time_ended <= {end_ended:DateTime64(3, 'UTC')}"),
+        ("duration", "duration = {duration:UInt32}"),
+        ("min_duration", "duration > {min_duration:UInt32}"),
+        ("extension", "extension = {extension:String}"),
+        ("recordingfile", "recording_file = {recordingfile:String}"),
+        ("status", "status = {status:String}"),
+        ("direction", "CAST(direction, 'UInt8') = {direction:UInt8}"),
+    )
+    for name, clause in ranges:
+        value = getattr(f, name)
+        if value is not None:
+            clauses.append(clause)
+            params[name] = value
+    if f.phones:
+        # One parameter per form keeps both bloom-filter indexes usable.
+        names = [f"phone{i}" for i in range(len(f.phones))]
+        for name, phone in zip(names, f.phones, strict=True):
+            params[name] = phone
+        listed = ", ".join("{" + n + ":String}" for n in names)
+        clauses.append(f"(from_number IN ({listed}) OR to_number IN ({listed}))")
+    return clauses, params
+
+
+def page_query(table: str, tenant: str, f: SearchFilters, *, tz: str, limit: int, offset: int, desc: bool) -> Query:
+    clauses, params = _where(tenant, f)
+    direction = "DESC" if desc else "ASC"
+    sql = (
+        f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
+        f"ORDER BY time_started {direction}, id {direction} "
+        "LIMIT {limit:UInt32} OFFSET {offset:UInt64}"
+    )
+    return Query(sql, {**params, "tz": tz, "limit": limit, "offset": offset})
+
+
+def count_query(table: str, tenant: str, f: SearchFilters) -> Query:
+    clauses, params = _where(tenant, f)
+    return Query(f"SELECT count() FROM {table} FINAL WHERE {' AND '.join(clauses)}", params)
+
+
+def scroll_query(
+    table: str,
+    tenant: str,
+    f: SearchFilters,
+    *,
+    tz: str,
+    limit: int,
+    desc: bool,
+    after: tuple[datetime, UUID] | None,
+) -> Query:
+    """The next ``limit`` records after a keyset position; fetches one extra to tell
+    whether more remain. Seeks on the sort key, so depth costs nothing."""
+    clauses, params = _where(tenant, f)
+    if after is not None:
+        # The first clause alone selects an index range; the second breaks ties by id.
+        if desc:
+            clauses.append("time_started <= {after_ts:DateTime64(3, 'UTC')}")
+            clauses.append("(time_started < {after_ts:DateTime64(3, 'UTC')} OR id < {after_id:UUID})")
+        else:
+            clauses.append("time_started >= {after_ts:DateTime64(3, 'UTC')}")
+            clauses.append("(time_started > {after_ts:DateTime64(3, 'UTC')} OR id > {after_id:UUID})")
+        params["after_ts"], params["after_id"] = after
+    direction = "DESC" if desc else "ASC"
+    sql = (
+        f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
+        f"ORDER BY time_started {direction}, id {direction} LIMIT {{limit:UInt32}}"
+    )
+    return Query(sql, {**params, "tz": tz, "limit": limit + 1})
+
+
+def lookup_query(table: str, tenant: str, key: str, *, tz: str) -> Query:
+    """One CDR by id or by SIP Call-ID; for a Call-ID shared by several, the earliest."""
+    params: dict[str, Param] = {"tenant": tenant, "key": key, "tz": tz}
+    try:
+        params["id"] = UUID(key)
+    except ValueError:
+        match = "sip_call_id = {key:String}"
+        order = "time_started, id"
+    else:
+        match = "(id = {id:UUID} OR sip_call_id = {key:String})"
+        order = "id = {id:UUID} DESC, time_started, id"
+    sql = (
+        f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL "
+        f"WHERE tenant_id = {{tenant:String}} AND {match} ORDER BY {order} LIMIT 1"
+    )
+    return Query(sql, params)
+
+
+def record(row: list[Any]) -> dict[str, Any]:
+    """A result row as the API's record (the document's field order)."""
+    from cdr.model.record import API_FIELDS
+
+    out = dict(zip(API_FIELDS, row[:RECORD_WIDTH], strict=True))
+    for name in ("duration", "billsec", "direction"):
+        out[name] = int(out[name])
+    return out
