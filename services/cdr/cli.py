@@ -51,6 +51,42 @@ async def _create_topics(settings: Settings) -> int:
     return 0
 
 
+def schema_files(settings: Settings) -> dict[str, bytes]:
+    """The machine-readable contracts checked in under schemas/, as they should read."""
+    import orjson
+
+    from cdr.api.openapi import OPENAPI_FILE, openapi_document
+    from cdr.model.schema import EVENT_SCHEMA_FILE, event_json_schema
+
+    dump = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+    return {
+        EVENT_SCHEMA_FILE: orjson.dumps(event_json_schema(), option=dump) + b"\n",
+        OPENAPI_FILE: orjson.dumps(openapi_document(settings.model_copy(update=_DOC_DEFAULTS)), option=dump) + b"\n",
+    }
+
+
+# The checked-in OpenAPI shows the defaults, whatever this machine's environment says.
+_DOC_DEFAULTS = {"default_limit": 10, "max_limit": 1_000}
+
+
+def _schemas(settings: Settings, folder: str, check: bool) -> int:
+    from pathlib import Path
+
+    stale = []
+    for name, content in schema_files(settings).items():
+        path = Path(folder) / name
+        if check:
+            if not path.exists() or path.read_bytes() != content:
+                stale.append(str(path))
+        else:
+            path.write_bytes(content)
+            print(f"wrote {path}")
+    if stale:
+        print("out of date (run `cdr schemas`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -89,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("ingest", help="consume call-ended events into ClickHouse")
     sub.add_parser("api", help="serve the CDR query API")
     sub.add_parser("run", help="migrate, ingest and serve the API in one process (embedded store)")
+    sch = sub.add_parser("schemas", help="write the event JSON Schema and the OpenAPI document")
+    sch.add_argument("--dir", default="schemas", help="folder to write to (default: schemas)")
+    sch.add_argument("--check", action="store_true", help="only check the files are current")
     sim = sub.add_parser("simulate", help="publish realistic call-ended events")
     sim.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     sim.add_argument("--count", type=int, default=0, help="stop after this many events (0: run until Ctrl-C)")
@@ -111,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "create-topics": lambda: _create_topics(settings),
         "ingest": lambda: _ingest(settings),
     }
+    if args.command == "schemas":
+        return _schemas(settings, args.dir, args.check)
     try:
         if args.command in ("api", "run"):
             from cdr.runner import run_api, run_all

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from cdr.api.app import create_app
-from cdr.ingest.processor import parse_event, to_table
+from cdr.ingest.processor import Invalid, parse_event, to_table
 from cdr.metrics import Metrics
 from cdr.serve import http_server
 from cdr.settings import Settings, load_settings, token_digest
@@ -31,12 +31,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
+@dataclass(repr=False)
 class Api:
     url: str
     settings: Settings
     store: Store
     events: list[dict[str, Any]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Api({self.url}, {len(self.events)} events)"
 
     def client(self, tenant: str | None = "t1.example", token: str | None = None) -> httpx.AsyncClient:
         headers = {}
@@ -48,6 +51,9 @@ class Api:
 
     async def insert(self, evs: list[dict[str, Any]]) -> None:
         parsed = [parse_event(value, self.settings.zone, 65_536) for _, value in encoded(evs)]
+        bad = [p for p in parsed if isinstance(p, Invalid)]
+        if bad:
+            raise ValueError(f"test data has invalid events: {bad[:3]}")
         await self.store.insert_arrow("cdr", to_table(parsed))  # type: ignore[arg-type]
         self.events.extend(evs)
 

@@ -1,7 +1,7 @@
 """Scroll cursors: signed, stateless keyset positions. Pure: no I/O.
 
-A cursor holds the tenant, the normalized filters, the order, the last returned
-``(time_started, id)`` and when it was issued, signed with HMAC-SHA256. Any API
+A cursor holds the tenant, the normalized filters, the order, the batch size, the
+last returned ``(time_started, id)`` and when it was issued, signed with HMAC-SHA256. Any API
 replica with the same secret can continue the scroll.
 """
 
@@ -29,6 +29,7 @@ class Position:
     time_started_ms: int
     id: str
     issued_at: int
+    limit: int
 
 
 class CursorCodec:
@@ -45,6 +46,7 @@ class CursorCodec:
                 "o": position.order,
                 "k": [position.time_started_ms, position.id],
                 "i": position.issued_at,
+                "l": position.limit,
             },
             option=orjson.OPT_SORT_KEYS,
         )
@@ -71,6 +73,7 @@ class CursorCodec:
                 time_started_ms=int(data["k"][0]),
                 id=str(data["k"][1]),
                 issued_at=int(data["i"]),
+                limit=int(data["l"]),
             )
             if data["v"] != _VERSION:
                 raise ValueError("version")

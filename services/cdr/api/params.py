@@ -50,6 +50,7 @@ class ListRequest:
     offset: int = 0
     page: int = 1
     scroll_id: str | None = None
+    limit_given: bool = False
     given_filters: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -66,7 +67,10 @@ def parse_list_request(
     scroll_id = query.get("scroll_id") or None
 
     if scroll_id is not None:
-        return ListRequest("scroll", filters, limit or default_limit, order, scroll_id=scroll_id, given_filters=given)  # type: ignore[arg-type]
+        return ListRequest(
+            "scroll", filters, limit or default_limit, order,  # type: ignore[arg-type]
+            scroll_id=scroll_id, limit_given=limit is not None, given_filters=given,
+        )
     if scroll is not True and (page is not None or limit is not None or offset is not None):
         size = limit or default_limit
         start = offset if offset is not None else ((page or 1) - 1) * size

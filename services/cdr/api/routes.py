@@ -81,13 +81,15 @@ class CdrRoutes:
         }
 
     async def _scroll(self, tenant: str, wanted: ListRequest, order_param: str | None) -> dict[str, Any]:
-        filters, order, after = wanted.filters, wanted.order, None
+        filters, order, limit, after = wanted.filters, wanted.order, wanted.limit, None
         now = int(time.time())
         if wanted.scroll_id is not None:
             position = self._cursors.decode(wanted.scroll_id, tenant=tenant, now=now)
             _same_filters(wanted, position, order_param)
             filters = SearchFilters.from_canonical(position.filters)
             order = position.order  # type: ignore[assignment]
+            if not wanted.limit_given:
+                limit = min(position.limit, self._settings.max_limit)
             try:
                 after = (
                     datetime.fromtimestamp(position.time_started_ms / 1000, tz=UTC),
@@ -96,16 +98,16 @@ class CdrRoutes:
             except (ValueError, OverflowError, OSError):
                 raise InvalidScrollId("scroll_id is malformed", param="scroll_id") from None
         query = scroll_query(self._table, tenant, filters, tz=self._settings.timezone,
-                             limit=wanted.limit, desc=order == "desc", after=after)
+                             limit=limit, desc=order == "desc", after=after)
         rows = await self._run(query.sql, query.params)
-        more = len(rows) > wanted.limit
-        rows = rows[: wanted.limit]
+        more = len(rows) > limit
+        rows = rows[:limit]
         next_id = None
         if more:
             last = rows[-1]
             next_id = self._cursors.encode(
                 Position(tenant=tenant, filters=filters.canonical(), order=order,
-                         time_started_ms=int(last[-1]), id=str(last[0]), issued_at=now)
+                         time_started_ms=int(last[-1]), id=str(last[0]), issued_at=now, limit=limit)
             )
         return {"data": [record(row) for row in rows], "scroll_id": next_id}
 

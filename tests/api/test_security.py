@@ -1,0 +1,152 @@
+"""Auth, tenant isolation, cursor integrity, and hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from cdr.api.cursor import CursorCodec, Position
+from tests.api.conftest import SECRET, Api
+
+
+async def test_missing_malformed_and_unknown_tokens_are_401(api: Api) -> None:
+    cases = [
+        api.client(tenant=None),
+        api.client(token="definitely-not-a-token"),
+    ]
+    async with api.client(tenant=None) as raw:
+        basic = await raw.get("/v1/cdr", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+        empty = await raw.get("/v1/cdr", headers={"Authorization": "Bearer"})
+    for client in cases:
+        async with client:
+            for path in ("/v1/cdr", "/v1/cdr/anything"):
+                r = await client.get(path)
+                assert r.status_code == 401
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
+                assert r.json()["error"]["code"] == "unauthorized"
+    assert basic.status_code == empty.status_code == 401
+
+
+async def test_other_tenants_record_is_404(api: Api) -> None:
+    theirs = next(e for e in api.events if e["tenant_id"] == "t2.example" and e["sip_call_id"])
+    async with api.client("t1.example") as client:
+        by_id = await client.get(f"/v1/cdr/{theirs['id']}")
+        by_sip = await client.get(f"/v1/cdr/{theirs['sip_call_id']}")
+        listed = await client.get("/v1/cdr", params={"limit": "1000", "phone": theirs["from_number"]})
+    assert by_id.status_code == by_sip.status_code == 404
+    assert theirs["id"] not in {r["id"] for r in listed.json()["data"]}
+
+
+async def _first_cursor(api: Api, tenant: str = "t1.example") -> str:
+    async with api.client(tenant) as client:
+        body = (await client.get("/v1/cdr", params={"scroll": "true", "limit": "5", "status": "ANSWERED"})).json()
+    cursor: str = body["scroll_id"]
+    return cursor
+
+
+async def test_bad_cursors_are_400(api: Api) -> None:
+    good = await _first_cursor(api)
+    body, _, signature = good.partition(".")
+    flipped = body[:-3] + ("A" if body[-3] != "A" else "B") + body[-2:] + "." + signature
+    codec = CursorCodec(SECRET.encode(), ttl_s=api.settings.cursor_ttl_s)
+    expired = codec.encode(Position("t1.example", {"status": "ANSWERED"}, "asc", 0,
+                                    "00000000-0000-4000-8000-000000000000", int(time.time()) - 7200, 5))
+    forged = CursorCodec(b"another-secret-entirely-but-long-enough", 3600).encode(
+        Position("t1.example", {}, "asc", 0, "00000000-0000-4000-8000-000000000000", int(time.time()), 5))
+    foreign = await _first_cursor(api, "t2.example")
+    cases = {
+        "tampered": flipped,
+        "truncated": good[: len(good) // 2],
+        "no signature": body,
+        "garbage": "111222333444aaabbbcccddd==",
+        "expired": expired,
+        "wrong secret": forged,
+        "other tenant": foreign,
+        "non-ascii": "ü.ü",
+    }
+    async with api.client("t1.example") as client:
+        for name, cursor in cases.items():
+            r = await client.get("/v1/cdr", params={"scroll_id": cursor})
+            assert r.status_code == 400, (name, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "invalid_scroll_id" and error["param"] == "scroll_id", name
+            assert "t2.example" not in r.text
+    assert "expired" in (await _message(api, expired))
+
+
+async def _message(api: Api, cursor: str) -> str:
+    async with api.client() as client:
+        message: str = (await client.get("/v1/cdr", params={"scroll_id": cursor})).json()["error"]["message"]
+    return message
+
+
+async def test_changed_filters_under_a_cursor_are_400(api: Api) -> None:
+    cursor = await _first_cursor(api)
+    async with api.client() as client:
+        same = await client.get("/v1/cdr", params={"scroll_id": cursor, "status": "answered"})
+        changed = await client.get("/v1/cdr", params={"scroll_id": cursor, "status": "BUSY"})
+        added = await client.get("/v1/cdr", params={"scroll_id": cursor, "direction": "inbound"})
+        order = await client.get("/v1/cdr", params={"scroll_id": cursor, "order": "desc"})
+    assert same.status_code == 200
+    assert changed.status_code == 400 and changed.json()["error"]["param"] == "status"
+    assert added.status_code == 400 and added.json()["error"]["param"] == "direction"
+    assert order.status_code == 400 and order.json()["error"]["param"] == "order"
+
+
+SQLISH = ["' OR 1=1 --", "x'); DROP TABLE cdr; --", "{tenant:String}", "\\' OR tenant_id != ''", "1 OR 1=1",
+          "t1.example' UNION SELECT * FROM system.tables --"]
+TEXT_PARAMS = ["extension", "recordingfile", "status"]
+TYPED_PARAMS = ["start_date", "end_date", "start_date_ended", "end_date_ended", "duration", "min_duration",
+                "phone", "direction", "limit", "page", "offset", "scroll_id", "order", "scroll"]
+
+
+@pytest.mark.parametrize("value", SQLISH)
+async def test_sql_looking_values_are_harmless(api: Api, value: str) -> None:
+    async with api.client() as client:
+        for name in TEXT_PARAMS:
+            r = await client.get("/v1/cdr", params={name: value, "limit": "5"})
+            assert r.status_code == 200 and r.json()["total"] == 0, (name, r.text)
+        for name in TYPED_PARAMS:
+            r = await client.get("/v1/cdr", params={name: value})
+            assert r.status_code == 400, (name, r.text)
+            assert r.json()["error"]["param"] == name
+        r = await client.get(f"/v1/cdr/{value}")
+        assert r.status_code == 404
+    # The table is still there, with the same rows.
+    rows = await api.store.query(f"SELECT count() FROM {api.store.qualified('cdr')}")
+    assert int(rows[0][0]) == len(api.events)
+
+
+async def test_bad_values_name_the_parameter(api: Api) -> None:
+    cases = {
+        "start_date": "2021-13-45", "end_date": "yesterday", "duration": "-1", "min_duration": "1.5",
+        "limit": "0", "page": "0", "offset": "-5", "direction": "sideways", "phone": "call-me",
+        "scroll": "maybe", "order": "random",
+    }
+    async with api.client() as client:
+        for name, value in cases.items():
+            r = await client.get("/v1/cdr", params={name: value})
+            assert r.status_code == 400, name
+            assert r.json()["error"] == {"code": "invalid_parameter", "message": r.json()["error"]["message"],
+                                         "param": name}
+        too_big = await client.get("/v1/cdr", params={"limit": str(api.settings.max_limit + 1)})
+        backwards = await client.get("/v1/cdr", params={"start_date": "2024-05-02", "end_date": "2024-05-01"})
+    assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "limit"
+    assert backwards.status_code == 400 and backwards.json()["error"]["param"] == "end_date"
+
+
+async def test_concurrent_tenants_never_see_each_other(api: Api) -> None:
+    """The embedded engine's parameters race across threads; the store must serialize."""
+
+    async def tenant_ids(tenant: str) -> set[str]:
+        async with api.client(tenant) as client:
+            r = await client.get("/v1/cdr", params={"limit": "200", "page": "1"})
+            return {record["id"] for record in r.json()["data"]}
+
+    own = {t: {e["id"] for e in api.events if e["tenant_id"] == t} for t in ("t1.example", "t2.example")}
+    results = await asyncio.gather(*[tenant_ids(("t1.example", "t2.example")[i % 2]) for i in range(40)])
+    for i, ids in enumerate(results):
+        tenant = ("t1.example", "t2.example")[i % 2]
+        assert ids and ids <= own[tenant]
