@@ -23,7 +23,7 @@ test: setup ## run the whole test suite (starts its own Kafka unless CDR_KAFKA_B
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 run: setup ## local Kafka + ingest + API + PBX simulator; prints a curl line (Ctrl-C stops all)
-	$(UV) run --frozen bash deploy/local/run.sh
+	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/local/run.sh
 
 lint: setup ## ruff and mypy
 	$(UV) run --frozen ruff check services tests

@@ -45,7 +45,7 @@ async def _create_topics(settings: Settings) -> int:
                 )
             except TopicAlreadyExistsError:
                 pass
-        log.info("topics ready", extra={"created": wanted})
+        log.info("topics ready", extra={"topics_created": wanted})
     finally:
         await admin.close()
     return 0
