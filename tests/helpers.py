@@ -33,8 +33,9 @@ async def create_topics(bootstrap: str, *topics: str, partitions: int = 4) -> No
 
 async def produce(bootstrap: str, topic: str, values: Iterable[tuple[bytes | None, bytes | None]]) -> int:
     """Send (key, value) pairs with a plain producer; returns how many."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024,
-                                max_batch_size=1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024, max_batch_size=1024 * 1024
+    )
     await producer.start()
     n = 0
     try:
@@ -51,8 +52,14 @@ async def produce(bootstrap: str, topic: str, values: Iterable[tuple[bytes | Non
     return n
 
 
-def events(n: int, *, seed: int, tenants: tuple[str, ...] = ("t1.example", "t2.example"),
-           start: datetime = datetime(2024, 5, 1, tzinfo=UTC), spacing_s: int = 7) -> list[dict[str, Any]]:
+def events(
+    n: int,
+    *,
+    seed: int,
+    tenants: tuple[str, ...] = ("t1.example", "t2.example"),
+    start: datetime = datetime(2024, 5, 1, tzinfo=UTC),
+    spacing_s: int = 7,
+) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     return [make_event(rng, tenants[i % len(tenants)], start + timedelta(seconds=spacing_s * i)) for i in range(n)]
 
@@ -77,8 +84,14 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: s
 
 async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list[Any]:
     """Every record of a topic (from the beginning), once ``expected`` have arrived."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
     await consumer.start()
     records: list[Any] = []
     deadline = time.monotonic() + timeout

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 from cdr.logs import configure_logging
-from cdr.metrics import Metrics
 from cdr.settings import Settings, SettingsError, load_settings
 from cdr.store import StoreError, open_store
 from cdr.store.migrations import migrate
@@ -39,12 +38,11 @@ async def _create_topics(settings: Settings) -> int:
         existing = set(await admin.list_topics())
         wanted = [t for t in (settings.kafka_topic, settings.kafka_dlq_topic) if t not in existing]
         if wanted:
-            try:
+            # Another process may create them at the same moment; that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(t, num_partitions=settings.kafka_partitions, replication_factor=1) for t in wanted]
                 )
-            except TopicAlreadyExistsError:
-                pass
         log.info("topics ready", extra={"topics_created": wanted})
     finally:
         await admin.close()
@@ -87,33 +85,6 @@ def _schemas(settings: Settings, folder: str, check: bool) -> int:
     return 0
 
 
-def _on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-
-async def _ingest(settings: Settings) -> int:
-    from cdr.ingest.app import build_ingestor, ops_app
-    from cdr.serve import http_server
-
-    metrics = Metrics()
-    store = open_store(settings)
-    await migrate(store)
-    ingestor = build_ingestor(settings, store, metrics)
-    _on_signals(asyncio.get_running_loop(), ingestor.stopping)
-    ops = http_server(ops_app(ingestor, metrics), settings.api_host, settings.ops_port)
-    ops_task = asyncio.create_task(ops.serve())
-    try:
-        await ingestor.start()
-        await ingestor.wait()
-    finally:
-        await ingestor.stop()
-        ops.should_exit = True
-        await ops_task
-        await store.close()
-    return 1 if ingestor.pipeline.fatal else 0
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdr",
@@ -131,8 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="publish realistic call-ended events")
     sim.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     sim.add_argument("--count", type=int, default=0, help="stop after this many events (0: run until Ctrl-C)")
-    sim.add_argument("--tenants", default="demo.tel4vn.com,acme.pbx.vn,hanoi.callcenter.vn",
-                     help="comma-separated tenant ids")
+    sim.add_argument(
+        "--tenants", default="demo.tel4vn.com,acme.pbx.vn,hanoi.callcenter.vn", help="comma-separated tenant ids"
+    )
     sim.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
     return parser
 
@@ -148,22 +120,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "migrate": lambda: _migrate(settings),
         "create-topics": lambda: _create_topics(settings),
-        "ingest": lambda: _ingest(settings),
     }
     if args.command == "schemas":
         return _schemas(settings, args.dir, args.check)
     try:
-        if args.command in ("api", "run"):
-            from cdr.runner import run_api, run_all
+        if args.command in ("api", "run", "ingest"):
+            from cdr import runner
 
-            runner = run_api if args.command == "api" else run_all
-            return asyncio.run(runner(settings))
+            run = {"api": runner.run_api, "run": runner.run_all, "ingest": runner.run_ingest}[args.command]
+            return asyncio.run(run(settings))
         if args.command == "simulate":
             from cdr.simulate import simulate
 
             return asyncio.run(
-                simulate(settings, rate=args.rate, count=args.count,
-                         tenants=[t.strip() for t in args.tenants.split(",") if t.strip()], seed=args.seed)
+                simulate(
+                    settings,
+                    rate=args.rate,
+                    count=args.count,
+                    tenants=[t.strip() for t in args.tenants.split(",") if t.strip()],
+                    seed=args.seed,
+                )
             )
         return asyncio.run(commands[args.command]())
     except (StoreError, SettingsError) as exc:

@@ -18,9 +18,7 @@ class Metrics:
         self.events_consumed = Counter(
             "cdr_events_consumed_total", "Messages read from the call-ended topic.", registry=r
         )
-        self.events_stored = Counter(
-            "cdr_events_stored_total", "Valid events written to ClickHouse.", registry=r
-        )
+        self.events_stored = Counter("cdr_events_stored_total", "Valid events written to ClickHouse.", registry=r)
         self.events_dead_lettered = Counter(
             "cdr_events_dead_lettered_total",
             "Invalid messages published to the dead-letter topic.",

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
+
+from starlette.types import ASGIApp
 
 from cdr.api.app import create_app
-from cdr.ingest.app import build_ingestor
+from cdr.ingest.app import Ingestor, build_ingestor, ops_app
 from cdr.metrics import Metrics
 from cdr.serve import http_server
 from cdr.settings import Settings
-from cdr.store import open_store
+from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -27,10 +30,12 @@ async def run_api(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(server.serve())
-    await _first(stop.wait(), task)
+    serving = asyncio.create_task(server.serve())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
     server.should_exit = True
-    await task
+    await serving
     return 0
 
 
@@ -40,31 +45,42 @@ async def run_all(settings: Settings) -> int:
     The embedded store can be owned by one process only, so this is how a laptop
     runs the whole service.
     """
+    return await _ingest_and_serve(
+        settings,
+        lambda ingestor, store, metrics: create_app(settings, store, metrics, extra_ready=ingestor.ready),
+        settings.api_port,
+    )
+
+
+async def run_ingest(settings: Settings) -> int:
+    """The ingestor alone, with /healthz, /readyz and /metrics on CDR_OPS_PORT."""
+    return await _ingest_and_serve(
+        settings, lambda ingestor, store, metrics: ops_app(ingestor, metrics), settings.ops_port
+    )
+
+
+async def _ingest_and_serve(
+    settings: Settings, make_app: Callable[[Ingestor, Store, Metrics], ASGIApp], port: int
+) -> int:
     metrics = Metrics()
     store = open_store(settings)
     await migrate(store)
     ingestor = build_ingestor(settings, store, metrics)
-    app = create_app(settings, store, metrics, extra_ready=ingestor.ready)
-    server = http_server(app, settings.api_host, settings.api_port)
+    server = http_server(make_app(ingestor, store, metrics), settings.api_host, port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ingestor.stopping.set)
-    api_task = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve())
     try:
         await ingestor.start()
-        log.info("serving", extra={"url": f"http://{settings.api_host}:{settings.api_port}/v1/cdr"})
-        await _first(ingestor.wait(), api_task)
+        log.info("serving", extra={"url": f"http://{settings.api_host}:{port}/"})
+        # Until a signal, a halted pipeline, or the HTTP server stopping (e.g. port taken).
+        ingesting = asyncio.create_task(ingestor.wait())
+        await asyncio.wait({ingesting, serving}, return_when=asyncio.FIRST_COMPLETED)
+        ingesting.cancel()
     finally:
         await ingestor.stop()
         server.should_exit = True
-        await api_task
+        await serving
         await store.close()
     return 1 if ingestor.pipeline.fatal else 0
-
-
-async def _first(*aws: object) -> None:
-    tasks = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in aws]  # type: ignore[arg-type]
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        if task is not aws[-1]:
-            task.cancel()

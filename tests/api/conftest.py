@@ -68,7 +68,6 @@ def api_settings(data_dir: Path, **extra: Any) -> Settings:
     )
 
 
-
 @pytest.fixture(scope="module")
 async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     settings = api_settings(tmp_path_factory.mktemp("api-store"), api_port=free_port())
@@ -80,8 +79,7 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     while not server.started:
         await asyncio.sleep(0.05)
     seeded = Api(f"http://127.0.0.1:{settings.api_port}", settings, store)
-    await seeded.insert(events(2_400, seed=11, tenants=("t1.example", "t2.example", "t1.example"),
-                                spacing_s=300))
+    await seeded.insert(events(2_400, seed=11, tenants=("t1.example", "t2.example", "t1.example"), spacing_s=300))
     try:
         yield seeded
     finally:

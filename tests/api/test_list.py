@@ -40,19 +40,39 @@ FILTER_CASES: list[tuple[str, Any]] = [
     ("duration", lambda api: {"duration": str(_pick(api, "duration"))}),
     ("min_duration", lambda api: {"min_duration": "600"}),
     ("extension", lambda api: {"extension": "105"}),
-    ("recordingfile", lambda api: {"recordingfile": next(
-        e["recording_url"].rsplit("/", 1)[-1] for e in api.events
-        if e["tenant_id"] == "t1.example" and e["recording_url"])}),
+    (
+        "recordingfile",
+        lambda api: {
+            "recordingfile": next(
+                e["recording_url"].rsplit("/", 1)[-1]
+                for e in api.events
+                if e["tenant_id"] == "t1.example" and e["recording_url"]
+            )
+        },
+    ),
     ("status", lambda api: {"status": "busy"}),
     ("status with space", lambda api: {"status": "NO ANSWER"}),
-    ("phone national", lambda api: {"phone": next(
-        e["to_number"] for e in api.events if e["tenant_id"] == "t1.example" and e["direction"] == "outbound")}),
+    (
+        "phone national",
+        lambda api: {
+            "phone": next(
+                e["to_number"] for e in api.events if e["tenant_id"] == "t1.example" and e["direction"] == "outbound"
+            )
+        },
+    ),
     ("phone hotline", lambda api: {"phone": "19001919"}),
     ("direction name", lambda api: {"direction": "Outbound"}),
     ("direction code", lambda api: {"direction": "3"}),
     ("status+direction", lambda api: {"status": "ANSWERED", "direction": "inbound"}),
-    ("combined", lambda api: {"start_date": "2024-05-03 08:00:00", "min_duration": "100",
-                              "direction": "inbound", "status": "answered"}),
+    (
+        "combined",
+        lambda api: {
+            "start_date": "2024-05-03 08:00:00",
+            "min_duration": "100",
+            "direction": "inbound",
+            "status": "answered",
+        },
+    ),
 ]
 
 
@@ -69,8 +89,11 @@ async def test_filter(api: Api, name: str, make: Any) -> None:
 
 
 async def test_phone_forms_match_each_other(api: Api) -> None:
-    national = next(e["to_number"] for e in api.events
-                    if e["tenant_id"] == "t1.example" and e["direction"] == "outbound" and e["to_number"].startswith("0"))
+    national = next(
+        e["to_number"]
+        for e in api.events
+        if e["tenant_id"] == "t1.example" and e["direction"] == "outbound" and e["to_number"].startswith("0")
+    )
     forms = [national, "84" + national[1:], "+84" + national[1:]]
     async with api.client() as client:
         answers = [await all_pages(client, {"phone": form}) for form in forms]

@@ -17,8 +17,15 @@ async def test_scroll_10k_odd_batches_exactly_once_with_inserts_mid_scroll(api: 
     # Ties on time_started must be broken by id without skipping or repeating.
     tie = bulk[100]
     for e in bulk[101:160]:
-        e.update(time_started=tie["time_started"], time_ended=tie["time_ended"], duration=tie["duration"],
-                 time_answered=None, billsec=0, status="NO ANSWER", recording_url=None)
+        e.update(
+            time_started=tie["time_started"],
+            time_ended=tie["time_ended"],
+            duration=tie["duration"],
+            time_answered=None,
+            billsec=0,
+            status="NO ANSWER",
+            recording_url=None,
+        )
     await api.insert(bulk)
     before = expected(api.events, tenant, {"end_date": "2023-12-31"})
     assert len(before) >= 10_000
@@ -35,8 +42,13 @@ async def test_scroll_10k_odd_batches_exactly_once_with_inserts_mid_scroll(api: 
             batches += 1
             if batches == 5:
                 # New calls land all over the range while the scroll is under way.
-                late = events(400, seed=22, tenants=(tenant,), start=datetime(2023, 1, 1, 0, 0, 17, tzinfo=UTC),
-                              spacing_s=rng.choice([1_530, 1_570]))
+                late = events(
+                    400,
+                    seed=22,
+                    tenants=(tenant,),
+                    start=datetime(2023, 1, 1, 0, 0, 17, tzinfo=UTC),
+                    spacing_s=rng.choice([1_530, 1_570]),
+                )
                 await api.insert(late)
             if body["scroll_id"] is None:
                 break
@@ -54,10 +66,12 @@ async def test_scroll_10k_odd_batches_exactly_once_with_inserts_mid_scroll(api: 
 async def test_last_batch_has_null_scroll_id(api: Api) -> None:
     want = expected(api.events, "t1.example", {"status": "FAILED"})
     async with api.client() as client:
-        body = (await client.get("/v1/cdr", params={"status": "failed", "scroll": "true",
-                                                     "limit": str(len(want))})).json()
-        bigger = (await client.get("/v1/cdr", params={"status": "failed", "scroll": "true",
-                                                       "limit": str(len(want) + 1)})).json()
+        body = (
+            await client.get("/v1/cdr", params={"status": "failed", "scroll": "true", "limit": str(len(want))})
+        ).json()
+        bigger = (
+            await client.get("/v1/cdr", params={"status": "failed", "scroll": "true", "limit": str(len(want) + 1)})
+        ).json()
     # Exactly `limit` left: the server looks one ahead, so it knows there is no more.
     assert body["data"] == want and body["scroll_id"] is None
     assert bigger["data"] == want and bigger["scroll_id"] is None

@@ -44,8 +44,9 @@ async def test_document_examples_round_trip_through_kafka(kafka_bootstrap: str, 
     records = orjson.loads((DATA / "seed-document-records.json").read_bytes())
     try:
         await produce(kafka_bootstrap, topic, [(e["id"].encode(), orjson.dumps(e)) for e in events])
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
-                                     headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+        ) as client:
             for _ in range(240):
                 try:
                     page = await client.get("/v1/cdr", params={"page": "1", "limit": "10"})

@@ -31,6 +31,7 @@ async def test_50k_events_exactly_once_and_every_field_round_trips(ingest_env: I
     await produce(ingest_env.settings.kafka_bootstrap_servers, ingest_env.settings.kafka_topic, encoded(sent))
 
     async with ingest_env.running():
+
         async def all_stored() -> bool:
             return len(await stored_ids(ingest_env.store)) >= len(sent)
 
@@ -43,13 +44,29 @@ async def test_50k_events_exactly_once_and_every_field_round_trips(ingest_env: I
     for e in sent:
         row = by_id[e["id"]]
         expected = [
-            e["id"], e["tenant_id"], e["sip_call_id"], e["cause"], e["duration"], e["billsec"], e["direction"],
-            e["recording_url"] or "", (e["recording_url"] or "").rsplit("/", 1)[-1] if e["recording_url"] else "",
-            e["extension"] or "", e["from_number"], e["to_number"], e["receive_dest"] or "",
-            _ms(e["time_started"]), _ms(e["time_answered"]), _ms(e["time_ended"]), e["status"], _ms(e["emitted_at"]),
+            e["id"],
+            e["tenant_id"],
+            e["sip_call_id"],
+            e["cause"],
+            e["duration"],
+            e["billsec"],
+            e["direction"],
+            e["recording_url"] or "",
+            (e["recording_url"] or "").rsplit("/", 1)[-1] if e["recording_url"] else "",
+            e["extension"] or "",
+            e["from_number"],
+            e["to_number"],
+            e["receive_dest"] or "",
+            _ms(e["time_started"]),
+            _ms(e["time_answered"]),
+            _ms(e["time_ended"]),
+            e["status"],
+            _ms(e["emitted_at"]),
         ]
-        assert [int(v) if isinstance(v, str) and v.isdigit() and i in (13, 14, 15, 17) else v
-                for i, v in enumerate(row[1:], start=1)] == expected[1:], e["id"]
+        assert [
+            int(v) if isinstance(v, str) and v.isdigit() and i in (13, 14, 15, 17) else v
+            for i, v in enumerate(row[1:], start=1)
+        ] == expected[1:], e["id"]
     assert ingest_env.metrics.events_stored._value.get() == len(sent)
 
 
@@ -69,6 +86,7 @@ async def test_duplicates_and_corrections_collapse_to_newest(ingest_env: IngestE
     await produce(bootstrap, topic, encoded(sent))
 
     async with ingest_env.running():
+
         async def all_read() -> bool:
             return ingest_env.metrics.events_stored._value.get() >= 2 * len(sent) + len(corrected)
 
@@ -111,8 +129,8 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
     poison = _poison_events()
     mixed: list[tuple[bytes | None, bytes | None]] = []
     good_iter = iter(encoded(good))
-    for i, (name, value) in enumerate(poison.items()):
-        # Same key as a good message: same partition, the good ones behind it must flow.
+    for i, value in enumerate(poison.values()):
+        # Poison sits between good messages of its partition; the good ones behind it must flow.
         mixed.extend([next(good_iter) for _ in range(200)])
         mixed.append((f"poison-{i}".encode(), value))
     mixed.extend(good_iter)
@@ -120,6 +138,7 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
     await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, mixed)
 
     async with ingest_env.running():
+
         async def all_stored() -> bool:
             return len(await stored_ids(ingest_env.store)) >= len(good)
 
@@ -130,13 +149,23 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
     assert len(dead) == len(poison)
     by_value = {record.value: record for record in dead}
     expected_kind = {
-        "not_json": "not_json", "json_array": "not_object", "invalid_utf8": "not_json", "too_large": "too_large",
-        "missing_fields": "invalid_event", "wrong_types": "invalid_event", "billsec_over_duration": "invalid_event",
-        "ended_before_started": "invalid_event", "unknown_schema_version": "unknown_schema_version",
+        "not_json": "not_json",
+        "json_array": "not_object",
+        "invalid_utf8": "not_json",
+        "too_large": "too_large",
+        "missing_fields": "invalid_event",
+        "wrong_types": "invalid_event",
+        "billsec_over_duration": "invalid_event",
+        "ended_before_started": "invalid_event",
+        "unknown_schema_version": "unknown_schema_version",
     }
     expected_text = {
-        "missing_fields": "tenant_id", "wrong_types": "duration", "billsec_over_duration": "billsec",
-        "ended_before_started": "time_ended", "unknown_schema_version": "schema_version", "too_large": "limit",
+        "missing_fields": "tenant_id",
+        "wrong_types": "duration",
+        "billsec_over_duration": "billsec",
+        "ended_before_started": "time_ended",
+        "unknown_schema_version": "schema_version",
+        "too_large": "limit",
     }
     for name, value in poison.items():
         record = by_value[value]  # published unchanged

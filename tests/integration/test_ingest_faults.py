@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -125,8 +124,9 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
         await wait_for(first_stored, 60, "the first events")
 
         async def first_committed() -> bool:
-            offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id,
-                                              settings.kafka_topic)
+            offsets = await committed_offsets(
+                settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic
+            )
             return sum(offsets.values()) == len(first)
 
         await wait_for(first_committed, 30, "the first commit")
@@ -140,8 +140,9 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
         await wait_for(failing, 30, "inserts failing during the outage")
         ready, checks = await ingestor.ready()
         assert not ready, checks
-        offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id,
-                                          settings.kafka_topic)
+        offsets = await committed_offsets(
+            settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic
+        )
         assert sum(offsets.values()) == len(first), "committed during the outage"
 
         await store.command(f"ATTACH TABLE {table}")

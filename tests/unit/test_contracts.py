@@ -41,8 +41,14 @@ def test_event_schema_and_model_agree_on_samples() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"schema_version": 2}, {"direction": "sideways"}, {"duration": -1}, {"tenant_id": ""},
-     {"id": "nope"}, {"time_started": "tomorrow"}],
+    [
+        {"schema_version": 2},
+        {"direction": "sideways"},
+        {"duration": -1},
+        {"tenant_id": ""},
+        {"id": "nope"},
+        {"time_started": "tomorrow"},
+    ],
 )
 def test_schema_rejects_what_the_model_rejects(change: dict[str, object]) -> None:
     schema = orjson.loads((SCHEMAS / "call-ended.v1.schema.json").read_bytes())

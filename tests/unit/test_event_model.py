@@ -19,9 +19,14 @@ HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 
 def event(**changes: Any) -> dict[str, Any]:
     base = make_event(random.Random(1), "test.tel4vn.com", datetime(2021, 2, 17, 10, 30, 46, tzinfo=UTC))
-    base.update(status="ANSWERED", duration=15, billsec=11,
-                time_started="2021-02-17T17:30:35+07:00", time_answered="2021-02-17T17:30:43+07:00",
-                time_ended="2021-02-17T17:30:46+07:00")
+    base.update(
+        status="ANSWERED",
+        duration=15,
+        billsec=11,
+        time_started="2021-02-17T17:30:35+07:00",
+        time_answered="2021-02-17T17:30:43+07:00",
+        time_ended="2021-02-17T17:30:46+07:00",
+    )
     base.update(changes)
     return base
 
@@ -98,9 +103,26 @@ def test_field_rules(changes: dict[str, Any], field: str) -> None:
     assert field in {str(err["loc"][0]) for err in info.value.errors() if err["loc"]}
 
 
-@pytest.mark.parametrize("missing", ["event", "schema_version", "tenant_id", "emitted_at", "id", "sip_call_id",
-                                     "cause", "duration", "billsec", "direction", "from_number", "to_number",
-                                     "time_started", "time_ended", "status"])
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "event",
+        "schema_version",
+        "tenant_id",
+        "emitted_at",
+        "id",
+        "sip_call_id",
+        "cause",
+        "duration",
+        "billsec",
+        "direction",
+        "from_number",
+        "to_number",
+        "time_started",
+        "time_ended",
+        "status",
+    ],
+)
 def test_required_fields(missing: str) -> None:
     data = event()
     del data[missing]
@@ -125,7 +147,11 @@ def test_answered_within_call() -> None:
 
 def test_mixed_offsets_compare_as_instants() -> None:
     start = datetime(2021, 2, 17, 10, 30, 35, tzinfo=UTC)
-    e = parse(event(time_started=start.isoformat(),
-                    time_answered=None,
-                    time_ended=(start + timedelta(seconds=5)).astimezone(timezone(timedelta(hours=7))).isoformat()))
+    e = parse(
+        event(
+            time_started=start.isoformat(),
+            time_answered=None,
+            time_ended=(start + timedelta(seconds=5)).astimezone(timezone(timedelta(hours=7))).isoformat(),
+        )
+    )
     assert e.time_ended - e.time_started == timedelta(seconds=5)

@@ -70,9 +70,17 @@ def test_recording_file(url: str | None, name: str) -> None:
 def test_row_mapping() -> None:
     event = parse_event(
         sample(
-            direction="local", recording_url=None, extension=None, receive_dest=None, status="busy",
-            time_started="2021-02-18 17:20:58", time_answered=None, time_ended="2021-02-18 17:21:05",
-            duration=7, billsec=0, emitted_at=1613643665,
+            direction="local",
+            recording_url=None,
+            extension=None,
+            receive_dest=None,
+            status="busy",
+            time_started="2021-02-18 17:20:58",
+            time_answered=None,
+            time_ended="2021-02-18 17:21:05",
+            duration=7,
+            billsec=0,
+            emitted_at=1613643665,
         ),
         HCM,
         65_536,

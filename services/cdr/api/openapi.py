@@ -22,7 +22,10 @@ def _param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
@@ -54,12 +57,21 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         _param("extension", {"type": "string", "maxLength": 256}, "Extension that made or received the call."),
         _param("recordingfile", {"type": "string", "maxLength": 256}, "Recording file name, e.g. abcd.mp3."),
         _param("status", {"type": "string", "maxLength": 256}, "Call status, case-insensitive, e.g. ANSWERED."),
-        _param("phone", {"type": "string", "pattern": r"^\+?\d{1,20}$"},
-               "From or to this number; national and international forms match each other."),
-        _param("direction", {"type": "string", "enum": ["inbound", "outbound", "local", "1", "2", "3"]},
-               "Call direction (case-insensitive)."),
-        _param("limit", {"type": "integer", "minimum": 1, "maximum": max_limit},
-               f"Records per response (default {settings.default_limit})."),
+        _param(
+            "phone",
+            {"type": "string", "pattern": r"^\+?\d{1,20}$"},
+            "From or to this number; national and international forms match each other.",
+        ),
+        _param(
+            "direction",
+            {"type": "string", "enum": ["inbound", "outbound", "local", "1", "2", "3"]},
+            "Call direction (case-insensitive).",
+        ),
+        _param(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": max_limit},
+            f"Records per response (default {settings.default_limit}).",
+        ),
         _param("page", {"type": "integer", "minimum": 1}, "Page number (pagination mode)."),
         _param("offset", {"type": "integer", "minimum": 0}, "Start position; replaces page (pagination mode)."),
         _param("scroll_id", {"type": "string"}, "Cursor from the previous scroll response."),
@@ -77,7 +89,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "info": {
             "title": "CDR API",
             "version": __version__,
-            "description": "Call detail records of a cloud PBX tenant. Every request is confined to the token's tenant.",
+            "description": (
+                "Call detail records of a cloud PBX tenant. Every request is confined to the token's tenant."
+            ),
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -90,10 +104,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "A page or a scroll batch.",
-                            "content": {"application/json": {"schema": {"oneOf": [
-                                {"$ref": "#/components/schemas/Page"},
-                                {"$ref": "#/components/schemas/Scroll"},
-                            ]}}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": "#/components/schemas/Page"},
+                                            {"$ref": "#/components/schemas/Scroll"},
+                                        ]
+                                    }
+                                }
+                            },
                         },
                         **common_errors,
                     },
@@ -103,28 +123,62 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "getCdr",
                     "summary": "One CDR by id or SIP Call-ID.",
-                    "parameters": [{
-                        "name": "id", "in": "path", "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
-                        "description": "CDR id or sip_call_id.",
-                    }],
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+                            "description": "CDR id or sip_call_id.",
+                        }
+                    ],
                     "responses": {
-                        "200": {"description": "The CDR.", "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/Cdr"}}}},
+                        "200": {
+                            "description": "The CDR.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Cdr"}}},
+                        },
                         "404": _error("No such CDR for this tenant."),
                         **common_errors,
                     },
                 }
             },
-            "/healthz": {"get": {"operationId": "healthz", "security": [], "summary": "Process alive.",
-                                 "responses": {"200": {"description": "Alive."}}}},
-            "/readyz": {"get": {"operationId": "readyz", "security": [], "summary": "ClickHouse reachable, schema current.",
-                                "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready."}}}},
-            "/metrics": {"get": {"operationId": "metrics", "security": [], "summary": "Prometheus metrics.",
-                                 "responses": {"200": {"description": "Prometheus text format.",
-                                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"operationId": "openapi", "security": [], "summary": "This document.",
-                                      "responses": {"200": {"description": "OpenAPI 3.1."}}}},
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "security": [],
+                    "summary": "Process alive.",
+                    "responses": {"200": {"description": "Alive."}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "security": [],
+                    "summary": "ClickHouse reachable, schema current.",
+                    "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready."}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "security": [],
+                    "summary": "Prometheus metrics.",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "security": [],
+                    "summary": "This document.",
+                    "responses": {"200": {"description": "OpenAPI 3.1."}},
+                }
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -155,17 +209,29 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
                 "Error": {
                     "type": "object",
-                    "properties": {"error": {
-                        "type": "object",
-                        "properties": {
-                            "code": {"type": "string", "enum": [
-                                "invalid_parameter", "invalid_scroll_id", "unauthorized", "not_found",
-                                "rate_limited", "unavailable", "method_not_allowed", "internal"]},
-                            "message": {"type": "string"},
-                            "param": {"type": "string"},
-                        },
-                        "required": ["code", "message"],
-                    }},
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {
+                                "code": {
+                                    "type": "string",
+                                    "enum": [
+                                        "invalid_parameter",
+                                        "invalid_scroll_id",
+                                        "unauthorized",
+                                        "not_found",
+                                        "rate_limited",
+                                        "unavailable",
+                                        "method_not_allowed",
+                                        "internal",
+                                    ],
+                                },
+                                "message": {"type": "string"},
+                                "param": {"type": "string"},
+                            },
+                            "required": ["code", "message"],
+                        }
+                    },
                     "required": ["error"],
                 },
             },

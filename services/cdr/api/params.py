@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from typing import Any, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import phonenumbers
@@ -68,8 +68,13 @@ def parse_list_request(
 
     if scroll_id is not None:
         return ListRequest(
-            "scroll", filters, limit or default_limit, order,  # type: ignore[arg-type]
-            scroll_id=scroll_id, limit_given=limit is not None, given_filters=given,
+            "scroll",
+            filters,
+            limit or default_limit,
+            order,  # type: ignore[arg-type]
+            scroll_id=scroll_id,
+            limit_given=limit is not None,
+            given_filters=given,
         )
     if scroll is not True and (page is not None or limit is not None or offset is not None):
         size = limit or default_limit
@@ -93,9 +98,7 @@ def parse_filters(query: Mapping[str, str], *, zone: ZoneInfo, region: str) -> F
         try:
             direction = int(Direction.parse(direction_text))
         except (KeyError, ValueError):
-            raise InvalidParameter(
-                "direction must be inbound, outbound, local or 1, 2, 3", param="direction"
-            ) from None
+            raise InvalidParameter("direction must be inbound, outbound, local or 1, 2, 3", param="direction") from None
     status = _text(query, "status")
     phone = _text(query, "phone")
     return Filters(
@@ -192,6 +195,4 @@ def _moment(query: Mapping[str, str], name: str, zone: ZoneInfo) -> datetime | N
                 return parsed
     except ValueError:
         pass
-    raise InvalidParameter(
-        f"{name} must be YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or RFC 3339 with an offset", param=name
-    )
+    raise InvalidParameter(f"{name} must be YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or RFC 3339 with an offset", param=name)

@@ -68,8 +68,15 @@ class CdrRoutes:
 
     async def _page(self, tenant: str, wanted: ListRequest) -> dict[str, Any]:
         desc = wanted.order == "desc"
-        page = page_query(self._table, tenant, wanted.filters, tz=self._settings.timezone,
-                          limit=wanted.limit, offset=wanted.offset, desc=desc)
+        page = page_query(
+            self._table,
+            tenant,
+            wanted.filters,
+            tz=self._settings.timezone,
+            limit=wanted.limit,
+            offset=wanted.offset,
+            desc=desc,
+        )
         count = count_query(self._table, tenant, wanted.filters)
         rows = await self._run(page.sql, page.params)
         total = await self._run(count.sql, count.params)
@@ -97,8 +104,9 @@ class CdrRoutes:
                 )
             except (ValueError, OverflowError, OSError):
                 raise InvalidScrollId("scroll_id is malformed", param="scroll_id") from None
-        query = scroll_query(self._table, tenant, filters, tz=self._settings.timezone,
-                             limit=limit, desc=order == "desc", after=after)
+        query = scroll_query(
+            self._table, tenant, filters, tz=self._settings.timezone, limit=limit, desc=order == "desc", after=after
+        )
         rows = await self._run(query.sql, query.params)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -106,8 +114,15 @@ class CdrRoutes:
         if more:
             last = rows[-1]
             next_id = self._cursors.encode(
-                Position(tenant=tenant, filters=filters.canonical(), order=order,
-                         time_started_ms=int(last[-1]), id=str(last[0]), issued_at=now, limit=limit)
+                Position(
+                    tenant=tenant,
+                    filters=filters.canonical(),
+                    order=order,
+                    time_started_ms=int(last[-1]),
+                    id=str(last[0]),
+                    issued_at=now,
+                    limit=limit,
+                )
             )
         return {"data": [record(row) for row in rows], "scroll_id": next_id}
 

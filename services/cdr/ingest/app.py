@@ -120,14 +120,14 @@ def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipel
         fetch_min_bytes=min_bytes,
         fetch_max_wait_ms=settings.batch_time_ms,
         max_partition_fetch_bytes=8 * 1024 * 1024,
-        auto_offset_reset=settings.kafka_auto_offset_reset,  # type: ignore[arg-type]
+        auto_offset_reset=settings.kafka_auto_offset_reset,
         ack_policy=AckPolicy.MANUAL,
         decoder=_no_decode,
     )
 
     @subscriber
     async def on_call_ended(message: KafkaMessage) -> None:
-        await pipeline.handle(message)  # type: ignore[arg-type]
+        await pipeline.handle(message)
 
 
 def ops_app(ingestor: Ingestor, metrics: Metrics) -> Starlette:

@@ -38,8 +38,7 @@ Timestamp = Annotated[
     ),
     Field(
         description=(
-            "RFC 3339 with an offset, integer Unix seconds, or naive "
-            "'YYYY-MM-DD HH:MM:SS' in the PBX timezone."
+            "RFC 3339 with an offset, integer Unix seconds, or naive 'YYYY-MM-DD HH:MM:SS' in the PBX timezone."
         )
     ),
 ]
@@ -65,29 +64,17 @@ class CallEnded(BaseModel):
     )
 
     event: Literal["call.ended"] = Field(description="Always 'call.ended'.")
-    schema_version: Literal[1] = Field(
-        description="Event schema version; an unknown version is dead-lettered."
-    )
-    tenant_id: StrictStr = Field(
-        min_length=1, max_length=128, description="The PBX customer / domain."
-    )
-    emitted_at: Timestamp = Field(
-        description="When the PBX emitted this event; the newest wins for one id."
-    )
+    schema_version: Literal[1] = Field(description="Event schema version; an unknown version is dead-lettered.")
+    tenant_id: StrictStr = Field(min_length=1, max_length=128, description="The PBX customer / domain.")
+    emitted_at: Timestamp = Field(description="When the PBX emitted this event; the newest wins for one id.")
     id: UUID = Field(description="CDR id.")
-    sip_call_id: StrictStr = Field(
-        max_length=1024, description="Call-ID of the SIP dialog; may be empty."
-    )
+    sip_call_id: StrictStr = Field(max_length=1024, description="Call-ID of the SIP dialog; may be empty.")
     cause: StrictStr = Field(max_length=128, description="Hang-up cause, e.g. NORMAL_CLEARING.")
     duration: Seconds = Field(description="Whole call, in seconds.")
     billsec: Seconds = Field(description="Talk time, in seconds; not more than duration.")
     direction: Literal["inbound", "outbound", "local"] = Field(description="Call direction.")
-    recording_url: StrictStr | None = Field(
-        None, max_length=4096, description="Recording of the call, if any."
-    )
-    extension: StrictStr | None = Field(
-        None, max_length=128, description="Extension that made or received the call."
-    )
+    recording_url: StrictStr | None = Field(None, max_length=4096, description="Recording of the call, if any.")
+    extension: StrictStr | None = Field(None, max_length=128, description="Extension that made or received the call.")
     from_number: StrictStr = Field(max_length=128, description="Calling number, as the PBX saw it.")
     to_number: StrictStr = Field(max_length=128, description="Called number, as the PBX saw it.")
     receive_dest: StrictStr | None = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import orjson
@@ -18,7 +18,6 @@ from cdr.store.base import Param, Row, Store, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from chdb.session import Session
 
 # ClickHouse reads parameter values in its escaped text format.
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
@@ -54,11 +53,12 @@ class EmbeddedStore(Store):
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         try:
-            self._session: Session | None = Session(str(data_dir))
+            # chdb has no type hints; its session is used through the few calls below.
+            self._session: Any = Session(str(data_dir))  # type: ignore[no-untyped-call]
         except Exception as exc:  # chdb raises plain RuntimeError/Exception types
             raise StoreUnavailable(f"cannot open embedded store in {data_dir}: {exc}") from exc
 
-    def _session_or_raise(self) -> Session:
+    def _session_or_raise(self) -> Any:
         if self._session is None:
             raise StoreUnavailable("embedded store is closed")
         return self._session
@@ -69,7 +69,8 @@ class EmbeddedStore(Store):
             result = session.query(sql, fmt, params={k: format_param(v) for k, v in params.items()})
         except Exception as exc:
             raise _classify(exc) from exc
-        return result.bytes()
+        out: bytes = result.bytes()
+        return out
 
     def _query(self, sql: str, params: dict[str, Param]) -> list[Row]:
         out = self._execute(sql, params, "JSONCompactEachRow")
