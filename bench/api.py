@@ -1,0 +1,211 @@
+"""API latency over HTTP: 10 M CDRs in 100 tenants, 8 concurrent clients.
+
+Loads the embedded store by the fastest correct path (ClickHouse generates the rows
+itself: INSERT ... SELECT FROM numbers()), serves it with `cdr api` in its own process,
+and measures each request kind; deep-vs-shallow pairs (scroll batch 1 vs 1,000, offset
+page 1 vs 1,000) are the baselines measured in the same run.
+
+    python bench/api.py [--rows 10000000] [--requests 400] [--reuse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import OUT, machine, percentiles  # noqa: E402
+
+from cdr.api.cursor import CursorCodec, Position  # noqa: E402
+from cdr.settings import load_settings, token_digest  # noqa: E402
+from cdr.store import open_store  # noqa: E402
+from cdr.store.migrations import migrate  # noqa: E402
+
+TENANTS = 100
+SECRET = "bench-cursor-secret-0123456789abcdef"
+PORT = 18_123
+STORE = OUT / "api-store"
+
+# Every row is a plausible call; fields derive from hashes of the row number.
+GENERATE = """
+INSERT INTO cdr.cdr (tenant_id, id, sip_call_id, cause, duration, billsec, direction, recording_url,
+                     recording_file, extension, from_number, to_number, receive_dest, time_started,
+                     time_answered, time_ended, status, emitted_at)
+SELECT tenant_id, id, sip_call_id, cause, duration, billsec, direction, recording_url, recording_file,
+       extension, from_number, to_number, receive_dest, time_started, time_answered, time_ended, status,
+       time_ended AS emitted_at
+FROM (
+  SELECT
+    n,
+    concat('tenant', leftPad(toString(n % 100), 3, '0'), '.pbx.vn') AS tenant_id,
+    generateUUIDv4(n) AS id,
+    concat(lower(hex(sipHash64(n, 0))), '@', tenant_id) AS sip_call_id,
+    sipHash64(n, 1) % 100 AS roll,
+    multiIf(roll < 62, 'ANSWERED', roll < 81, 'NO ANSWER', roll < 92, 'BUSY', 'FAILED') AS status,
+    multiIf(roll < 62, 'NORMAL_CLEARING', roll < 79, 'NO_ANSWER', roll < 81, 'ORIGINATOR_CANCEL',
+            roll < 92, 'USER_BUSY', roll < 97, 'CALL_REJECTED', 'NO_ROUTE_DESTINATION') AS cause,
+    sipHash64(n, 2) % 10 AS d,
+    toUInt8(multiIf(d < 5, 1, d < 9, 2, 3)) AS direction,
+    toUInt32(2 + sipHash64(n, 3) % 28) AS ring,
+    toUInt32(if(status = 'ANSWERED', 5 + sipHash64(n, 4) % 895, 0)) AS billsec,
+    ring + billsec AS duration,
+    toDateTime64('2024-01-01 00:00:00', 3, 'UTC')
+      + toIntervalMillisecond(intDiv(n, 100) * 315000 + sipHash64(n, 5) % 315000) AS time_started,
+    if(status = 'ANSWERED', time_started + toIntervalSecond(ring), NULL) AS time_answered,
+    time_started + toIntervalSecond(duration) AS time_ended,
+    concat('09', leftPad(toString(sipHash64(n, 6) % 100000000), 8, '0')) AS mobile,
+    ['19001919', '18006868', '02873001234', '02437123456'][1 + sipHash64(n, 7) % 4] AS hotline,
+    toString(101 + sipHash64(n, 8) % 30) AS extension,
+    multiIf(direction = 1, mobile, direction = 2, hotline, extension) AS from_number,
+    multiIf(direction = 1, hotline, direction = 2, mobile, toString(101 + sipHash64(n, 9) % 30)) AS to_number,
+    if(direction = 1, ['', '', 'ringgroup-sales', 'ringgroup-support', 'queue-billing'][1 + sipHash64(n, 10) % 5], '')
+      AS receive_dest,
+    if(status = 'ANSWERED' AND sipHash64(n, 11) % 10 < 8, concat(toString(id), '.wav'), '') AS recording_file,
+    if(recording_file = '', '', concat('https://recording.', tenant_id, '/', recording_file)) AS recording_url
+  FROM numbers({rows:UInt64})
+)
+"""
+
+
+async def load(rows: int) -> None:
+    shutil.rmtree(STORE, ignore_errors=True)
+    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
+    await migrate(store)
+    began = time.perf_counter()
+    await store.command(GENERATE, {"rows": rows})
+    elapsed = time.perf_counter() - began
+    parts = await store.query("SELECT count() FROM system.parts WHERE database = 'cdr' AND table = 'cdr' AND active")
+    print(f"loaded {rows:,} CDRs in {elapsed:.1f} s ({rows / elapsed:,.0f} rows/s), {parts[0][0]} active parts")
+    await store.close()
+
+
+async def sample(rows: int) -> dict[str, Any]:
+    """Ids, Call-IDs, phones and deep cursor positions to request, read before the API starts."""
+    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
+    picks = await store.query(
+        "SELECT tenant_id, toString(id), sip_call_id, if(direction = 1, from_number, to_number) "
+        "FROM cdr.cdr WHERE rand() % {m:UInt32} = 0 LIMIT 2000", {"m": max(rows // 20_000, 1)})
+    deep = await store.query(
+        "SELECT tenant_id, toUnixTimestamp64Milli(time_started), toString(id) FROM cdr.cdr FINAL "
+        "WHERE tenant_id IN ('tenant007.pbx.vn', 'tenant042.pbx.vn', 'tenant077.pbx.vn') "
+        "ORDER BY tenant_id, time_started, id LIMIT 1 OFFSET 99899 BY tenant_id")
+    await store.close()
+    return {"picks": picks, "deep": deep}
+
+
+def token(tenant: str) -> str:
+    return f"bench-token-{tenant}"
+
+
+async def run_scenario(name: str, make: Any, requests: int, clients: int = 8) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue = list(range(requests))
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while queue:
+            queue.pop()
+            tenant, url = make()
+            began = time.perf_counter()
+            r = await client.get(url, headers={"Authorization": f"Bearer {token(tenant)}"})
+            latencies.append((time.perf_counter() - began) * 1000)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", limits=limits, timeout=60) as client:
+        for _ in range(16):  # warm up
+            tenant, url = make()
+            await client.get(url, headers={"Authorization": f"Bearer {token(tenant)}"})
+        began = time.perf_counter()
+        await asyncio.gather(*[client_loop(client) for _ in range(clients)])
+        elapsed = time.perf_counter() - began
+    result = {"name": name, **percentiles(latencies), "rps": requests / elapsed, "statuses": statuses}
+    print(f"  {name:<34} p50 {result['p50']:7.1f} ms  p95 {result['p95']:7.1f}  p99 {result['p99']:7.1f}  "
+          f"{result['rps']:6.1f} req/s  {statuses}")
+    return result
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--reuse", action="store_true", help="keep the store of an earlier run")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not (args.reuse and STORE.exists()):
+        await load(args.rows)
+    samples = await sample(args.rows)
+    tenants = [f"tenant{n:03d}.pbx.vn" for n in range(TENANTS)]
+    tokens_file = OUT / "tokens.txt"
+    tokens_file.write_text("".join(f"{t}:{token_digest(token(t))}\n" for t in tenants))
+    env = {**os.environ, "CDR_DATA_DIR": str(STORE), "CDR_API_PORT": str(PORT), "CDR_API_TOKENS_FILE": str(tokens_file),
+           "CDR_CURSOR_SECRET": SECRET, "CDR_LOG_LEVEL": "WARNING"}
+    env.pop("CDR_CLICKHOUSE_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "cdr.cli", "api"], env=env)
+    try:
+        async with httpx.AsyncClient() as probe:
+            for _ in range(600):
+                try:
+                    if (await probe.get(f"http://127.0.0.1:{PORT}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        rng = random.Random(7)
+        picks = samples["picks"]
+        codec = CursorCodec(SECRET.encode(), 3600)
+
+        def any_tenant() -> str:
+            return rng.choice(tenants)
+
+        def deep_cursor() -> tuple[str, str]:
+            tenant, ts, id_ = rng.choice(samples["deep"])
+            cursor = codec.encode(Position(tenant, {}, "asc", int(ts), id_, int(time.time()), 100))
+            return tenant, f"/v1/cdr?scroll_id={cursor}"
+
+        scenarios = [
+            ("list, no filter (scroll batch 1)", lambda: (any_tenant(), "/v1/cdr")),
+            ("list, one-week time range", lambda: (any_tenant(), "/v1/cdr?start_date=2024-03-01&end_date=2024-03-08")),
+            ("list, phone", lambda: (lambda p: (p[0], f"/v1/cdr?phone={p[3]}"))(rng.choice(picks))),
+            ("list, status + direction", lambda: (any_tenant(), "/v1/cdr?status=BUSY&direction=inbound")),
+            ("list, page 1 with total", lambda: (any_tenant(), "/v1/cdr?page=1&limit=10")),
+            ("get by id", lambda: (lambda p: (p[0], f"/v1/cdr/{p[1]}"))(rng.choice(picks))),
+            ("get by sip_call_id", lambda: (lambda p: (p[0], f"/v1/cdr/{p[2]}"))(rng.choice(picks))),
+            ("scroll batch 1 (limit 100)", lambda: (any_tenant(), "/v1/cdr?scroll=true&limit=100")),
+            ("scroll batch 1,000 (limit 100)", deep_cursor),
+            ("offset page 1 (limit 100)", lambda: (any_tenant(), "/v1/cdr?page=1&limit=100")),
+            ("offset page 1,000 (limit 100)", lambda: (any_tenant(), "/v1/cdr?page=1000&limit=100")),
+        ]
+        print(f"machine: {machine()}; {args.rows:,} CDRs, {TENANTS} tenants, 8 concurrent clients, "
+              f"{args.requests} requests per kind")
+        results = {name: await run_scenario(name, make, args.requests) for name, make in scenarios}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    s1, s1000 = results["scroll batch 1 (limit 100)"], results["scroll batch 1,000 (limit 100)"]
+    o1, o1000 = results["offset page 1 (limit 100)"], results["offset page 1,000 (limit 100)"]
+    print()
+    print("| request | p50 ms | p95 ms | p99 ms | req/s |")
+    print("|---|---|---|---|---|")
+    for r in results.values():
+        print(f"| {r['name']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['rps']:.1f} |")
+    print()
+    print(f"scroll batch 1,000 / batch 1 (p50): {s1000['p50'] / s1['p50']:.2f}x (bar <= 1.5x)")
+    print(f"offset page 1,000 / page 1 (p50): {o1000['p50'] / o1['p50']:.2f}x (for contrast)")
+    bad = {name: r["statuses"] for name, r in results.items() if set(r["statuses"]) != {200}}
+    if bad:
+        raise SystemExit(f"non-200 answers: {bad}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
