@@ -72,7 +72,7 @@ FROM (
       AS receive_dest,
     if(status = 'ANSWERED' AND sipHash64(n, 11) % 10 < 8, concat(toString(id), '.wav'), '') AS recording_file,
     if(recording_file = '', '', concat('https://recording.', tenant_id, '/', recording_file)) AS recording_url
-  FROM numbers({rows:UInt64})
+  FROM (SELECT number AS n FROM numbers({rows:UInt64}))
 )
 """
 

@@ -21,7 +21,11 @@ from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
 from tests.helpers import encoded, events
 
-TOKENS = {"t1.example": "token-one-" + "a" * 20, "t2.example": "token-two-" + "b" * 20}
+TOKENS = {
+    "t1.example": "token-one-" + "a" * 20,
+    "t2.example": "token-two-" + "b" * 20,
+    "t3.example": "token-three-" + "c" * 20,
+}
 SECRET = "cursor-secret-for-tests-" + "x" * 16
 
 

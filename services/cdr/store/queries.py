@@ -29,6 +29,10 @@ _RECORD_COLUMNS = f"""
 """
 RECORD_WIDTH = 15  # the API fields; the last column is the cursor key
 
+# The partition key (month of time_started) derives from the sort key, so every version
+# of a record lies in one partition and FINAL need not merge across partitions.
+_FINAL_SETTINGS = " SETTINGS do_not_merge_across_partitions_select_final = 1"
+
 
 @dataclass(frozen=True)
 class SearchFilters:
@@ -116,14 +120,14 @@ def page_query(table: str, tenant: str, f: SearchFilters, *, tz: str, limit: int
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
         f"ORDER BY time_started {direction}, id {direction} "
-        "LIMIT {limit:UInt32} OFFSET {offset:UInt64}"
+        "LIMIT {limit:UInt32} OFFSET {offset:UInt64}" + _FINAL_SETTINGS
     )
     return Query(sql, {**params, "tz": tz, "limit": limit, "offset": offset})
 
 
 def count_query(table: str, tenant: str, f: SearchFilters) -> Query:
     clauses, params = _where(tenant, f)
-    return Query(f"SELECT count() FROM {table} FINAL WHERE {' AND '.join(clauses)}", params)
+    return Query(f"SELECT count() FROM {table} FINAL WHERE {' AND '.join(clauses)}" + _FINAL_SETTINGS, params)
 
 
 def scroll_query(
@@ -151,7 +155,7 @@ def scroll_query(
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
-        f"ORDER BY time_started {direction}, id {direction} LIMIT {{limit:UInt32}}"
+        f"ORDER BY time_started {direction}, id {direction} LIMIT {{limit:UInt32}}" + _FINAL_SETTINGS
     )
     return Query(sql, {**params, "tz": tz, "limit": limit + 1})
 
@@ -169,7 +173,7 @@ def lookup_query(table: str, tenant: str, key: str, *, tz: str) -> Query:
         order = "id = {id:UUID} DESC, time_started, id"
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL "
-        f"WHERE tenant_id = {{tenant:String}} AND {match} ORDER BY {order} LIMIT 1"
+        f"WHERE tenant_id = {{tenant:String}} AND {match} ORDER BY {order} LIMIT 1" + _FINAL_SETTINGS
     )
     return Query(sql, params)
 
