@@ -85,3 +85,33 @@ async def test_limit_changes_batch_size_mid_scroll(api: Api) -> None:
         third = (await client.get("/v1/cdr", params={"scroll_id": second["scroll_id"]})).json()
     # Without limit, a continuation keeps the batch size the cursor was issued with.
     assert first["data"] + second["data"] + third["data"] == want[: 7 + 11 + 11]
+
+
+async def test_scroll_across_many_time_windows_both_orders(api: Api) -> None:
+    """Records sparse in time (several months) make batches cross the read windows."""
+    tenant = "t3.example"
+    sparse = events(150, seed=41, tenants=(tenant,), start=datetime(2022, 1, 1, tzinfo=UTC), spacing_s=86_400)
+    sparse += events(5, seed=42, tenants=(tenant,), start=datetime(2022, 11, 20, tzinfo=UTC), spacing_s=3_600)
+    await api.insert(sparse)
+    params = {"end_date": "2022-12-31"}
+    want = expected(api.events, tenant, params)
+    assert len(want) == 155
+    for order, reference in (("asc", want), ("desc", want[::-1])):
+        seen: list[dict[str, Any]] = []
+        async with api.client(tenant) as client:
+            body = (
+                await client.get("/v1/cdr", params={**params, "scroll": "true", "limit": "7", "order": order})
+            ).json()
+            seen.extend(body["data"])
+            while body["scroll_id"]:
+                body = (await client.get("/v1/cdr", params={"scroll_id": body["scroll_id"]})).json()
+                seen.extend(body["data"])
+        assert seen == reference, order
+    async with api.client(tenant) as client:
+        window = (
+            await client.get(
+                "/v1/cdr",
+                params={"start_date": "2022-03-01", "end_date": "2022-07-01", "scroll": "true", "limit": "1000"},
+            )
+        ).json()
+    assert window["data"] == expected(api.events, tenant, {"start_date": "2022-03-01", "end_date": "2022-07-01"})

@@ -11,8 +11,9 @@ async def test_reads_see_only_the_newest_version(api: Api) -> None:
     original = events(3, seed=31, tenants=(tenant,))
     for e in original:
         e.update(status="BUSY", cause="USER_BUSY", billsec=0, time_answered=None, recording_url=None)
-    corrected = [{**e, "status": "FAILED", "cause": "CORRECTED", "emitted_at": "2030-01-01T00:00:00+00:00"}
-                 for e in original]
+    corrected = [
+        {**e, "status": "FAILED", "cause": "CORRECTED", "emitted_at": "2030-01-01T00:00:00+00:00"} for e in original
+    ]
     await api.insert(original)
     await api.insert(corrected)
     await api.insert(original)  # a late re-delivery of the old version must not win

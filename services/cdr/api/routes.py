@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +18,15 @@ from cdr.api.params import FILTER_PARAMS, ListRequest, parse_list_request
 from cdr.api.responses import OrjsonResponse
 from cdr.settings import Settings
 from cdr.store import Store, StoreUnavailable
-from cdr.store.queries import SearchFilters, count_query, lookup_query, page_query, record, scroll_query
+from cdr.store.queries import (
+    SearchFilters,
+    count_query,
+    lookup_query,
+    page_query,
+    record,
+    scroll_query,
+    tenant_edge_query,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +39,14 @@ _FIELD_OF = {
     "phone": "phones",
 }
 _MAX_KEY = 1024
+_WINDOW = timedelta(days=31)
+
+
+def _parse_utc(value: Any) -> datetime:
+    """A DateTime64 from either backend: text from chdb, a datetime from a server."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
 class CdrRoutes:
@@ -125,6 +141,43 @@ class CdrRoutes:
                 )
             )
         return {"data": [record(row) for row in rows], "scroll_id": next_id}
+
+    async def _scroll_rows(
+        self, tenant: str, filters: SearchFilters, *, limit: int, desc: bool, after: tuple[datetime, UUID] | None
+    ) -> list[list[Any]]:
+        """Up to limit + 1 rows after the position, read one time window first.
+
+        A tenant's rows spread over every monthly partition, and an unbounded ordered
+        read touches all of them even for ten rows. Most batches fill from the first
+        ~month after their starting edge, so that window is read first and the rest
+        of the range only when it falls short. Both reads are in order, so the
+        concatenation is too."""
+        tz = self._settings.timezone
+        edge = after[0] if after else (filters.end if desc else filters.start)
+        far = filters.start if desc else filters.end
+        if edge is None:
+            edge_query = tenant_edge_query(self._table, tenant, latest=desc)
+            found = await self._run(edge_query.sql, edge_query.params)
+            if not found or not found[0][1]:
+                return []
+            edge = _parse_utc(found[0][0])
+        if far is not None and abs(far - edge) <= _WINDOW:
+            query = scroll_query(self._table, tenant, filters, tz=tz, limit=limit, desc=desc, after=after)
+            return await self._run(query.sql, query.params)
+        # asc: [edge, edge + W), then [edge + W, ...);  desc: [edge - W, edge], then [..., edge - W)
+        split = edge - _WINDOW if desc else edge + _WINDOW
+        near_window = (split, None) if desc else (None, split)
+        rest_window = (None, split) if desc else (split, None)
+        near = scroll_query(
+            self._table, tenant, filters, tz=tz, limit=limit, desc=desc, after=after, window=near_window
+        )
+        rows = await self._run(near.sql, near.params)
+        if len(rows) > limit:
+            return rows
+        rest = scroll_query(
+            self._table, tenant, filters, tz=tz, limit=limit - len(rows), desc=desc, after=after, window=rest_window
+        )
+        return rows + await self._run(rest.sql, rest.params)
 
     async def _run(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:
         try:

@@ -139,10 +139,22 @@ def scroll_query(
     limit: int,
     desc: bool,
     after: tuple[datetime, UUID] | None,
+    window: tuple[datetime | None, datetime | None] = (None, None),
 ) -> Query:
     """The next ``limit`` records after a keyset position; fetches one extra to tell
-    whether more remain. Seeks on the sort key, so depth costs nothing."""
+    whether more remain. Seeks on the sort key, so depth costs nothing.
+
+    ``window`` = (from, until) further bounds time_started to ``from <= t < until``
+    (either may be None); the caller uses it to read one partition's worth first.
+    """
     clauses, params = _where(tenant, f)
+    low, high = window
+    if low is not None:
+        clauses.append("time_started >= {window_low:DateTime64(3, 'UTC')}")
+        params["window_low"] = low
+    if high is not None:
+        clauses.append("time_started < {window_high:DateTime64(3, 'UTC')}")
+        params["window_high"] = high
     if after is not None:
         # The first clause alone selects an index range; the second breaks ties by id.
         if desc:
@@ -158,6 +170,16 @@ def scroll_query(
         f"ORDER BY time_started {direction}, id {direction} LIMIT {{limit:UInt32}}" + _FINAL_SETTINGS
     )
     return Query(sql, {**params, "tz": tz, "limit": limit + 1})
+
+
+def tenant_edge_query(table: str, tenant: str, *, latest: bool) -> Query:
+    """The tenant's earliest (or latest) time_started; versions of a record share it,
+    so no FINAL is needed."""
+    fn = "max" if latest else "min"
+    return Query(
+        f"SELECT {fn}(time_started), count() > 0 FROM {table} WHERE tenant_id = {{tenant:String}}",
+        {"tenant": tenant},
+    )
 
 
 def lookup_query(table: str, tenant: str, key: str, *, tz: str) -> Query:
