@@ -40,6 +40,7 @@ _FIELD_OF = {
 }
 _MAX_KEY = 1024
 _WINDOW = timedelta(days=31)
+_EDGE_TTL_S = 300.0
 
 
 def _parse_utc(value: Any) -> datetime:
@@ -56,6 +57,8 @@ class CdrRoutes:
         self._auth = auth
         self._cursors = cursors
         self._table = store.qualified("cdr")
+        # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
+        self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
 
     async def list_cdrs(self, request: Request) -> Response:
         tenant = self._auth.tenant_for(request.headers.get("authorization"))
@@ -156,12 +159,8 @@ class CdrRoutes:
         edge = after[0] if after else (filters.end if desc else filters.start)
         far = filters.start if desc else filters.end
         if edge is None:
-            edge_query = tenant_edge_query(self._table, tenant, latest=desc)
-            found = await self._run(edge_query.sql, edge_query.params)
-            if not found or not found[0][1]:
-                return []
-            edge = _parse_utc(found[0][0])
-        if far is not None and abs(far - edge) <= _WINDOW:
+            edge = await self._tenant_edge(tenant, latest=desc)
+        if edge is None or (far is not None and abs(far - edge) <= _WINDOW):
             query = scroll_query(self._table, tenant, filters, tz=tz, limit=limit, desc=desc, after=after)
             return await self._run(query.sql, query.params)
         # asc: [edge, edge + W), then [edge + W, ...);  desc: [edge - W, edge], then [..., edge - W)
@@ -178,6 +177,20 @@ class CdrRoutes:
             self._table, tenant, filters, tz=tz, limit=limit - len(rows), desc=desc, after=after, window=rest_window
         )
         return rows + await self._run(rest.sql, rest.params)
+
+    async def _tenant_edge(self, tenant: str, *, latest: bool) -> datetime | None:
+        """The tenant's earliest (latest) call, cached for a while. A stale value only
+        costs speed: the first window is open towards the edge (no bound there), so
+        calls older (newer) than the cached edge are still read."""
+        now = time.monotonic()
+        cached = self._edges.get((tenant, latest))
+        if cached is not None and now - cached[0] < _EDGE_TTL_S:
+            return cached[1]
+        query = tenant_edge_query(self._table, tenant, latest=latest)
+        found = await self._run(query.sql, query.params)
+        edge = _parse_utc(found[0][0]) if found and found[0][1] else None
+        self._edges[(tenant, latest)] = (now, edge)
+        return edge
 
     async def _run(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:
         try:
