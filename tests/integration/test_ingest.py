@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from cdr.ingest.dlq import HEADER_ERROR, HEADER_KIND, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
-from tests.helpers import encoded, events, produce, read_all, stored_ids, wait_for
+from tests.helpers import committed_offsets, encoded, events, produce, read_all, stored_ids, wait_for
 from tests.integration.conftest import IngestEnv
 
 FIELDS_SQL = """
@@ -178,3 +178,27 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
         if name in expected_text:
             assert expected_text[name] in headers[HEADER_ERROR], (name, headers[HEADER_ERROR])
     assert ingest_env.metrics.events_dead_lettered.labels(reason="invalid_event")._value.get() == 4
+
+
+async def test_mostly_bad_partition_stops_the_ingestor_without_committing(ingest_env: IngestEnv) -> None:
+    """Something systematically wrong (here: a producer sending garbage) stops ingest
+    instead of dead-lettering the whole stream; nothing past it is committed."""
+    settings = ingest_env.settings
+    good = encoded(events(50, seed=8))
+    garbage = [(b"k", b"<xml>not a call</xml>") for _ in range(400)]
+    # One key: one partition, so the limit sees the whole stream.
+    await produce(
+        settings.kafka_bootstrap_servers, settings.kafka_topic, [(b"same-key", value) for _, value in good + garbage]
+    )
+    async with ingest_env.running(dlq_min_messages=100, dlq_window=200, dlq_max_ratio=0.5) as ingestor:
+
+        async def halted() -> bool:
+            return ingestor.pipeline.halted.is_set()
+
+        await wait_for(halted, 60, "the dead-letter limit to stop the ingestor")
+        ready, checks = await ingestor.ready()
+    assert not ready and "halted" in checks["pipeline"]
+    assert ingestor.pipeline.fatal is not None and "invalid" in ingestor.pipeline.fatal
+    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    # Whatever was committed precedes the batch that broke the limit; the rest stays for a human.
+    assert sum(offsets.values()) < len(good) + len(garbage)
