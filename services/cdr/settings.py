@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     default_limit: int = Field(10, ge=1, description="Records per response when limit is not given.")
     max_limit: int = Field(1_000, ge=1, description="Largest accepted limit.")
     phone_region: str = Field("VN", description="Region for reading national phone numbers.")
+    rate_limit_per_s: float = Field(
+        0, ge=0, description="Requests per second per tenant and API replica; 0 turns the limit off."
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a tenant may make at once above its rate.")
 
     ops_port: int = Field(
         9100, ge=0, le=65535, description="Port of a standalone ingestor's /healthz, /readyz, /metrics."

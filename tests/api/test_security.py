@@ -184,3 +184,31 @@ async def test_concurrent_tenants_never_see_each_other(api: Api) -> None:
     for i, ids in enumerate(results):
         tenant = ("t1.example", "t2.example")[i % 2]
         assert ids and ids <= own[tenant]
+
+
+async def test_rate_limit_answers_429_over_http(api: Api) -> None:
+    """A second server on the same store with a tight limit: the third quick request is refused."""
+    import httpx
+
+    from cdr.api.app import create_app
+    from cdr.metrics import Metrics
+    from cdr.serve import http_server
+    from tests.api.conftest import TOKENS, free_port
+
+    settings = api.settings.model_copy(update={"rate_limit_per_s": 0.5, "rate_limit_burst": 2})
+    port = free_port()
+    server = http_server(create_app(settings, api.store, Metrics()), "127.0.0.1", port)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    try:
+        headers = {"Authorization": f"Bearer {TOKENS['t1.example']}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+            codes = [(await client.get("/v1/cdr")).status_code for _ in range(3)]
+            limited = await client.get("/v1/cdr")
+    finally:
+        server.should_exit = True
+        await task
+    assert codes[:2] == [200, 200] and codes[2] == 429
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert limited.json()["error"]["code"] == "rate_limited"

@@ -18,6 +18,7 @@ from cdr.api.cursor import CursorCodec
 from cdr.api.errors import ApiError, NotFound, error_response
 from cdr.api.middleware import MetricsMiddleware
 from cdr.api.openapi import openapi_document
+from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import CdrRoutes
 from cdr.metrics import Metrics
@@ -50,6 +51,7 @@ def create_app(
         store,
         TokenAuthority(digests),
         CursorCodec(settings.cursor_secret.get_secret_value().encode(), settings.cursor_ttl_s),
+        TenantRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
     )
     document = openapi_document(settings)
 

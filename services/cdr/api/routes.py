@@ -15,6 +15,7 @@ from cdr.api.auth import TokenAuthority
 from cdr.api.cursor import CursorCodec, Position
 from cdr.api.errors import InvalidParameter, InvalidScrollId, NotFound, Unavailable
 from cdr.api.params import FILTER_PARAMS, ListRequest, parse_list_request
+from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
 from cdr.settings import Settings
 from cdr.store import Store, StoreUnavailable
@@ -51,8 +52,16 @@ def _parse_utc(value: Any) -> datetime:
 
 
 class CdrRoutes:
-    def __init__(self, settings: Settings, store: Store, auth: TokenAuthority, cursors: CursorCodec) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        auth: TokenAuthority,
+        cursors: CursorCodec,
+        limiter: TenantRateLimiter,
+    ) -> None:
         self._settings = settings
+        self._limiter = limiter
         self._store = store
         self._auth = auth
         self._cursors = cursors
@@ -60,8 +69,13 @@ class CdrRoutes:
         # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
         self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
 
-    async def list_cdrs(self, request: Request) -> Response:
+    def _tenant(self, request: Request) -> str:
         tenant = self._auth.tenant_for(request.headers.get("authorization"))
+        self._limiter.check(tenant)
+        return tenant
+
+    async def list_cdrs(self, request: Request) -> Response:
+        tenant = self._tenant(request)
         s = self._settings
         wanted = parse_list_request(
             request.query_params,
@@ -75,7 +89,7 @@ class CdrRoutes:
         return OrjsonResponse(await self._scroll(tenant, wanted, request.query_params.get("order")))
 
     async def get_cdr(self, request: Request) -> Response:
-        tenant = self._auth.tenant_for(request.headers.get("authorization"))
+        tenant = self._tenant(request)
         key = request.path_params["key"]
         if not key or len(key) > _MAX_KEY:
             raise NotFound("no such CDR")
