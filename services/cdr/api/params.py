@@ -62,7 +62,7 @@ def parse_list_request(
     limit = _int(query, "limit", 1, max_limit)
     page = _int(query, "page", 1, 10_000_000)
     offset = _int(query, "offset", 0, 1_000_000_000)
-    order = _choice(query, "order", ("asc", "desc")) or "asc"
+    order: Literal["asc", "desc"] = "desc" if _choice(query, "order", ("asc", "desc")) == "desc" else "asc"
     scroll = _bool(query, "scroll")
     scroll_id = query.get("scroll_id") or None
 
@@ -71,7 +71,7 @@ def parse_list_request(
             "scroll",
             filters,
             limit or default_limit,
-            order,  # type: ignore[arg-type]
+            order,
             scroll_id=scroll_id,
             limit_given=limit is not None,
             given_filters=given,
@@ -79,8 +79,8 @@ def parse_list_request(
     if scroll is not True and (page is not None or limit is not None or offset is not None):
         size = limit or default_limit
         start = offset if offset is not None else ((page or 1) - 1) * size
-        return ListRequest("page", filters, size, order, offset=start, page=start // size + 1, given_filters=given)  # type: ignore[arg-type]
-    return ListRequest("scroll", filters, limit or default_limit, order, given_filters=given)  # type: ignore[arg-type]
+        return ListRequest("page", filters, size, order, offset=start, page=start // size + 1, given_filters=given)
+    return ListRequest("scroll", filters, limit or default_limit, order, given_filters=given)
 
 
 def parse_filters(query: Mapping[str, str], *, zone: ZoneInfo, region: str) -> Filters:

@@ -126,8 +126,14 @@ class CdrRoutes:
         if wanted.scroll_id is not None:
             position = self._cursors.decode(wanted.scroll_id, tenant=tenant, now=now)
             _same_filters(wanted, position, order_param)
-            filters = SearchFilters.from_canonical(position.filters)
-            order = position.order  # type: ignore[assignment]
+            try:
+                # Signed by us, but possibly by an older release with other filter names.
+                filters = SearchFilters.from_canonical(position.filters)
+            except (TypeError, ValueError):
+                raise InvalidScrollId(
+                    "scroll_id is from an incompatible version; start a new scroll", param="scroll_id"
+                ) from None
+            order = "desc" if position.order == "desc" else "asc"
             if not wanted.limit_given:
                 limit = min(position.limit, self._settings.max_limit)
             try:
