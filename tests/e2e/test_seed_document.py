@@ -38,10 +38,10 @@ async def test_document_examples_round_trip_through_kafka(kafka_bootstrap: str, 
         "CDR_BATCH_TIME_MS": "200",
     }
     env.pop("CDR_CLICKHOUSE_URL", None)
-    log = (tmp_path / "run.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "cdr.cli", "run"], env=env, stdout=log, stderr=log)
     events = orjson.loads((DATA / "seed-document-events.json").read_bytes())
     records = orjson.loads((DATA / "seed-document-records.json").read_bytes())
+    log = (tmp_path / "run.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "cdr.cli", "run"], env=env, stdout=log, stderr=log)
     try:
         await produce(kafka_bootstrap, topic, [(e["id"].encode(), orjson.dumps(e)) for e in events])
         async with httpx.AsyncClient(
@@ -62,7 +62,11 @@ async def test_document_examples_round_trip_through_kafka(kafka_bootstrap: str, 
             ready = await client.get("/readyz")
     finally:
         process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=60)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
     assert page.json() == {"data": records, "limit": 10, "page": 1, "total": 2}
     for response, record in zip(by_id + by_sip, records + records, strict=True):
         assert response.status_code == 200
