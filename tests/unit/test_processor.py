@@ -104,3 +104,21 @@ def test_empty_batch_is_an_empty_table() -> None:
     table = to_table([])
     assert table.num_rows == 0 and table.schema == SCHEMA
     assert isinstance(table, pa.Table)
+
+
+def test_sub_millisecond_times_truncate_to_milliseconds() -> None:
+    event = parse_event(
+        sample(
+            time_started="2021-02-17T17:30:35.123456+07:00",
+            time_answered=None,
+            time_ended="2021-02-17T10:31:00.999999Z",
+            duration=25,
+            billsec=0,
+        ),
+        HCM,
+        65_536,
+    )
+    assert isinstance(event, CallEnded)
+    row = to_table([event]).to_pylist()[0]
+    assert row["time_started"] == datetime(2021, 2, 17, 10, 30, 35, 123_000, tzinfo=UTC)
+    assert row["time_ended"] == datetime(2021, 2, 17, 10, 31, 0, 999_000, tzinfo=UTC)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -14,8 +12,6 @@ from pydantic import ValidationError
 from cdr.model.event import CallEnded
 from cdr.model.record import Direction
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 _TIME = pa.timestamp("ms", tz="UTC")
 _DIRECTION_CODE = {d.name.lower(): int(d) for d in Direction}
 
@@ -92,31 +88,32 @@ def recording_file(url: str | None) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _ms(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MS
-
-
 def to_table(events: list[CallEnded]) -> pa.Table:
-    """The events as one Arrow table in the shape of the ``cdr`` table."""
-    columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
-    c = columns
-    for e in events:
-        c["tenant_id"].append(e.tenant_id)
-        c["id"].append(str(e.id))
-        c["sip_call_id"].append(e.sip_call_id)
-        c["cause"].append(e.cause)
-        c["duration"].append(e.duration)
-        c["billsec"].append(e.billsec)
-        c["direction"].append(_DIRECTION_CODE[e.direction])
-        c["recording_url"].append(e.recording_url or "")
-        c["recording_file"].append(recording_file(e.recording_url))
-        c["extension"].append(e.extension or "")
-        c["from_number"].append(e.from_number)
-        c["to_number"].append(e.to_number)
-        c["receive_dest"].append(e.receive_dest or "")
-        c["time_started"].append(_ms(e.time_started))
-        c["time_answered"].append(None if e.time_answered is None else _ms(e.time_answered))
-        c["time_ended"].append(_ms(e.time_ended))
-        c["status"].append(e.status)
-        c["emitted_at"].append(_ms(e.emitted_at))
-    return pa.table(columns, schema=SCHEMA)
+    """The events as one Arrow table in the shape of the ``cdr`` table.
+
+    Column by column (a comprehension per column beats appending field by field), and
+    Arrow converts the aware datetimes to UTC milliseconds itself."""
+    e = events
+    return pa.table(
+        {
+            "tenant_id": [x.tenant_id for x in e],
+            "id": [str(x.id) for x in e],
+            "sip_call_id": [x.sip_call_id for x in e],
+            "cause": [x.cause for x in e],
+            "duration": [x.duration for x in e],
+            "billsec": [x.billsec for x in e],
+            "direction": [_DIRECTION_CODE[x.direction] for x in e],
+            "recording_url": [x.recording_url or "" for x in e],
+            "recording_file": [recording_file(x.recording_url) for x in e],
+            "extension": [x.extension or "" for x in e],
+            "from_number": [x.from_number for x in e],
+            "to_number": [x.to_number for x in e],
+            "receive_dest": [x.receive_dest or "" for x in e],
+            "time_started": pa.array([x.time_started for x in e], _TIME),
+            "time_answered": pa.array([x.time_answered for x in e], _TIME),
+            "time_ended": pa.array([x.time_ended for x in e], _TIME),
+            "status": [x.status for x in e],
+            "emitted_at": pa.array([x.emitted_at for x in e], _TIME),
+        },
+        schema=SCHEMA,
+    )
