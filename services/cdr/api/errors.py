@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import Response
 
 from cdr.api.responses import OrjsonResponse
@@ -62,9 +61,3 @@ class Unavailable(ApiError):
 
 def error_response(error: ApiError) -> Response:
     return OrjsonResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
-async def handle_api_error(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, ApiError):
-        raise exc
-    return error_response(exc)

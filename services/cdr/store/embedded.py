@@ -84,13 +84,12 @@ class EmbeddedStore(Store):
         columns = ", ".join(data.column_names)
         # chdb's Python() table function finds the Arrow table by the name of a local
         # variable in the calling frame, so it must be named here.
-        arrow_rows = data
+        arrow_rows = data  # noqa: F841 - read by name by chdb, not by Python
         sql = f"INSERT INTO {self.qualified(table)} ({columns}) SELECT {columns} FROM Python(arrow_rows)"
         try:
             session.query(sql)
         except Exception as exc:
             raise _classify(exc) from exc
-        del arrow_rows
 
     def _close(self) -> None:
         if self._session is not None:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from cdr.model.record import API_FIELDS
 from cdr.store.base import Param
 
 TIME_FORMAT = "%Y-%m-%d %H:%i:%S"
@@ -202,8 +203,6 @@ def lookup_query(table: str, tenant: str, key: str, *, tz: str) -> Query:
 
 def record(row: list[Any]) -> dict[str, Any]:
     """A result row as the API's record (the document's field order)."""
-    from cdr.model.record import API_FIELDS
-
     out = dict(zip(API_FIELDS, row[:RECORD_WIDTH], strict=True))
     for name in ("duration", "billsec", "direction"):
         out[name] = int(out[name])
