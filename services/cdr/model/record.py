@@ -1,4 +1,4 @@
-"""The stored call detail record: its columns, and the codes the API shows."""
+"""The call detail record as the API shows it: field order and direction codes."""
 
 from __future__ import annotations
 
@@ -20,28 +20,6 @@ class Direction(IntEnum):
             return cls(int(value))
         return cls[value.upper()]
 
-
-# Columns written by the ingestor, in table order (ingested_at has a default).
-STORED_COLUMNS: tuple[str, ...] = (
-    "tenant_id",
-    "id",
-    "sip_call_id",
-    "cause",
-    "duration",
-    "billsec",
-    "direction",
-    "recording_url",
-    "recording_file",
-    "extension",
-    "from_number",
-    "to_number",
-    "receive_dest",
-    "time_started",
-    "time_answered",
-    "time_ended",
-    "status",
-    "emitted_at",
-)
 
 # Fields of a CDR in the API, in the order of the customer's document.
 API_FIELDS: tuple[str, ...] = (
