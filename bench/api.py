@@ -18,18 +18,17 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import OUT, machine, percentiles  # noqa: E402
+from common import OUT, machine, percentiles
 
-from cdr.api.cursor import CursorCodec, Position  # noqa: E402
-from cdr.settings import load_settings, token_digest  # noqa: E402
-from cdr.store import open_store  # noqa: E402
-from cdr.store.migrations import migrate  # noqa: E402
+from cdr.api.cursor import CursorCodec, Position
+from cdr.settings import load_settings, token_digest
+from cdr.store import open_store
+from cdr.store.migrations import migrate
 
 TENANTS = 100
 SECRET = "bench-cursor-secret-0123456789abcdef"
@@ -94,11 +93,14 @@ async def sample(rows: int) -> dict[str, Any]:
     store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
     picks = await store.query(
         "SELECT tenant_id, toString(id), sip_call_id, if(direction = 1, from_number, to_number) "
-        "FROM cdr.cdr WHERE rand() % {m:UInt32} = 0 LIMIT 2000", {"m": max(rows // 20_000, 1)})
+        "FROM cdr.cdr WHERE rand() % {m:UInt32} = 0 LIMIT 2000",
+        {"m": max(rows // 20_000, 1)},
+    )
     deep = await store.query(
         "SELECT tenant_id, toUnixTimestamp64Milli(time_started), toString(id) FROM cdr.cdr FINAL "
         "WHERE tenant_id IN ('tenant007.pbx.vn', 'tenant042.pbx.vn', 'tenant077.pbx.vn') "
-        "ORDER BY tenant_id, time_started, id LIMIT 1 OFFSET 99899 BY tenant_id")
+        "ORDER BY tenant_id, time_started, id LIMIT 1 OFFSET 99899 BY tenant_id"
+    )
     await store.close()
     return {"picks": picks, "deep": deep}
 
@@ -130,8 +132,10 @@ async def run_scenario(name: str, make: Any, requests: int, clients: int = 8) ->
         await asyncio.gather(*[client_loop(client) for _ in range(clients)])
         elapsed = time.perf_counter() - began
     result = {"name": name, **percentiles(latencies), "rps": requests / elapsed, "statuses": statuses}
-    print(f"  {name:<34} p50 {result['p50']:7.1f} ms  p95 {result['p95']:7.1f}  p99 {result['p99']:7.1f}  "
-          f"{result['rps']:6.1f} req/s  {statuses}")
+    print(
+        f"  {name:<34} p50 {result['p50']:7.1f} ms  p95 {result['p95']:7.1f}  p99 {result['p99']:7.1f}  "
+        f"{result['rps']:6.1f} req/s  {statuses}"
+    )
     return result
 
 
@@ -148,8 +152,14 @@ async def main() -> None:
     tenants = [f"tenant{n:03d}.pbx.vn" for n in range(TENANTS)]
     tokens_file = OUT / "tokens.txt"
     tokens_file.write_text("".join(f"{t}:{token_digest(token(t))}\n" for t in tenants))
-    env = {**os.environ, "CDR_DATA_DIR": str(STORE), "CDR_API_PORT": str(PORT), "CDR_API_TOKENS_FILE": str(tokens_file),
-           "CDR_CURSOR_SECRET": SECRET, "CDR_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "CDR_DATA_DIR": str(STORE),
+        "CDR_API_PORT": str(PORT),
+        "CDR_API_TOKENS_FILE": str(tokens_file),
+        "CDR_CURSOR_SECRET": SECRET,
+        "CDR_LOG_LEVEL": "WARNING",
+    }
     env.pop("CDR_CLICKHOUSE_URL", None)
     server = subprocess.Popen([sys.executable, "-m", "cdr.cli", "api"], env=env)
     try:
@@ -186,8 +196,10 @@ async def main() -> None:
             ("offset page 1 (limit 100)", lambda: (any_tenant(), "/v1/cdr?page=1&limit=100")),
             ("offset page 1,000 (limit 100)", lambda: (any_tenant(), "/v1/cdr?page=1000&limit=100")),
         ]
-        print(f"machine: {machine()}; {args.rows:,} CDRs, {TENANTS} tenants, 8 concurrent clients, "
-              f"{args.requests} requests per kind")
+        print(
+            f"machine: {machine()}; {args.rows:,} CDRs, {TENANTS} tenants, 8 concurrent clients, "
+            f"{args.requests} requests per kind"
+        )
         results = {name: await run_scenario(name, make, args.requests) for name, make in scenarios}
     finally:
         server.terminate()

@@ -35,7 +35,8 @@ def kafka() -> Iterator[str]:
 
 def machine() -> str:
     mem = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} cores, {mem:.0f} GiB, {cpu}, Python {platform.python_version()}"
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

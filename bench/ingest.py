@@ -1,12 +1,12 @@
 """Ingest throughput: Kafka -> embedded ClickHouse, beside two baselines from the same run.
 
-  (a) our ingestor (`cdr ingest`, a separate process: wall time to all rows stored and
-      committed, peak RSS)
-  (b) raw aiokafka getmany over the same topic, no processing (the ceiling)
-  (c) a plain FastStream handler that validates and inserts one message at a time
-      (what a first attempt looks like; measured on a prefix, it is too slow for all)
+(a) our ingestor (`cdr ingest`, a separate process: wall time to all rows stored and
+    committed, peak RSS)
+(b) raw aiokafka getmany over the same topic, no processing (the ceiling)
+(c) a plain FastStream handler that validates and inserts one message at a time
+    (what a first attempt looks like; measured on a prefix, it is too slow for all)
 
-    python bench/ingest.py [--events 1000000] [--partitions 4] [--baseline-seconds 20]
+  python bench/ingest.py [--events 1000000] [--partitions 4] [--baseline-seconds 20]
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import OUT, PeakRss, kafka, machine  # noqa: E402
+from common import OUT, PeakRss, kafka, machine
 
-from cdr.simulate import make_event  # noqa: E402
+from cdr.simulate import make_event
 
 TOPIC = "bench.call-ended"
 
@@ -51,8 +51,9 @@ async def preload(bootstrap: str, events: int, partitions: int) -> None:
         await admin.create_topics([NewTopic(TOPIC, num_partitions=partitions, replication_factor=1)])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1_048_576,
-                                compression_type=None, acks=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1_048_576, compression_type=None, acks=1
+    )
     await producer.start()
     rng = random.Random(42)
     tenants = [f"tenant{n:03d}.pbx.vn" for n in range(100)]
@@ -73,9 +74,15 @@ async def preload(bootstrap: str, events: int, partitions: int) -> None:
 
 
 async def raw_fetch(bootstrap: str, events: int) -> float:
-    consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024,
-                                fetch_max_bytes=64 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        TOPIC,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
     await consumer.start()
     seen = 0
     began = time.perf_counter()
@@ -103,9 +110,16 @@ async def our_ingestor(bootstrap: str, events: int, partitions: int) -> tuple[fl
     data = OUT / "ingest-store"
     shutil.rmtree(data, ignore_errors=True)
     group = f"bench-{time.time_ns()}"
-    env = {**os.environ, "CDR_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CDR_KAFKA_TOPIC": TOPIC,
-           "CDR_KAFKA_DLQ_TOPIC": TOPIC + ".dlq", "CDR_KAFKA_GROUP_ID": group, "CDR_DATA_DIR": str(data),
-           "CDR_OPS_PORT": "0", "CDR_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "CDR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CDR_KAFKA_TOPIC": TOPIC,
+        "CDR_KAFKA_DLQ_TOPIC": TOPIC + ".dlq",
+        "CDR_KAFKA_GROUP_ID": group,
+        "CDR_DATA_DIR": str(data),
+        "CDR_OPS_PORT": "0",
+        "CDR_LOG_LEVEL": "WARNING",
+    }
     env.pop("CDR_CLICKHOUSE_URL", None)
     began = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "cdr.cli", "ingest"], env=env)
@@ -126,8 +140,10 @@ async def our_ingestor(bootstrap: str, events: int, partitions: int) -> tuple[fl
             raise SystemExit(f"cdr ingest exited with {process.returncode}")
     elapsed = time.perf_counter() - began
     (t10, n10), (t90, n90) = marks["p10"], marks["p90"]
-    print(f"    steady state (10%..90% committed): {(n90 - n10) / (t90 - t10):,.0f} events/s;"
-          f" start to finish incl. process start-up and group join: {events / elapsed:,.0f} events/s")
+    print(
+        f"    steady state (10%..90% committed): {(n90 - n10) / (t90 - t10):,.0f} events/s;"
+        f" start to finish incl. process start-up and group join: {events / elapsed:,.0f} events/s"
+    )
     process.terminate()
     process.wait(timeout=60)
     # Verify: every event stored once.
@@ -196,9 +212,10 @@ async def main() -> None:
         print(f"(c) one-at-a-time FastStream handler: {naive:,.0f} events/s (over {args.baseline_seconds:.0f} s)")
     print()
     print(f"machine: {machine()}")
-    print(f"| run | events/s | vs raw fetch (b) | vs one-at-a-time (c) | peak RSS |")
-    print(f"|---|---|---|---|---|")
-    print(f"| (a) cdr ingest, {args.events:,} events, {args.partitions} partitions | {ours:,.0f} | {ours / raw:.2f}× | {ours / naive:.0f}× | {peak / 2**20:.0f} MB |")
+    print("| run | events/s | vs raw fetch (b) | vs one-at-a-time (c) | peak RSS |")
+    print("|---|---|---|---|---|")
+    run = f"(a) cdr ingest, {args.events:,} events, {args.partitions} partitions"
+    print(f"| {run} | {ours:,.0f} | {ours / raw:.2f}× | {ours / naive:.0f}× | {peak / 2**20:.0f} MB |")
     print(f"| (b) raw aiokafka getmany, no processing | {raw:,.0f} | 1.00× | | |")
     print(f"| (c) FastStream, validate + insert per message | {naive:,.0f} | {naive / raw:.3f}× | 1× | |")
     if stored != args.events:
