@@ -20,6 +20,10 @@ def main() -> int:
         extra = args[args.index("--") + 1 :]
         args = args[: args.index("--")]
     chosen = args or ["ingest", "api"]
+    unknown = [name for name in chosen if name not in ("ingest", "api")]
+    if unknown:
+        print(__doc__, file=sys.stderr)
+        return 2
     for name in chosen:
         print(f"=== bench/{name}.py", flush=True)
         code = subprocess.call([sys.executable, str(HERE / f"{name}.py"), *extra])
