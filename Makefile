@@ -26,7 +26,7 @@ run: setup ## local Kafka + ingest + API + PBX simulator; prints a curl line (Ct
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/local/run.sh
 
 lint: setup ## ruff and mypy
-	$(UV) run --frozen ruff check services tests
+	$(UV) run --frozen ruff check services tests bench
 	$(UV) run --frozen mypy
 
 bench: setup ## benchmarks (not part of test): ingest and API, each beside its baseline
