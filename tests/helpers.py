@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -50,6 +56,43 @@ async def produce(bootstrap: str, topic: str, values: Iterable[tuple[bytes | Non
     finally:
         await producer.stop()
     return n
+
+
+async def service_env(bootstrap: str, data_dir: Path, **settings: object) -> tuple[dict[str, str], str]:
+    """Environment of a `cdr` subprocess on an embedded store and fresh topics of its own;
+    ``settings`` become ``CDR_<NAME>`` variables. Returns (environment, topic)."""
+    topic = unique("calls")
+    await create_topics(bootstrap, topic, topic + ".dlq")
+    env = {
+        **os.environ,
+        "CDR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CDR_KAFKA_TOPIC": topic,
+        "CDR_KAFKA_DLQ_TOPIC": topic + ".dlq",
+        "CDR_KAFKA_GROUP_ID": unique("group"),
+        "CDR_DATA_DIR": str(data_dir),
+        **{f"CDR_{name.upper()}": str(value) for name, value in settings.items()},
+    }
+    env.pop("CDR_CLICKHOUSE_URL", None)
+    return env, topic
+
+
+@contextmanager
+def cdr_process(command: str, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`cdr <command>` running for the block; stopped with SIGTERM after it (killed if it
+    will not stop), so its exit code is in ``returncode`` afterwards."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "cdr.cli", command], env=env, stdout=log, stderr=log)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                    raise
 
 
 def events(
