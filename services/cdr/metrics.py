@@ -18,6 +18,12 @@ class Metrics:
         self.events_consumed = Counter(
             "cdr_events_consumed_total", "Messages read from the call-ended topic.", registry=r
         )
+        self.events_parsed = Counter(
+            "cdr_events_parsed_total",
+            "Messages validated, by parser: clickhouse (batch fast path) or pydantic (the rest).",
+            ["parser"],
+            registry=r,
+        )
         self.events_stored = Counter("cdr_events_stored_total", "Valid events written to ClickHouse.", registry=r)
         self.events_dead_lettered = Counter(
             "cdr_events_dead_lettered_total",

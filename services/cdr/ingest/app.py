@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from cdr.ingest.dlq import DlqLimit
 from cdr.ingest.pipeline import Pipeline
 from cdr.ingest.sink import KafkaDeadLetters
+from cdr.ingest.sqlparse import SqlParser
 from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
 from cdr.ops import ops_routes
@@ -94,6 +95,7 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         dlq_limit=DlqLimit(settings.dlq_max_ratio, settings.dlq_window, settings.dlq_min_messages),
         metrics=metrics,
         stopping=stopping,
+        sql_parser=_sql_parser(settings, store),
     )
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
@@ -102,6 +104,12 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
     )
     register_subscriber(broker, settings, pipeline)
     return Ingestor(settings, broker, pipeline, dead_letters, stopping)
+
+
+def _sql_parser(settings: Settings, store: Store) -> SqlParser | None:
+    if settings.sql_parse_min_batch == 0 or not store.selects_over_arrow:
+        return None
+    return SqlParser(store, settings.zone, settings.sql_parse_min_batch)
 
 
 def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> None:

@@ -13,11 +13,13 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Protocol
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from cdr.ingest.dlq import DeadLetter, DlqLimit, DlqLimitExceeded
-from cdr.ingest.processor import Invalid, parse_event, to_table
+from cdr.ingest.processor import SCHEMA, Invalid, precheck, to_table, validate
 from cdr.ingest.writer import Abandoned, BatchWriter
 from cdr.metrics import Metrics
 from cdr.model.event import CallEnded
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
     from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+    from cdr.ingest.sqlparse import SqlParser
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,10 @@ class Pipeline:
         dlq_limit: DlqLimit,
         metrics: Metrics,
         stopping: asyncio.Event,
+        sql_parser: SqlParser | None = None,
     ) -> None:
         self._zone = zone
+        self._sql_parser = sql_parser
         self._max_bytes = max_event_bytes
         self._writer = writer
         self._dead_letters = dead_letters
@@ -110,7 +116,7 @@ class Pipeline:
     async def _process(self, message: BatchMessage) -> None:
         records = message.raw_message
         started = time.perf_counter()
-        events, letters = self._split(records)
+        rows, letters = await self._validate(records)
         self._metrics.events_consumed.inc(len(records))
         self._metrics.batch_size.observe(len(records))
 
@@ -128,31 +134,65 @@ class Pipeline:
                         "reason": letter.invalid.reason[:300],
                     },
                 )
-        if events:
-            await self._writer.write(to_table(events))
-            self._metrics.events_stored.inc(len(events))
+        if rows.num_rows:
+            await self._writer.write(rows)
+            self._metrics.events_stored.inc(rows.num_rows)
 
         committed = await self._commit(message.consumer, records)
         log.debug(
             "batch stored",
             extra={
                 "messages": len(records),
-                "stored": len(events),
+                "stored": rows.num_rows,
                 "dead_lettered": len(letters),
                 "committed": committed,
                 "seconds": round(time.perf_counter() - started, 4),
             },
         )
 
-    def _split(self, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> tuple[list[CallEnded], list[DeadLetter]]:
+    async def _validate(self, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> tuple[pa.Table, list[DeadLetter]]:
+        """The batch's valid events as one table in Kafka order, and its dead letters.
+
+        Large batches are parsed in ClickHouse first; the rows it does not vouch for
+        (invalid or unusual) and small batches are validated by pydantic."""
+        invalid: list[Invalid | None] = [precheck(r.value, self._max_bytes) for r in records]
+        candidates = [i for i, problem in enumerate(invalid) if problem is None]
+        tables: list[pa.Table] = []
+        to_pydantic = range(len(candidates))
+        parser = self._sql_parser
+        if parser is not None and len(candidates) >= parser.min_batch:
+            parsed = await parser.parse([records[i].value for i in candidates])
+            ok = pc.equal(parsed.column("ok"), 1)
+            fast = parsed.filter(ok).drop_columns(["ok"])
+            tables.append(fast.cast(_WITH_POSITION))
+            to_pydantic = pc.indices_nonzero(pc.invert(ok)).to_pylist()
+            self._metrics.events_parsed.labels(parser="clickhouse").inc(fast.num_rows)
         events: list[CallEnded] = []
+        positions: list[int] = []
+        for k in to_pydantic:
+            i = candidates[k]
+            outcome = validate(records[i].value, self._zone)
+            if isinstance(outcome, Invalid):
+                invalid[i] = outcome
+            else:
+                events.append(outcome)
+                positions.append(k)
+        self._metrics.events_parsed.labels(parser="pydantic").inc(len(to_pydantic))
+        if events:
+            tables.append(to_table(events, positions))
+        rows = pa.concat_tables(tables) if tables else _WITH_POSITION.empty_table()
+        if len(tables) > 1:
+            rows = rows.take(pc.sort_indices(rows.column("n")))
+        return rows.drop_columns(["n"]), self._dead_letters_of(records, invalid)
+
+    def _dead_letters_of(
+        self, records: tuple[ConsumerRecord[bytes, bytes], ...], invalid: list[Invalid | None]
+    ) -> list[DeadLetter]:
         letters: list[DeadLetter] = []
         outcomes: dict[tuple[str, int], list[bool]] = defaultdict(list)
-        for record in records:
-            parsed = parse_event(record.value, self._zone, self._max_bytes)
-            is_invalid = isinstance(parsed, Invalid)
-            outcomes[(record.topic, record.partition)].append(is_invalid)
-            if isinstance(parsed, Invalid):
+        for record, problem in zip(records, invalid, strict=True):
+            outcomes[(record.topic, record.partition)].append(problem is not None)
+            if problem is not None:
                 letters.append(
                     DeadLetter(
                         topic=record.topic,
@@ -162,14 +202,12 @@ class Pipeline:
                         key=record.key,
                         value=record.value,
                         headers=tuple(record.headers),
-                        invalid=parsed,
+                        invalid=problem,
                     )
                 )
-            else:
-                events.append(parsed)
         for (topic, partition), flags in outcomes.items():
             self._limit.observe(topic, partition, flags)
-        return events, letters
+        return letters
 
     async def _commit(self, consumer: AIOKafkaConsumer, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> bool:
         offsets: dict[TopicPartition, int] = {}
@@ -190,3 +228,6 @@ class Pipeline:
                     max(highwater - next_offset, 0)
                 )
         return True
+
+
+_WITH_POSITION = pa.schema([pa.field("n", pa.uint32()), *SCHEMA])

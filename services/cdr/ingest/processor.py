@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -49,10 +50,23 @@ class Invalid:
 
 def parse_event(value: bytes | None, zone: ZoneInfo, max_bytes: int) -> CallEnded | Invalid:
     """Validate one Kafka message value as a call-ended event."""
+    problem = precheck(value, max_bytes)
+    if problem is not None or value is None:
+        return problem or Invalid("empty", "message has no value (tombstone)")
+    return validate(value, zone)
+
+
+def precheck(value: bytes | None, max_bytes: int) -> Invalid | None:
+    """Why a message is refused before it is parsed at all, if it is."""
     if value is None:
         return Invalid("empty", "message has no value (tombstone)")
     if len(value) > max_bytes:
         return Invalid("too_large", f"message is {len(value)} bytes, over the {max_bytes}-byte limit")
+    return None
+
+
+def validate(value: bytes, zone: ZoneInfo) -> CallEnded | Invalid:
+    """The pydantic model's verdict on one message that passed ``precheck``."""
     try:
         return CallEnded.model_validate_json(value, context={"timezone": zone})
     except ValidationError as exc:
@@ -84,17 +98,22 @@ def recording_file(url: str | None) -> str:
     """The recording's file name: the last path segment of its URL (no query string)."""
     if not url:
         return ""
-    path = urlsplit(url).path if "://" in url else url.split("?", 1)[0]
+    path = url.split("?", 1)[0]
+    if "://" in url:
+        # An unclosed IPv6 bracket makes urlsplit raise; the event is still valid.
+        with suppress(ValueError):
+            path = urlsplit(url).path
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def to_table(events: list[CallEnded]) -> pa.Table:
+def to_table(events: list[CallEnded], positions: list[int] | None = None) -> pa.Table:
     """The events as one Arrow table in the shape of the ``cdr`` table.
 
     Column by column (a comprehension per column beats appending field by field), and
-    Arrow converts the aware datetimes to UTC milliseconds itself."""
+    Arrow converts the aware datetimes to UTC milliseconds itself. With ``positions``,
+    a first column ``n`` holds them (the rows' places in their batch)."""
     e = events
-    return pa.table(
+    table = pa.table(
         {
             "tenant_id": [x.tenant_id for x in e],
             "id": [str(x.id) for x in e],
@@ -117,3 +136,6 @@ def to_table(events: list[CallEnded]) -> pa.Table:
         },
         schema=SCHEMA,
     )
+    if positions is None:
+        return table
+    return table.add_column(0, pa.field("n", pa.uint32()), [pa.array(positions, pa.uint32())])

@@ -60,6 +60,16 @@ class Store(ABC):
         """Insert an Arrow table whose column names match the table's columns."""
         await self._run(self._insert_arrow, table, data)
 
+    # Whether select_arrow works: a query over an Arrow table held by this process.
+    selects_over_arrow = False
+
+    async def select_arrow(self, sql: str, data: pa.Table, params: Mapping[str, Param] | None = None) -> pa.Table:
+        """Run a SELECT that reads ``data`` as ``Python(arrow_input)``; its result as Arrow."""
+        return await self._run(self._select_arrow, sql, data, dict(params or {}))
+
+    def _select_arrow(self, sql: str, data: pa.Table, params: dict[str, Param]) -> pa.Table:
+        raise NotImplementedError(f"{type(self).__name__} cannot query an in-process Arrow table")
+
     async def ping(self) -> bool:
         try:
             rows = await self.query("SELECT 1")

@@ -91,6 +91,20 @@ class EmbeddedStore(Store):
         except Exception as exc:
             raise _classify(exc) from exc
 
+    selects_over_arrow = True
+
+    def _select_arrow(self, sql: str, data: pa.Table, params: dict[str, Param]) -> pa.Table:
+        import pyarrow as pa
+
+        session = self._session_or_raise()
+        arrow_input = data  # noqa: F841 - read by name by chdb's Python() table function
+        try:
+            result = session.query(sql, "Arrow", params={k: format_param(v) for k, v in params.items()})
+        except Exception as exc:
+            raise _classify(exc) from exc
+        with pa.ipc.open_file(pa.py_buffer(result.bytes())) as reader:
+            return reader.read_all()
+
     def _close(self) -> None:
         if self._session is not None:
             self._session.close()
