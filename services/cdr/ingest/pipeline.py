@@ -164,7 +164,7 @@ class Pipeline:
             parsed = await parser.parse([records[i].value for i in candidates])
             ok = pc.equal(parsed.column("ok"), 1)
             fast = parsed.filter(ok).drop_columns(["ok"])
-            tables.append(fast.cast(_WITH_POSITION))
+            tables.append(fast.select(_WITH_POSITION.names).cast(_WITH_POSITION))
             to_pydantic = pc.indices_nonzero(pc.invert(ok)).to_pylist()
             self._metrics.events_parsed.labels(parser="clickhouse").inc(fast.num_rows)
         events: list[CallEnded] = []
