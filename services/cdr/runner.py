@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
+import sys
 from collections.abc import Callable
 
 from starlette.types import ASGIApp
@@ -59,9 +61,27 @@ async def run_ingest(settings: Settings) -> int:
     )
 
 
+def _tune_interpreter() -> None:
+    """Two interpreter settings for ingest, both measured (bench/RESULTS.md).
+
+    Fewer garbage collections: aiokafka allocates a few objects per message and none
+    form cycles, yet at the default gen-0 threshold (700) the collector took ~20 % of
+    the event loop's time (py-spy). Start-up objects are frozen out of every later
+    collection; cycles are still collected, in larger steps.
+
+    A shorter GIL switch interval: chdb's Python() table function takes the GIL back
+    many times while it reads a batch, and each time waits out the interval (5 ms by
+    default) while the event loop decodes Kafka records, so a parse ran ~5x slower
+    than alone. At 0.5 ms it runs at nearly its solo speed and the loop loses ~2 %."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    sys.setswitchinterval(0.0005)
+
+
 async def _ingest_and_serve(
     settings: Settings, make_app: Callable[[Ingestor, Store, Metrics], ASGIApp], port: int
 ) -> int:
+    _tune_interpreter()
     metrics = Metrics()
     store = open_store(settings)
     await migrate(store)

@@ -21,8 +21,8 @@ class Abandoned(Exception):
 class BatchWriter:
     """Writes a batch in one insert; retries until it is stored or shutdown is asked for.
 
-    While retrying, the caller does not return to Kafka for more messages: fetching
-    pauses, memory stays bounded, and nothing is committed.
+    While retrying, the pipeline takes no further batch from Kafka (one more may wait,
+    fetched): memory stays bounded, and nothing is committed.
     """
 
     def __init__(
