@@ -175,6 +175,17 @@ async def test_message_shapes_that_go_to_pydantic(store: EmbeddedStore) -> None:
     # Numbers pydantic's JSON parser may refuse in fields it ignores: the paths must agree.
     tails = [b',"extra":1e999}', b',"x":-0}', b',"duration":-0}', b',"duration":1E2}']
     assert await check(store, [orjson.dumps(good)[:-1] + tail for tail in tails]) == [False] * len(tails)
+    # What JSON parsers differ on: each message either stays off the fast path or is
+    # one pydantic accepts with the same values (check() asserts the latter).
+    odd = [
+        orjson.dumps(good).replace(b"NORMAL_CLEARING", b"NORMAL\x01CLEARING"),
+        orjson.dumps(good).replace(b"NORMAL_CLEARING", b"NORMAL\tCLEARING"),
+        orjson.dumps(good)[:-1] + b',"deep":' + b"[" * 300 + b"]" * 300 + b"}",
+        orjson.dumps(good)[:-1] + b',"n":NaN}',
+        b" \n" + orjson.dumps(good) + b"\n ",
+        b"\xef\xbb\xbf" + orjson.dumps(good),
+    ]
+    await check(store, odd)
 
 
 async def test_naive_times_in_a_zone_with_dst_go_to_pydantic(store: EmbeddedStore) -> None:
