@@ -247,5 +247,19 @@ class SqlParser:
     async def parse(self, values: list[bytes]) -> pa.Table:
         """Columns ``n`` (position in ``values``), ``ok`` (1: the row is valid and its
         columns final) and the ``cdr`` columns of ``processor.SCHEMA``."""
-        data = pa.table({"n": pa.array(range(len(values)), pa.uint32()), "v": pa.array(values, pa.binary())})
+        # Several chunks: ClickHouse reads each chunk of a Python() table as its own
+        # stream, so the parse runs on every core.
+        chunks = [
+            pa.record_batch(
+                [pa.array(range(start, start + len(part)), pa.uint32()), pa.array(part, pa.binary())],
+                names=["n", "v"],
+            )
+            for start in range(0, len(values), _CHUNK_ROWS)
+            for part in [values[start : start + _CHUNK_ROWS]]
+        ]
+        data = pa.Table.from_batches(chunks, schema=_INPUT)
         return await self._store.select_arrow(SQL, data, self._params)
+
+
+_CHUNK_ROWS = 4096
+_INPUT = pa.schema([("n", pa.uint32()), ("v", pa.binary())])
