@@ -184,6 +184,7 @@ async def test_message_shapes_that_go_to_pydantic(store: EmbeddedStore) -> None:
         orjson.dumps(good)[:-1] + b',"n":NaN}',
         b" \n" + orjson.dumps(good) + b"\n ",
         b"\xef\xbb\xbf" + orjson.dumps(good),
+        orjson.dumps(good)[:-1] + b',"arr":[1.5, -0, 12345678901234567890, {"k": 2.5}]}',
     ]
     await check(store, odd)
 

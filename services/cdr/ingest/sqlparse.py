@@ -32,14 +32,15 @@ if TYPE_CHECKING:
 # ClickHouse re-renders numbers in raw values: an integer beyond 64 bits comes back
 # quoted, 5.0 comes back as 5. So a message with any number token that is not a plain
 # integer of up to 18 digits (a fraction, an exponent, -0, 19+ digits) is left to
-# pydantic. A number token follows a key's closing quote and a colon, or a bracket or
-# a comma (a comma inside a string can only send a valid message the slow way).
+# pydantic. An object member's number follows a key's closing quote and a colon (no
+# string can hold a quote here); numbers inside arrays are never one of our fields.
+# (Starting the pattern with the quote lets RE2 skip ahead: 2x cheaper, ~0.5 us/row.)
 # pydantic's JSON parser refuses nesting deeper than 200 and a leading byte-order mark;
 # ClickHouse's accepts both. Fewer than 100 brackets in all is far from that depth.
 _MESSAGE_OK = (
     "startsWith(v, '{') AND isValidUTF8(v) AND position(v, '\\\\') = 0 AND isValidJSON(v)"
     " AND countSubstrings(v, '[') + countSubstrings(v, '{') < 100"
-    " AND NOT match(v, '(\"[[:space:]]*:|[,\\\\[])[[:space:]]*(-?[0-9]{19}|-?[0-9]+[.eE]|-0)')"
+    " AND NOT match(v, '\"[[:space:]]*:[[:space:]]*(-?[0-9]{19}|-?[0-9]+[.eE]|-0)')"
 )
 _REQUIRED_STRINGS = {"tenant_id": 128, "sip_call_id": 1024, "cause": 128, "from_number": 128, "to_number": 128}
 _OPTIONAL_STRINGS = {"extension": 128, "receive_dest": 256}
