@@ -93,6 +93,16 @@ STAMP = "2024-03-09T10:11:12"
         ({"time_ended": STAMP + "+0700"}, False),
         ({"time_ended": "2024-03-09"}, False),
         ({"time_ended": "1969-12-31T23:59:59+00:00"}, False),
+        ({"time_ended": "2106-02-07T06:28:16+00:00"}, False),
+        ({"time_ended": "2024-02-29T10:00:60+00:00"}, False),
+        (
+            {
+                "time_ended": "2024-02-29T10:00:00+00:00",
+                "time_started": "2024-02-29T09:00:00+00:00",
+                "time_answered": None,
+            },
+            True,
+        ),
         ({"time_started": "2024-03-09T10:11:12.000001+00:00", "time_ended": "2024-03-09T10:11:12+00:00"}, False),
         ({"billsec": 10**6, "duration": 5}, False),
         ({"duration": -1}, False),

@@ -106,10 +106,11 @@ def _timestamp_stages(field: str) -> list[list[str]]:
     """Columns of a timestamp, stage by stage (each reads only the stage before), ending
     in ``us_<field>``: microseconds since the epoch, UTC, NULL if not fast-path shape.
 
-    The clock must survive a round trip through a DateTime (a real calendar time); no
-    offset means the fixed ``naive_offset_s``; an integer of up to ten digits is Unix
-    seconds. Regexes keep the expression count low: ClickHouse plans every function
-    call of every query anew (~0.05 ms each), which a batch of rows pays once."""
+    ``parseDateTime`` refuses impossible calendar times (Feb 30, 24:00, second 60) but
+    wraps past 2106, hence the year bound; no offset means the fixed ``naive_offset_s``;
+    an integer of up to ten digits is Unix seconds. Regexes keep the expression count
+    low: ClickHouse plans every function call of every query anew (~0.05 ms each), which
+    a batch of rows pays once."""
     g, seconds = f"groups_{field}", f"seconds_{field}"
     clock = f"concat({g}[1], ' ', {g}[2])"
     zone = f"{g}[4]"
@@ -127,7 +128,7 @@ def _timestamp_stages(field: str) -> list[list[str]]:
         ],
         [
             f"multiIf(int_us_{field} IS NOT NULL, int_us_{field},"
-            f" length({g}) = 4 AND formatDateTime({seconds}, '%Y-%m-%d %H:%i:%s', 'UTC') = {clock},"
+            f" length({g}) = 4 AND {seconds} IS NOT NULL AND {g}[1] BETWEEN '1970' AND '2105',"
             f" (toInt64(toUnixTimestamp({seconds})) - offset_{field}) * 1000000"
             f" + toInt64OrZero(rightPad({g}[3], 6, '0')), NULL) AS us_{field}"
         ],
