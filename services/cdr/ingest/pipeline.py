@@ -23,6 +23,7 @@ from cdr.ingest.processor import SCHEMA, Invalid, precheck, to_table, validate
 from cdr.ingest.writer import Abandoned, BatchWriter
 from cdr.metrics import Metrics
 from cdr.model.event import CallEnded
+from cdr.store import StoreError
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -177,8 +178,17 @@ class Pipeline:
         tables: list[pa.Table] = []
         to_pydantic = range(len(candidates))
         parser = self._sql_parser
+        parsed = None
         if parser is not None and len(candidates) >= parser.min_batch:
-            parsed = await parser.parse([records[i].value for i in candidates])
+            try:
+                parsed = await parser.parse([records[i].value for i in candidates])
+            except StoreError as exc:
+                # The fast path is an optimisation: if ClickHouse cannot run it, pydantic
+                # validates the whole batch rather than the ingestor stopping.
+                log.warning(
+                    "ClickHouse parse failed, validating the batch with pydantic", extra={"error": str(exc)[:500]}
+                )
+        if parsed is not None:
             ok = pc.equal(parsed.column("ok"), 1)
             fast = parsed.filter(ok).drop_columns(["ok"])
             tables.append(fast.select(_WITH_POSITION.names).cast(_WITH_POSITION))

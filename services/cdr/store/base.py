@@ -43,8 +43,11 @@ class Store(ABC):
         # The embedded engine must see one caller at a time (its parameters race
         # across threads), so its executor has a single worker.
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
+        self._closed = False
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
@@ -79,6 +82,7 @@ class Store(ABC):
 
     async def close(self) -> None:
         await self._run(self._close)
+        self._closed = True
         self._executor.shutdown(wait=True)
 
     def qualified(self, table: str) -> str:
