@@ -63,7 +63,10 @@ class EmbeddedStore(Store):
             raise StoreUnavailable("embedded store is closed")
         return self._session
 
-    def _execute(self, sql: str, params: dict[str, Param], fmt: str) -> bytes:
+    def _execute(self, sql: str, params: dict[str, Param], fmt: str, arrow_input: pa.Table | None = None) -> bytes:
+        """Run one statement; ``arrow_input`` is what its ``Python(arrow_input)`` reads
+        (chdb's table function finds a table by the name of a local variable in the
+        frame that calls it, and a parameter is such a local)."""
         session = self._session_or_raise()
         try:
             result = session.query(sql, fmt, params={k: format_param(v) for k, v in params.items()})
@@ -80,29 +83,17 @@ class EmbeddedStore(Store):
         self._execute(sql, params, "CSV")
 
     def _insert_arrow(self, table: str, data: pa.Table) -> None:
-        session = self._session_or_raise()
         columns = ", ".join(data.column_names)
-        # chdb's Python() table function finds the Arrow table by the name of a local
-        # variable in the calling frame, so it must be named here.
-        arrow_rows = data  # noqa: F841 - read by name by chdb, not by Python
-        sql = f"INSERT INTO {self.qualified(table)} ({columns}) SELECT {columns} FROM Python(arrow_rows)"
-        try:
-            session.query(sql)
-        except Exception as exc:
-            raise _classify(exc) from exc
+        sql = f"INSERT INTO {self.qualified(table)} ({columns}) SELECT {columns} FROM Python(arrow_input)"
+        self._execute(sql, {}, "CSV", data)
 
     selects_over_arrow = True
 
     def _select_arrow(self, sql: str, data: pa.Table, params: dict[str, Param]) -> pa.Table:
         import pyarrow as pa
 
-        session = self._session_or_raise()
-        arrow_input = data  # noqa: F841 - read by name by chdb's Python() table function
-        try:
-            result = session.query(sql, "Arrow", params={k: format_param(v) for k, v in params.items()})
-        except Exception as exc:
-            raise _classify(exc) from exc
-        with pa.ipc.open_file(pa.py_buffer(result.bytes())) as reader:
+        result = self._execute(sql, params, "Arrow", data)
+        with pa.ipc.open_file(pa.py_buffer(result)) as reader:
             return reader.read_all()
 
     def _close(self) -> None:
