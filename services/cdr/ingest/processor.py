@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -51,9 +52,9 @@ class Invalid:
 def parse_event(value: bytes | None, zone: ZoneInfo, max_bytes: int) -> CallEnded | Invalid:
     """Validate one Kafka message value as a call-ended event."""
     problem = precheck(value, max_bytes)
-    if problem is not None or value is None:
-        return problem or Invalid("empty", "message has no value (tombstone)")
-    return validate(value, zone)
+    if problem is not None:
+        return problem
+    return validate(cast(bytes, value), zone)  # precheck refuses a missing value
 
 
 def precheck(value: bytes | None, max_bytes: int) -> Invalid | None:

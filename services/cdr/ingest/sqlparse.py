@@ -23,6 +23,9 @@ from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 
+from cdr.model.event import CallEnded
+from cdr.model.record import Direction
+
 if TYPE_CHECKING:
     from cdr.store import Store
     from cdr.store.base import Param
@@ -42,8 +45,19 @@ _MESSAGE_OK = (
     " AND countSubstrings(v, '[') + countSubstrings(v, '{') < 100"
     " AND NOT match(v, '\"[[:space:]]*:[[:space:]]*(-?[0-9]{19}|-?[0-9]+[.eE]|-0)')"
 )
-_REQUIRED_STRINGS = {"tenant_id": 128, "sip_call_id": 1024, "cause": 128, "from_number": 128, "to_number": 128}
-_OPTIONAL_STRINGS = {"extension": 128, "receive_dest": 256}
+
+
+def _max_length(field: str) -> int:
+    """The model's own ``max_length`` for a string field, so the two parsers cannot drift."""
+    for rule in CallEnded.model_fields[field].metadata:
+        limit = getattr(rule, "max_length", None)
+        if isinstance(limit, int):
+            return limit
+    raise ValueError(f"CallEnded.{field} has no max_length")
+
+
+_REQUIRED_STRINGS = {f: _max_length(f) for f in ("tenant_id", "sip_call_id", "cause", "from_number", "to_number")}
+_OPTIONAL_STRINGS = {f: _max_length(f) for f in ("extension", "receive_dest")}
 _TIMESTAMPS = ("emitted_at", "time_started", "time_answered", "time_ended")
 _FIELDS = (
     "event",
@@ -144,7 +158,9 @@ def _build_sql() -> str:
     numbers = [
         f"if(match(r_{f}, '^[0-9]{{1,10}}$'), toUInt32OrNull(r_{f}), NULL) AS {f}" for f in ("duration", "billsec")
     ]
-    direction = "transform(lower(s_direction), ['inbound', 'outbound', 'local'], [1, 2, 3], 0) AS direction_code"
+    names = ", ".join(f"'{d.name.lower()}'" for d in Direction)
+    codes = ", ".join(str(int(d)) for d in Direction)
+    direction = f"transform(lower(s_direction), [{names}], [{codes}], 0) AS direction_code"
     per_field = [_timestamp_stages(f) for f in _TIMESTAMPS]
     time_stages = [[c for stages in per_field for c in stages[k]] for k in range(len(per_field[0]))]
     checks = [
@@ -158,14 +174,15 @@ def _build_sql() -> str:
         "startsWith(r_id, '\"') AND toString(toUUIDOrZero(s_id)) = s_id",
         "duration IS NOT NULL AND billsec IS NOT NULL AND billsec <= duration",
         "startsWith(r_direction, '\"') AND direction_code != 0",
-        f"({_optional_absent('recording_url')} OR ({_string_check('recording_url', 4096)}"
+        f"({_optional_absent('recording_url')} OR ({_string_check('recording_url', _max_length('recording_url'))}"
         f" AND match(s_recording_url, '{_URL_SHAPE}')))",
         # Printable ASCII (valid UTF-8 without escapes: one byte per character) with no
         # space at either end, so upper() agrees with Python's strip().upper().
-        f"{_string_check('status', 64)} AND length(s_status) = lengthUTF8(s_status) AND length(s_status) >= 1"
+        f"{_string_check('status', _max_length('status'))} AND length(s_status) = lengthUTF8(s_status)"
+        " AND length(s_status) >= 1"
         " AND trimBoth(s_status) = s_status",
         "us_emitted_at >= 0 AND us_time_started >= 0 AND us_time_ended >= 0",
-        "(r_time_answered IN ('', 'null') OR us_time_answered >= 0)",
+        f"({_optional_absent('time_answered')} OR us_time_answered >= 0)",
         "us_time_ended >= us_time_started",
         "(us_time_answered IS NULL OR (us_time_started <= us_time_answered AND us_time_answered <= us_time_ended))",
     ]
@@ -217,6 +234,10 @@ def _build_sql() -> str:
         f"SELECT *, {ok} AS ok",
         f"SELECT {cols(columns)}",
     ]
+    # Short-circuit evaluation re-evaluates shared sub-expressions in every branch (2.5x
+    # slower here); every expression above is total (OrNull/OrZero), so it is turned off.
+    # Small blocks bound the memory the ~100 intermediate columns take (no slower). Plan
+    # optimizations have nothing to push down in a projection and cost ~25 ms per batch.
     settings = (
         "short_circuit_function_evaluation = 'disable', max_block_size = 4096, query_plan_enable_optimizations = 0"
     )
@@ -230,10 +251,6 @@ def _compose(stages: list[str]) -> str:
     return sql
 
 
-# Short-circuit evaluation re-evaluates shared sub-expressions in every branch (2.5x
-# slower here); every expression above is total (OrNull/OrZero), so it is turned off.
-# Small blocks bound the memory the ~100 intermediate columns take (no slower). Plan
-# optimizations have nothing to push down in a projection and cost ~25 ms per batch.
 SQL = _build_sql()
 
 
