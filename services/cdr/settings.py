@@ -10,6 +10,7 @@ import hashlib
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -66,6 +67,15 @@ class Settings(BaseSettings):
         le=60_000,
         description="Longest a partly filled batch waits for more events before it is written.",
     )
+    revoke_wait_ms: int = Field(
+        10_000,
+        ge=0,
+        le=300_000,
+        description=(
+            "On a rebalance, how long the batch in flight may take to be stored and committed before its"
+            " revoked partitions are given up (their new owner then reads it again)."
+        ),
+    )
     insert_retry_initial_ms: int = Field(
         200, ge=1, description="First back-off after a failed insert; doubles up to the maximum."
     )
@@ -93,7 +103,23 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(
         None,
         description=(
-            "ClickHouse server, e.g. http://user@host:8123. Unset: the embedded engine (chdb) in CDR_DATA_DIR."
+            "Where ClickHouse runs, one client library either way: http(s)://[user@]host[:port] for a server"
+            " or cluster, or chdb:///abs/dir for the embedded engine in this process. Unset: chdb in CDR_DATA_DIR."
+        ),
+    )
+    clickhouse_pool_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="ClickHouse clients serving API reads, one per worker thread: reads run this many at once.",
+    )
+    clickhouse_write_pool_size: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description=(
+            "ClickHouse clients for inserts, DDL and the ingest parse, apart from the read clients so that"
+            " a read never waits behind a write."
         ),
     )
     clickhouse_password: SecretStr | None = Field(
@@ -106,7 +132,9 @@ class Settings(BaseSettings):
             "Cluster name: DDL runs ON CLUSTER and tables use ReplicatedReplacingMergeTree. Unset: a single server."
         ),
     )
-    data_dir: Path = Field(Path("./data"), description="Folder of the embedded ClickHouse store.")
+    data_dir: Path = Field(
+        Path("./data"), description="Folder of the embedded ClickHouse store when CDR_CLICKHOUSE_URL is unset."
+    )
 
     # --- Time ----------------------------------------------------------------------
     timezone: str = Field(
@@ -158,6 +186,20 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown timezone {value!r}") from exc
         return value
 
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme == "chdb":
+            if parts.netloc or not parts.path.startswith("/"):
+                raise ValueError("an embedded store is chdb:///absolute/folder (three slashes)")
+            return value
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return value
+        raise ValueError("must be http(s)://[user@]host[:port] or chdb:///absolute/folder")
+
     @field_validator("clickhouse_database", "clickhouse_cluster")
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
@@ -195,8 +237,15 @@ class Settings(BaseSettings):
         return ZoneInfo(self.timezone)
 
     @property
+    def clickhouse_dsn(self) -> str:
+        """The ClickHouse URL in effect: CDR_CLICKHOUSE_URL, or chdb in CDR_DATA_DIR."""
+        if self.clickhouse_url is not None:
+            return self.clickhouse_url
+        return "chdb://" + str(self.data_dir.resolve())
+
+    @property
     def embedded(self) -> bool:
-        return self.clickhouse_url is None
+        return self.clickhouse_dsn.startswith("chdb:")
 
     def token_digests(self) -> dict[str, str]:
         """SHA-256 hex digest -> tenant, from CDR_API_TOKENS and CDR_API_TOKENS_FILE."""

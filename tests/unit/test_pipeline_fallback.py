@@ -20,7 +20,7 @@ from cdr.ingest.sqlparse import SqlParser
 from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
 from cdr.simulate import make_event
-from cdr.store.embedded import EmbeddedStore
+from cdr.store import Store
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 
@@ -32,7 +32,7 @@ def event(seed: int) -> dict[str, object]:
 async def test_a_failing_clickhouse_parse_falls_back_to_pydantic(tmp_path: Path) -> None:
     """The fast path is an optimisation: when chdb cannot run it, pydantic takes the batch
     (here the store is closed: every query fails with StoreUnavailable)."""
-    closed = EmbeddedStore(tmp_path / "closed", "cdr")
+    closed = Store(f"chdb://{tmp_path}", database="cdr")
     await closed.close()
     pipeline = Pipeline(
         zone=HCM,

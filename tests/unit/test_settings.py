@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cdr.settings import SettingsError, load_settings, parse_token_entries, token_digest
@@ -20,6 +22,18 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CDR_CLICKHOUSE_URL", "http://ch:8123")
     s = load_settings()
     assert s.batch_size == 500 and not s.embedded
+    assert s.clickhouse_dsn == "http://ch:8123"
+
+
+def test_one_setting_chooses_the_transport(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CDR_CLICKHOUSE_URL", raising=False)
+    monkeypatch.setenv("CDR_DATA_DIR", str(tmp_path / "store"))
+    assert load_settings().clickhouse_dsn == f"chdb://{tmp_path / 'store'}"
+    monkeypatch.setenv("CDR_CLICKHOUSE_URL", f"chdb://{tmp_path}/elsewhere")
+    s = load_settings()
+    assert s.embedded and s.clickhouse_dsn == f"chdb://{tmp_path}/elsewhere"
+    monkeypatch.setenv("CDR_CLICKHOUSE_URL", "")
+    assert load_settings().clickhouse_dsn == f"chdb://{tmp_path / 'store'}"
 
 
 @pytest.mark.parametrize(
@@ -31,6 +45,9 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CDR_CLICKHOUSE_DATABASE", "cdr; DROP TABLE x", "CDR_CLICKHOUSE_DATABASE"),
         ("CDR_API_TOKENS", "tenant-without-digest", "CDR_API_TOKENS"),
         ("CDR_KAFKA_AUTO_OFFSET_RESET", "middle", "CDR_KAFKA_AUTO_OFFSET_RESET"),
+        ("CDR_CLICKHOUSE_URL", "ch:8123", "CDR_CLICKHOUSE_URL"),
+        ("CDR_CLICKHOUSE_URL", "chdb://relative/dir", "CDR_CLICKHOUSE_URL"),
+        ("CDR_CLICKHOUSE_POOL_SIZE", "0", "CDR_CLICKHOUSE_POOL_SIZE"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, needle: str) -> None:

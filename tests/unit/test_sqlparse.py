@@ -9,7 +9,6 @@ import json
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,15 +20,15 @@ from hypothesis import strategies as st
 from cdr.ingest.processor import Invalid, to_table, validate
 from cdr.ingest.sqlparse import NaiveTime, SqlParser
 from cdr.simulate import make_event
-from cdr.store.embedded import EmbeddedStore
+from cdr.store import Store
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
 @pytest.fixture(scope="module")
-async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedStore]:
-    store = EmbeddedStore(Path(tmp_path_factory.mktemp("sqlparse")), "cdr")
+async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Store]:
+    store = Store(f"chdb://{tmp_path_factory.mktemp('sqlparse')}", database="cdr")
     yield store
     await store.close()
 
@@ -40,7 +39,7 @@ def event(seed: int = 1, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not ...}
 
 
-async def check(store: EmbeddedStore, messages: list[bytes], zone: ZoneInfo = HCM) -> list[bool]:
+async def check(store: Store, messages: list[bytes], zone: ZoneInfo = HCM) -> list[bool]:
     """Assert the two paths agree on every message the fast path accepts; its verdicts."""
     parsed = await SqlParser(store, zone, min_batch=1).parse(messages)
     verdicts = []
@@ -63,7 +62,7 @@ def test_naive_offset_only_for_zones_without_dst() -> None:
     assert NaiveTime.for_zone(BERLIN).offset_s is None
 
 
-async def test_simulated_traffic_takes_the_fast_path(store: EmbeddedStore) -> None:
+async def test_simulated_traffic_takes_the_fast_path(store: Store) -> None:
     rng = random.Random(3)
     start = datetime(2025, 6, 1, tzinfo=UTC)
     messages = [
@@ -160,7 +159,7 @@ STAMP = "2024-03-09T10:11:12"
         ({"extra": {"nested": [1, 2, {"x": None}]}}, True),
     ],
 )
-async def test_edge_cases(store: EmbeddedStore, changes: dict[str, Any], fast: bool) -> None:
+async def test_edge_cases(store: Store, changes: dict[str, Any], fast: bool) -> None:
     base = event(time_started="2024-03-09T10:00:00+00:00", time_answered="2024-03-09T10:00:05+00:00")
     base.update(changes)
     message = json.dumps(
@@ -169,7 +168,7 @@ async def test_edge_cases(store: EmbeddedStore, changes: dict[str, Any], fast: b
     assert await check(store, [message]) == [fast]
 
 
-async def test_message_shapes_that_go_to_pydantic(store: EmbeddedStore) -> None:
+async def test_message_shapes_that_go_to_pydantic(store: Store) -> None:
     good = event()
     messages = [
         json.dumps(good).encode(),  # spaces after separators: still fast
@@ -199,7 +198,7 @@ async def test_message_shapes_that_go_to_pydantic(store: EmbeddedStore) -> None:
     await check(store, odd)
 
 
-async def test_naive_times_in_a_zone_with_dst_go_to_pydantic(store: EmbeddedStore) -> None:
+async def test_naive_times_in_a_zone_with_dst_go_to_pydantic(store: Store) -> None:
     message = orjson.dumps(
         event(time_started="2024-03-31 02:30:00", time_answered=None, time_ended="2024-03-31 03:30:00")
     )
@@ -237,7 +236,7 @@ _fields = st.sampled_from(list(event()))
     seed=st.integers(0, 1000),
 )
 async def test_fast_path_never_disagrees_with_pydantic(
-    store: EmbeddedStore, mutations: list[dict[str, Any]], seed: int
+    store: Store, mutations: list[dict[str, Any]], seed: int
 ) -> None:
     messages = []
     for k, changes in enumerate(mutations):

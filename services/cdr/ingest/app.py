@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -96,6 +97,7 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         metrics=metrics,
         stopping=stopping,
         sql_parser=_sql_parser(settings, store),
+        revoke_wait_s=settings.revoke_wait_ms / 1000,
     )
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
@@ -107,9 +109,22 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
 
 
 def _sql_parser(settings: Settings, store: Store) -> SqlParser | None:
-    if settings.sql_parse_min_batch == 0 or not store.selects_over_arrow:
+    if settings.sql_parse_min_batch == 0 or not store.queries_process_tables:
         return None
     return SqlParser(store, settings.zone, settings.sql_parse_min_batch)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands partition revocations to the pipeline (it drains or gives up the batch in flight)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._pipeline.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None  # FastStream logs the assignment
 
 
 def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> None:
@@ -131,6 +146,7 @@ def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipel
         auto_offset_reset=settings.kafka_auto_offset_reset,
         ack_policy=AckPolicy.MANUAL,
         decoder=_no_decode,
+        listener=_Rebalance(pipeline),
     )
 
     @subscriber

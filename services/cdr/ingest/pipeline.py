@@ -62,6 +62,7 @@ class Pipeline:
         metrics: Metrics,
         stopping: asyncio.Event,
         sql_parser: SqlParser | None = None,
+        revoke_wait_s: float = 10.0,
     ) -> None:
         self._zone = zone
         self._sql_parser = sql_parser
@@ -72,6 +73,7 @@ class Pipeline:
         self._metrics = metrics
         self._stopping = stopping
         self._inflight: asyncio.Task[None] | None = None
+        self._revoke_wait_s = revoke_wait_s
         self.halted = asyncio.Event()
         self.fatal: str | None = None
 
@@ -98,6 +100,24 @@ class Pipeline:
         await self._finish_inflight()
         self.halted.set()
 
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """A rebalance takes partitions away. The batch in flight gets ``revoke_wait_s`` to
+        be stored and committed while they are still ours; past that it is left to
+        finish, and its commit skips partitions no longer assigned (their new owner reads
+        them again; the duplicates collapse). Their dead-letter windows start afresh
+        wherever they go next."""
+        task = self._inflight
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=self._revoke_wait_s)
+            except TimeoutError:
+                log.warning(
+                    "batch still in flight when its partitions were revoked; its commit will skip them",
+                    extra={"revoked": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)},
+                )
+        for tp in revoked:
+            self._limit.forget(tp.topic, tp.partition)
+
     async def _finish_inflight(self) -> None:
         task = self._inflight
         if task is not None:
@@ -111,6 +131,9 @@ class Pipeline:
             await self._stop(message, str(exc), fatal=True)
         except Abandoned as exc:
             await self._stop(message, str(exc), fatal=False)
+        except StoreError as exc:
+            # Not transient (the writer retries those): retrying would fail forever.
+            await self._stop(message, f"ClickHouse refused the batch (code {exc.code}): {exc}", fatal=True)
         except Exception as exc:
             log.exception("batch failed unexpectedly")
             await self._stop(message, f"unexpected error: {exc!r}", fatal=True)
@@ -241,6 +264,18 @@ class Pipeline:
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        # Never commit for a partition this consumer no longer owns: its new owner
+        # has started from the last committed offset and may be ahead or behind.
+        owned = consumer.assignment()
+        lost = [tp for tp in offsets if tp not in owned]
+        if lost:
+            log.info(
+                "not committing partitions revoked during the batch; their new owner re-reads them",
+                extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in lost)},
+            )
+            offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
+        if not offsets:
+            return False
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:

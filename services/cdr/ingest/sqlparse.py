@@ -28,7 +28,7 @@ from cdr.model.record import Direction
 
 if TYPE_CHECKING:
     from cdr.store import Store
-    from cdr.store.base import Param
+    from cdr.store.client import Param
 
 # A message in fast-path shape is valid UTF-8 JSON without any backslash: every `"`
 # then delimits a string and a string's raw text is its value.
@@ -270,4 +270,4 @@ class SqlParser:
         # each as its own stream, on both cores) but showed no gain end to end, and a
         # test run stalled once with them; not worth the doubt.
         data = pa.table({"n": pa.array(range(len(values)), pa.uint32()), "v": pa.array(values, pa.binary())})
-        return await self._store.select_arrow(SQL, data, self._params)
+        return await self._store.query_over_arrow(SQL, data, self._params)

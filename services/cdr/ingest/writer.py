@@ -1,4 +1,8 @@
-"""The batch insert into ClickHouse, retried with back-off while ClickHouse fails."""
+"""The batch insert into ClickHouse, retried with back-off while ClickHouse is unavailable.
+
+Only transient failures are retried (``StoreUnavailable``: see ``cdr.store.errors``).
+Any other error -- a bad statement, a table whose columns do not match -- would fail
+the same way forever, so it is raised and halts ingest with that error."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import time
 import pyarrow as pa
 
 from cdr.metrics import Metrics
-from cdr.store import Store, StoreError
+from cdr.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +23,8 @@ class Abandoned(Exception):
 
 
 class BatchWriter:
-    """Writes a batch in one insert; retries until it is stored or shutdown is asked for.
+    """Writes a batch in one insert; retries a transient failure until the batch is stored
+    or shutdown is asked for.
 
     While retrying, the pipeline takes no further batch from Kafka (one more may wait,
     fetched): memory stays bounded, and nothing is committed.
@@ -51,7 +56,7 @@ class BatchWriter:
             started = time.perf_counter()
             try:
                 await self._store.insert_arrow(self._table, rows)
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 self._metrics.insert_failures.inc()
                 self._set_healthy(False)
                 log.error(

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from cdr.store.base import Store, StoreError
+from cdr.store.client import Store
+from cdr.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 

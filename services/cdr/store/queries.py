@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from cdr.model.record import API_FIELDS
-from cdr.store.base import Param
+from cdr.store.client import Param
 
 TIME_FORMAT = "%Y-%m-%d %H:%i:%S"
 

@@ -1,0 +1,224 @@
+"""The seam between the service and ClickHouse: clickhouse-connect, either transport.
+
+One setting picks the transport (``Settings.clickhouse_dsn``): ``http(s)://`` reaches a
+ClickHouse server or cluster, ``chdb:///dir`` runs the embedded engine (chdb) in this
+process. Everything else is the same code: the same client calls, the same
+server-side ``{name:Type}`` parameter binding, the same Arrow inserts and the same
+Native result decoding.
+
+Concurrency: every call runs on a worker thread that owns a client of its own, so a
+client is never used by two threads at once (one embedded handle shared by threads
+races on query parameters: a tenant leak). Reads and writes have separate workers,
+so a read never queues behind a batch parse or insert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from cdr.store.errors import StoreError, StoreUnavailable, classify
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from clickhouse_connect.driver.client import Client
+
+    from cdr.settings import Settings
+
+Param = str | int | float | datetime | uuid.UUID | Sequence[str] | None
+Row = list[Any]
+T = TypeVar("T")
+
+# Arrow results with String columns as Arrow strings, set once per client: as a
+# per-call setting the embedded transport would apply and restore it with SET
+# statements around every query.
+_CLIENT_SETTINGS = {"output_format_arrow_string_as_string": 1}
+
+
+def connect(dsn: str, password: str | None) -> Client:
+    """A new clickhouse-connect client for ``chdb:///dir`` or ``http(s)://[user@]host[:port]``."""
+    import clickhouse_connect
+
+    parts = urlsplit(dsn)
+    try:
+        if parts.scheme == "chdb":
+            return clickhouse_connect.get_client(dsn=dsn, settings=_CLIENT_SETTINGS)
+        return clickhouse_connect.get_client(
+            host=parts.hostname,
+            port=parts.port or (8443 if parts.scheme == "https" else 8123),
+            secure=parts.scheme == "https",
+            username=parts.username or "default",
+            password=password if password is not None else (parts.password or ""),
+            # Sessions would tie a client to one server-side state; nothing here needs one.
+            autogenerate_session_id=False,
+            settings=_CLIENT_SETTINGS,
+        )
+    except ClickHouseError as exc:
+        where = parts.path if parts.scheme == "chdb" else f"{parts.hostname}:{parts.port or ''}"
+        raise StoreUnavailable(f"cannot open ClickHouse at {parts.scheme}://{where}: {exc}") from exc
+
+
+class _Lane:
+    """Worker threads, each with a clickhouse-connect client of its own."""
+
+    def __init__(self, name: str, workers: int, make_client: Callable[[], Client]) -> None:
+        self._make_client = make_client
+        self._local = threading.local()
+        self._clients: list[Client] = []
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"clickhouse-{name}")
+
+    def _client(self) -> Client:
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._make_client()
+            with self._lock:
+                self._clients.append(client)
+            self._local.client = client
+        return client
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            return fn(self._client(), *args)
+        except (ClickHouseError, OSError) as exc:
+            raise classify(exc) from exc
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+
+
+def _rows(client: Client, sql: str, params: dict[str, Param]) -> list[Row]:
+    return [list(row) for row in client.query(sql, parameters=params).result_rows]
+
+
+def _command(client: Client, sql: str, params: dict[str, Param]) -> None:
+    client.command(sql, parameters=params)
+
+
+def _insert_arrow(client: Client, table: str, database: str, data: pa.Table) -> None:
+    client.insert_arrow(table, data, database=database)
+
+
+def _query_over_arrow(client: Client, sql: str, arrow_input: pa.Table, params: dict[str, Param]) -> pa.Table:
+    # The embedded engine's Python() table function finds `arrow_input` by name among
+    # the locals of the calling Python frames: this frame holds it.
+    return client.query_arrow(sql, parameters=params)
+
+
+class Store:
+    """Async access to one ClickHouse database over either transport."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        password: str | None = None,
+        database: str,
+        cluster: str | None = None,
+        read_workers: int = 8,
+        write_workers: int = 2,
+    ) -> None:
+        self.database = database
+        self.cluster = cluster
+        scheme = urlsplit(dsn).scheme
+        if scheme not in ("chdb", "http", "https"):
+            raise StoreError(f"CDR_CLICKHOUSE_URL must be chdb:///dir or http(s)://host[:port], not {scheme}://")
+        self.embedded = scheme == "chdb"
+        self.dsn = dsn
+
+        def make_client() -> Client:
+            return connect(dsn, password)
+
+        self._reads = _Lane("read", read_workers, make_client)
+        self._writes = _Lane("write", write_workers, make_client)
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+
+    async def query(self, sql: str, params: Mapping[str, Param] | None = None) -> list[Row]:
+        """Rows of a SELECT (on a read worker)."""
+        self._check_open()
+        return await self._reads.run(_rows, sql, dict(params or {}))
+
+    async def command(self, sql: str, params: Mapping[str, Param] | None = None) -> None:
+        """A statement that returns nothing: DDL, INSERT ... SELECT (on a write worker)."""
+        self._check_open()
+        await self._writes.run(_command, sql, dict(params or {}))
+
+    async def insert_arrow(self, table: str, data: pa.Table) -> None:
+        """Insert an Arrow table whose column names match the table's (on a write worker)."""
+        self._check_open()
+        await self._writes.run(_insert_arrow, table, self.database, data)
+
+    @property
+    def queries_process_tables(self) -> bool:
+        """Whether ``query_over_arrow`` works: only the embedded engine can read a table
+        held by this process."""
+        return self.embedded
+
+    async def query_over_arrow(self, sql: str, data: pa.Table, params: Mapping[str, Param] | None = None) -> pa.Table:
+        """Run a SELECT that reads ``data`` as ``Python(arrow_input)``; its result as Arrow.
+        Runs on a write worker: it is part of ingesting a batch."""
+        self._check_open()
+        if not self.queries_process_tables:
+            raise StoreError("only the embedded engine can query a table held by this process")
+        return await self._writes.run(_query_over_arrow, sql, data, dict(params or {}))
+
+    async def ping(self) -> bool:
+        try:
+            rows = await self.query("SELECT 1")
+        except StoreError:
+            return False
+        return rows == [[1]]
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        # Waits for calls in progress, then closes every worker's client.
+        await loop.run_in_executor(None, self._reads.close)
+        await loop.run_in_executor(None, self._writes.close)
+
+    def qualified(self, table: str) -> str:
+        return f"{self.database}.{table}"
+
+
+def open_store(settings: Settings) -> Store:
+    """The store the settings ask for (``CDR_CLICKHOUSE_URL``, else chdb in ``CDR_DATA_DIR``)."""
+    dsn = settings.clickhouse_dsn
+    if dsn.startswith("chdb:"):
+        path = urlsplit(dsn).path
+        try:
+            from pathlib import Path
+
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create the embedded store folder {path}: {exc}") from exc
+    password = settings.clickhouse_password.get_secret_value() if settings.clickhouse_password else None
+    return Store(
+        dsn,
+        password=password,
+        database=settings.clickhouse_database,
+        cluster=settings.clickhouse_cluster,
+        read_workers=settings.clickhouse_pool_size,
+        write_workers=settings.clickhouse_write_pool_size,
+    )

@@ -1,0 +1,128 @@
+"""ClickHouse errors, classified once by error code for both transports.
+
+clickhouse-connect raises the same exception types, with the server's numeric error
+code, over HTTP and on the embedded engine; this module turns them into the two
+errors the service acts on. ``StoreUnavailable``: worth retrying (the server is
+unreachable, overloaded, out of disk, or a table is missing or detached until an
+operator acts). ``StoreError`` alone: retrying cannot help (a bad statement, a
+schema that does not match the code); ingest halts on it instead of retrying forever.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+
+class Code(IntEnum):
+    """The ClickHouse error codes this service reasons about (src/Common/ErrorCodes.cpp;
+    checked against the engine with ``errorCodeToName``)."""
+
+    CANNOT_PARSE_TEXT = 6
+    THERE_IS_NO_COLUMN = 8
+    NO_SUCH_COLUMN_IN_TABLE = 16
+    NUMBER_OF_COLUMNS_DOESNT_MATCH = 20
+    CANNOT_WRITE_TO_OSTREAM = 24
+    UNKNOWN_IDENTIFIER = 47
+    TYPE_MISMATCH = 53
+    UNKNOWN_TABLE = 60
+    SYNTAX_ERROR = 62
+    CANNOT_READ_FROM_FILE_DESCRIPTOR = 74
+    CANNOT_WRITE_TO_FILE_DESCRIPTOR = 75
+    CANNOT_OPEN_FILE = 76
+    UNKNOWN_DATABASE = 81
+    TIMEOUT_EXCEEDED = 159
+    READONLY = 164
+    CANNOT_CREATE_DIRECTORY = 172
+    CANNOT_ALLOCATE_MEMORY = 173
+    TOO_MANY_SIMULTANEOUS_QUERIES = 202
+    CANNOT_FSYNC = 204
+    SOCKET_TIMEOUT = 209
+    NETWORK_ERROR = 210
+    TABLE_IS_DROPPED = 218
+    NO_ZOOKEEPER = 225
+    ABORTED = 236
+    MEMORY_LIMIT_EXCEEDED = 241
+    TABLE_IS_READ_ONLY = 242
+    NOT_ENOUGH_SPACE = 243
+    TOO_MANY_PARTS = 252
+    ALL_CONNECTION_TRIES_FAILED = 279
+    TOO_FEW_LIVE_REPLICAS = 285
+    UNKNOWN_STATUS_OF_INSERT = 319
+    ALL_REPLICAS_ARE_STALE = 369
+    QUERY_WAS_CANCELLED = 394
+    SYSTEM_ERROR = 425
+    CANNOT_SCHEDULE_TASK = 439
+    CANNOT_CREATE_FILE = 586
+    SERVER_OVERLOADED = 745
+    KEEPER_EXCEPTION = 999
+
+
+# Conditions that pass by themselves or by an operator's fix outside this service:
+# load and resource limits, I/O and disk trouble, replication, and a table or
+# database that is missing or detached (created by `cdr migrate`, re-attached).
+TRANSIENT = frozenset(
+    {
+        Code.CANNOT_WRITE_TO_OSTREAM,
+        Code.UNKNOWN_TABLE,
+        Code.CANNOT_READ_FROM_FILE_DESCRIPTOR,
+        Code.CANNOT_WRITE_TO_FILE_DESCRIPTOR,
+        Code.CANNOT_OPEN_FILE,
+        Code.UNKNOWN_DATABASE,
+        Code.TIMEOUT_EXCEEDED,
+        Code.CANNOT_CREATE_DIRECTORY,
+        Code.CANNOT_ALLOCATE_MEMORY,
+        Code.TOO_MANY_SIMULTANEOUS_QUERIES,
+        Code.CANNOT_FSYNC,
+        Code.SOCKET_TIMEOUT,
+        Code.NETWORK_ERROR,
+        Code.TABLE_IS_DROPPED,
+        Code.NO_ZOOKEEPER,
+        Code.ABORTED,
+        Code.MEMORY_LIMIT_EXCEEDED,
+        Code.TABLE_IS_READ_ONLY,
+        Code.NOT_ENOUGH_SPACE,
+        Code.TOO_MANY_PARTS,
+        Code.ALL_CONNECTION_TRIES_FAILED,
+        Code.TOO_FEW_LIVE_REPLICAS,
+        Code.UNKNOWN_STATUS_OF_INSERT,
+        Code.ALL_REPLICAS_ARE_STALE,
+        Code.QUERY_WAS_CANCELLED,
+        Code.SYSTEM_ERROR,
+        Code.CANNOT_SCHEDULE_TASK,
+        Code.CANNOT_CREATE_FILE,
+        Code.SERVER_OVERLOADED,
+        Code.KEEPER_EXCEPTION,
+    }
+)
+
+
+class StoreError(Exception):
+    """A query or insert failed, and trying again will not help."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StoreUnavailable(StoreError):
+    """ClickHouse cannot be reached or cannot take the operation now; worth retrying."""
+
+
+def classify(exc: ClickHouseError | OSError) -> StoreError:
+    """The service's error for an exception raised by clickhouse-connect (or by the
+    local file an embedded insert is staged in)."""
+    if isinstance(exc, OSError):
+        return StoreUnavailable(f"{type(exc).__name__}: {exc}")
+    text = str(exc)
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and code in TRANSIENT:
+        return StoreUnavailable(text, code)
+    if isinstance(code, int) and code > 0:
+        return StoreError(text, code)
+    # No server code: the transport failed (connection refused or reset, an HTTP
+    # error without a ClickHouse body, a stream cut off).
+    if isinstance(exc, OperationalError):
+        return StoreUnavailable(text)
+    return StoreError(text)

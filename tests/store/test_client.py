@@ -1,0 +1,160 @@
+"""The store on clickhouse-connect's embedded (chdb) transport: parameter binding,
+result decoding, error classification, the client pool's isolation and parallelism.
+
+Everything runs against the real engine; the HTTP variants need a ClickHouse server
+(testcontainers where a Docker engine answers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from uuid import UUID
+
+import pyarrow as pa
+import pytest
+
+from cdr.ingest.processor import to_table
+from cdr.ingest.processor import validate as validate_event
+from cdr.model.event import CallEnded
+from cdr.store import Store, StoreError, StoreUnavailable
+from cdr.store.client import connect
+from cdr.store.errors import Code
+from cdr.store.migrations import migrate
+from tests.helpers import encoded, events
+
+TENANTS = [f"tenant{n}.example" for n in range(8)]
+
+
+@pytest.fixture(scope="module")
+async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Store]:
+    store = Store(f"chdb://{tmp_path_factory.mktemp('store')}", database="cdr", read_workers=8, write_workers=2)
+    await migrate(store)
+    parsed = [validate_event(value, UTC) for _, value in encoded(events(800, seed=5, tenants=tuple(TENANTS)))]
+    await store.insert_arrow("cdr", to_table([p for p in parsed if isinstance(p, CallEnded)]))
+    yield store
+    await store.close()
+
+
+async def test_parameters_bind_and_results_decode(store: Store) -> None:
+    moment = datetime(2024, 2, 29, 23, 59, 58, 987_000, tzinfo=UTC)
+    rows = await store.query(
+        "SELECT toString({t:DateTime64(3, 'UTC')}), {t:DateTime64(3, 'UTC')}, {u:UUID}, {s:String},"
+        " {a:Array(String)}, {n:Nullable(UInt32)}, {i:UInt64}",
+        {
+            "t": moment,
+            "u": UUID("0b1f4a52-6a4e-4d4c-9a38-2f5c1c1e9d11"),
+            "s": "it's a \\ tab\there\nnewline",
+            "a": ["o'neil", "back\\slash"],
+            "n": None,
+            "i": 2**63,
+        },
+    )
+    text, decoded, uuid_, s, a, n, i = rows[0]
+    assert text == "2024-02-29 23:59:58.987"
+    assert decoded.replace(tzinfo=UTC) == moment
+    assert uuid_ == UUID("0b1f4a52-6a4e-4d4c-9a38-2f5c1c1e9d11")
+    assert s == "it's a \\ tab\there\nnewline"
+    assert a == ["o'neil", "back\\slash"]
+    assert n is None and i == 2**63
+
+
+def test_a_datetime_binds_as_utc_whatever_the_servers_timezone(store: Store) -> None:
+    """clickhouse-connect converts aware datetimes to the server's timezone for untyped
+    parameters; ours are typed DateTime64(3, 'UTC') and must arrive unshifted, with
+    their milliseconds, on a server that runs in another zone."""
+    from zoneinfo import ZoneInfo
+
+    client = connect(store.dsn, None)
+    try:
+        client.server_tz = ZoneInfo("Asia/Ho_Chi_Minh")
+        moment = datetime(2024, 7, 1, 0, 0, 0, 5_000, tzinfo=UTC)
+        rows = client.query("SELECT toString({t:DateTime64(3, 'UTC')})", parameters={"t": moment}).result_rows
+    finally:
+        client.close()
+    assert rows == [("2024-07-01 00:00:00.005",)]
+
+
+async def test_errors_are_classified_by_code(store: Store) -> None:
+    with pytest.raises(StoreUnavailable) as missing:
+        await store.query("SELECT count() FROM cdr.no_such_table")
+    assert missing.value.code == Code.UNKNOWN_TABLE
+    with pytest.raises(StoreError) as bad:
+        await store.query("SELEC 1")
+    assert bad.value.code == Code.SYNTAX_ERROR and not isinstance(bad.value, StoreUnavailable)
+    wrong_columns = pa.table({"tenant_id": ["t"], "no_such_column": [1]})
+    with pytest.raises(StoreError) as mismatch:
+        await store.insert_arrow("cdr", wrong_columns)
+    assert not isinstance(mismatch.value, StoreUnavailable)
+
+
+async def test_an_unreachable_server_is_unavailable() -> None:
+    """The HTTP transport, for real: nothing listens on port 1."""
+    server = Store("http://127.0.0.1:1", database="cdr", read_workers=1, write_workers=1)
+    try:
+        with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1"):
+            await server.query("SELECT 1")
+        assert not await server.ping()
+    finally:
+        await server.close()
+
+
+async def test_a_bad_url_and_a_closed_store(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with pytest.raises(StoreError, match="CDR_CLICKHOUSE_URL"):
+        Store("ftp://x", database="cdr")
+    closed = Store(f"chdb://{tmp_path_factory.mktemp('closed')}", database="cdr")
+    await closed.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await closed.query("SELECT 1")
+
+
+async def test_concurrent_tenants_through_the_pool_never_see_each_other(store: Store) -> None:
+    """8 tenants x 150 parameterized queries at once over the 8 read clients: a client
+    shared by two threads would answer some with another tenant's rows."""
+    sql = (
+        "SELECT tenant_id, toString(id) FROM cdr.cdr FINAL WHERE tenant_id = {tenant:String}"
+        " AND duration >= {d:UInt32} ORDER BY time_started LIMIT 5"
+    )
+    wrong = 0
+    answered = 0
+
+    async def ask(tenant: str, k: int) -> None:
+        nonlocal wrong, answered
+        rows = await store.query(sql, {"tenant": tenant, "d": k % 3})
+        answered += 1
+        wrong += sum(row[0] != tenant for row in rows)
+
+    await asyncio.gather(*(ask(TENANTS[k % 8], k) for k in range(1_200)))
+    assert answered == 1_200 and wrong == 0
+
+
+async def test_reads_run_in_parallel(store: Store) -> None:
+    """Eight reads that each sleep 0.3 s in the engine finish together, not one after another."""
+    began = time.perf_counter()
+    await asyncio.gather(*(store.query("SELECT sleep(0.3), {k:UInt8}", {"k": k}) for k in range(8)))
+    assert time.perf_counter() - began < 1.2
+
+
+async def test_a_read_does_not_wait_for_a_running_insert(store: Store) -> None:
+    """Both write workers busy with large inserts; reads answer meanwhile."""
+    big = _big_table(600_000)
+    inserts = [asyncio.create_task(store.insert_arrow("cdr", big)) for _ in range(2)]
+    await asyncio.sleep(0.2)  # let both inserts reach the engine
+    reads = []
+    while not all(task.done() for task in inserts):
+        began = time.perf_counter()
+        rows = await store.query("SELECT count() FROM cdr.cdr WHERE tenant_id = {t:String}", {"t": TENANTS[0]})
+        reads.append((time.perf_counter() - began, any(not task.done() for task in inserts)))
+        assert rows[0][0] > 0
+    await asyncio.gather(*inserts)
+    during = [seconds for seconds, busy in reads if busy]
+    assert len(during) >= 3, f"the inserts finished too fast to overlap reads: {reads}"
+    assert max(during) < 0.5, during
+
+
+def _big_table(rows: int) -> pa.Table:
+    """A valid CDR table of ``rows`` rows (one tenant of its own), built by repetition."""
+    parsed = [validate_event(value, UTC) for _, value in encoded(events(1_000, seed=9, tenants=("bulk.example",)))]
+    one = to_table([p for p in parsed if isinstance(p, CallEnded)])
+    return pa.concat_tables([one] * (rows // one.num_rows)).combine_chunks()
