@@ -25,9 +25,11 @@ test: setup ## run the whole test suite (starts its own Kafka unless CDR_KAFKA_B
 run: setup ## local Kafka + ingest + API + PBX simulator; prints a curl line (Ctrl-C stops all)
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/local/run.sh
 
-lint: setup ## ruff and mypy
+lint: setup ## ruff, mypy and the dead-code finder
 	$(UV) run --frozen ruff check services tests bench
+	$(UV) run --frozen ruff format --check services tests bench
 	$(UV) run --frozen mypy
+	$(UV) run --frozen vulture services/cdr tests bench .ci/vulture_allow.py --min-confidence 60
 
 bench: setup ## benchmarks (not part of test): ingest and API, each beside its baseline
 	$(UV) run --frozen python bench/run.py

@@ -1,11 +1,16 @@
-"""API latency over HTTP: 10 M CDRs in 100 tenants, 8 concurrent clients.
+"""API latency over HTTP: 10 M CDRs in 100 tenants, 1 and 8 concurrent clients, idle and
+while events are ingested.
 
 Loads the embedded store by the fastest correct path (ClickHouse generates the rows
 itself: INSERT ... SELECT FROM numbers()), serves it with `cdr api` in its own process,
-and measures each request kind; deep-vs-shallow pairs (scroll batch 1 vs 1,000, offset
-page 1 vs 1,000) are the baselines measured in the same run.
+and measures each request kind with 1 client and with 8; the baselines measured in the
+same run are 1 client (for the 8-client throughput), deep-vs-shallow pairs (scroll
+batch 1 vs 1,000, offset page 1 vs 1,000) and idle (for latency under ingest). Then
+`cdr run` serves the same store while `cdr simulate` publishes --ingest-rate events/s
+through a local Kafka broker, and list and get-by-id are measured again beside the
+same process idle.
 
-    python bench/api.py [--rows 10000000] [--requests 400] [--reuse]
+    python bench/api.py [--rows 10000000] [--requests 400] [--reuse] [--ingest-rate 5000]
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import OUT, machine, percentiles
+from common import OUT, kafka, machine, percentiles
 
 from cdr.api.cursor import CursorCodec, Position
 from cdr.settings import load_settings, token_digest
@@ -139,11 +144,46 @@ async def run_scenario(name: str, make: Any, requests: int, clients: int = 8) ->
     return result
 
 
+async def wait_ready(url: str) -> None:
+    async with httpx.AsyncClient() as probe:
+        for _ in range(1200):
+            try:
+                if (await probe.get(f"{url}/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"{url} did not become ready")
+
+
+async def stored_total(url: str) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{url}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("cdr_events_stored_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def start(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "cdr.cli", command], env=env)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=120)
+
+
+def row(r: dict[str, Any]) -> str:
+    return f"{r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:.1f}"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--reuse", action="store_true", help="keep the store of an earlier run")
+    parser.add_argument("--ingest-rate", type=float, default=5_000, help="events/s published during the last phase")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not (args.reuse and STORE.exists()):
@@ -161,62 +201,124 @@ async def main() -> None:
         "CDR_LOG_LEVEL": "WARNING",
     }
     env.pop("CDR_CLICKHOUSE_URL", None)
-    server = subprocess.Popen([sys.executable, "-m", "cdr.cli", "api"], env=env)
+    url = f"http://127.0.0.1:{PORT}"
+    rng = random.Random(7)
+    picks = samples["picks"]
+    codec = CursorCodec(SECRET.encode(), 3600)
+
+    def any_tenant() -> str:
+        return rng.choice(tenants)
+
+    def deep_cursor() -> tuple[str, str]:
+        tenant, ts, id_ = rng.choice(samples["deep"])
+        cursor = codec.encode(Position(tenant, {}, "asc", int(ts), id_, int(time.time()), 100))
+        return tenant, f"/v1/cdr?scroll_id={cursor}"
+
+    scenarios = [
+        ("list, no filter (scroll batch 1)", lambda: (any_tenant(), "/v1/cdr")),
+        ("list, one-week time range", lambda: (any_tenant(), "/v1/cdr?start_date=2024-03-01&end_date=2024-03-08")),
+        ("list, phone", lambda: (lambda p: (p[0], f"/v1/cdr?phone={p[3]}"))(rng.choice(picks))),
+        ("list, status + direction", lambda: (any_tenant(), "/v1/cdr?status=BUSY&direction=inbound")),
+        ("list, page 1 with total", lambda: (any_tenant(), "/v1/cdr?page=1&limit=10")),
+        ("get by id", lambda: (lambda p: (p[0], f"/v1/cdr/{p[1]}"))(rng.choice(picks))),
+        ("get by sip_call_id", lambda: (lambda p: (p[0], f"/v1/cdr/{p[2]}"))(rng.choice(picks))),
+        ("scroll batch 1 (limit 100)", lambda: (any_tenant(), "/v1/cdr?scroll=true&limit=100")),
+        ("scroll batch 1,000 (limit 100)", deep_cursor),
+        ("offset page 1 (limit 100)", lambda: (any_tenant(), "/v1/cdr?page=1&limit=100")),
+        ("offset page 1,000 (limit 100)", lambda: (any_tenant(), "/v1/cdr?page=1000&limit=100")),
+    ]
+    print(f"machine: {machine()}; {args.rows:,} CDRs, {TENANTS} tenants, {args.requests} requests per kind and run")
+    server = start("api", env)
     try:
-        async with httpx.AsyncClient() as probe:
-            for _ in range(600):
-                try:
-                    if (await probe.get(f"http://127.0.0.1:{PORT}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        rng = random.Random(7)
-        picks = samples["picks"]
-        codec = CursorCodec(SECRET.encode(), 3600)
-
-        def any_tenant() -> str:
-            return rng.choice(tenants)
-
-        def deep_cursor() -> tuple[str, str]:
-            tenant, ts, id_ = rng.choice(samples["deep"])
-            cursor = codec.encode(Position(tenant, {}, "asc", int(ts), id_, int(time.time()), 100))
-            return tenant, f"/v1/cdr?scroll_id={cursor}"
-
-        scenarios = [
-            ("list, no filter (scroll batch 1)", lambda: (any_tenant(), "/v1/cdr")),
-            ("list, one-week time range", lambda: (any_tenant(), "/v1/cdr?start_date=2024-03-01&end_date=2024-03-08")),
-            ("list, phone", lambda: (lambda p: (p[0], f"/v1/cdr?phone={p[3]}"))(rng.choice(picks))),
-            ("list, status + direction", lambda: (any_tenant(), "/v1/cdr?status=BUSY&direction=inbound")),
-            ("list, page 1 with total", lambda: (any_tenant(), "/v1/cdr?page=1&limit=10")),
-            ("get by id", lambda: (lambda p: (p[0], f"/v1/cdr/{p[1]}"))(rng.choice(picks))),
-            ("get by sip_call_id", lambda: (lambda p: (p[0], f"/v1/cdr/{p[2]}"))(rng.choice(picks))),
-            ("scroll batch 1 (limit 100)", lambda: (any_tenant(), "/v1/cdr?scroll=true&limit=100")),
-            ("scroll batch 1,000 (limit 100)", deep_cursor),
-            ("offset page 1 (limit 100)", lambda: (any_tenant(), "/v1/cdr?page=1&limit=100")),
-            ("offset page 1,000 (limit 100)", lambda: (any_tenant(), "/v1/cdr?page=1000&limit=100")),
-        ]
-        print(
-            f"machine: {machine()}; {args.rows:,} CDRs, {TENANTS} tenants, 8 concurrent clients, "
-            f"{args.requests} requests per kind"
-        )
-        results = {name: await run_scenario(name, make, args.requests) for name, make in scenarios}
+        await wait_ready(url)
+        one: dict[str, dict[str, Any]] = {}
+        eight: dict[str, dict[str, Any]] = {}
+        for name, make in scenarios:
+            one[name] = await run_scenario(name + " [1 client]", make, args.requests, clients=1)
+            eight[name] = await run_scenario(name + " [8 clients]", make, args.requests, clients=8)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-    s1, s1000 = results["scroll batch 1 (limit 100)"], results["scroll batch 1,000 (limit 100)"]
-    o1, o1000 = results["offset page 1 (limit 100)"], results["offset page 1,000 (limit 100)"]
+        stop(server)
+    under_ingest = await ingest_phase(env, url, scenarios, args)
     print()
-    print("| request | p50 ms | p95 ms | p99 ms | req/s |")
-    print("|---|---|---|---|---|")
-    for r in results.values():
-        print(f"| {r['name']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['rps']:.1f} |")
-    print()
-    print(f"scroll batch 1,000 / batch 1 (p50): {s1000['p50'] / s1['p50']:.2f}x (bar <= 1.5x)")
-    print(f"offset page 1,000 / page 1 (p50): {o1000['p50'] / o1['p50']:.2f}x (for contrast)")
-    bad = {name: r["statuses"] for name, r in results.items() if set(r["statuses"]) != {200}}
+    print("| request | 1 client p50 ms | p99 ms | req/s | 8 clients p50 ms | p99 ms | req/s | 8 / 1 clients req/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in one:
+        ratio = eight[name]["rps"] / one[name]["rps"]
+        print(f"| {name} | {row(one[name])} | {row(eight[name])} | {ratio:.2f}x |")
+    worst = min(eight[name]["rps"] / one[name]["rps"] for name in one)
+    print(f"\n8 clients / 1 client req/s, lowest over the kinds: {worst:.2f}x (bar >= 1.6x)")
+    s1, s1000 = one["scroll batch 1 (limit 100)"], one["scroll batch 1,000 (limit 100)"]
+    o1, o1000 = one["offset page 1 (limit 100)"], one["offset page 1,000 (limit 100)"]
+    print(f"scroll batch 1,000 / batch 1 (p50, 1 client): {s1000['p50'] / s1['p50']:.2f}x (bar <= 1.5x)")
+    print(f"offset page 1,000 / page 1 (p50, 1 client): {o1000['p50'] / o1['p50']:.2f}x (for contrast)")
+    if under_ingest:
+        print()
+        print(under_ingest)
+    results = [*one.values(), *eight.values()]
+    bad = {r["name"]: r["statuses"] for r in results if set(r["statuses"]) != {200}}
     if bad:
         raise SystemExit(f"non-200 answers: {bad}")
+
+
+async def ingest_phase(env: dict[str, str], url: str, scenarios: list[Any], args: argparse.Namespace) -> str:
+    """`cdr run` on the same store: list and get by id idle, then while the simulator
+    publishes --ingest-rate events/s (1 client each, so the figures are latencies, not
+    queueing). Returns the report, or '' when --ingest-rate is 0."""
+    if args.ingest_rate <= 0:
+        return ""
+    kinds = dict(scenarios)
+    measured = ("list, no filter (scroll batch 1)", "get by id")
+    with kafka() as bootstrap:
+        run_env = {
+            **env,
+            "CDR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "CDR_KAFKA_TOPIC": f"bench-api-{time.time_ns()}",
+            "CDR_KAFKA_GROUP_ID": f"bench-api-{time.time_ns()}",
+        }
+        run_env["CDR_KAFKA_DLQ_TOPIC"] = run_env["CDR_KAFKA_TOPIC"] + ".dlq"
+        subprocess.run([sys.executable, "-m", "cdr.cli", "create-topics"], env=run_env, check=True)
+        server = start("run", run_env)
+        simulator: subprocess.Popen[bytes] | None = None
+        try:
+            await wait_ready(url)
+            idle = {k: await run_scenario(k + " [idle, cdr run]", kinds[k], args.requests, clients=1) for k in measured}
+            sim_env = {**run_env, "CDR_LOG_LEVEL": "WARNING"}
+            simulator = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cdr.cli",
+                    "simulate",
+                    "--rate",
+                    str(args.ingest_rate),
+                    "--seed",
+                    "3",
+                    "--tenants",
+                    ",".join(f"tenant{n:03d}.pbx.vn" for n in range(TENANTS)),
+                ],
+                env=sim_env,
+            )
+            await asyncio.sleep(8)  # the simulator connects and ingest reaches its steady rate
+            began, stored_before = time.perf_counter(), await stored_total(url)
+            busy = {k: await run_scenario(k + " [ingesting]", kinds[k], args.requests, clients=1) for k in measured}
+            rate = (await stored_total(url) - stored_before) / (time.perf_counter() - began)
+        finally:
+            if simulator is not None:
+                stop(simulator)
+            stop(server)
+    lines = [
+        f"while ingesting (cdr run, simulator at {args.ingest_rate:,.0f} events/s; {rate:,.0f} events/s stored"
+        " during the measurement):",
+        "| request (1 client) | idle p50 ms | idle p99 ms | ingesting p50 ms | ingesting p99 ms | p99 ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in measured:
+        ratio = busy[k]["p99"] / idle[k]["p99"]
+        lines.append(
+            f"| {k} | {idle[k]['p50']:.1f} | {idle[k]['p99']:.1f} | {busy[k]['p50']:.1f} | {busy[k]['p99']:.1f}"
+            f" | {ratio:.2f}x (bar <= 2x) |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

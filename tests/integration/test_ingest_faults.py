@@ -1,8 +1,10 @@
-"""Faults: the ingestor SIGKILLed mid-stream, and ClickHouse failing inserts for a while."""
+"""Faults: the ingestor SIGKILLed mid-stream, ClickHouse failing inserts for a while or for
+good, and a replica of a consumer group leaving mid-stream."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -13,7 +15,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from cdr.ingest.app import Ingestor, build_ingestor
+from cdr.metrics import Metrics
 from cdr.store import open_store
+from cdr.store.errors import Code
 from tests.helpers import committed_offsets, create_topics, encoded, events, produce, stored_ids, wait_for
 from tests.integration.conftest import IngestEnv, make_settings
 
@@ -161,3 +166,95 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
 async def _ready(ingestor: object) -> bool:
     ready, _ = await ingestor.ready()  # type: ignore[attr-defined]
     return ready
+
+
+async def test_a_schema_mismatch_halts_ingest_instead_of_retrying(ingest_env: IngestEnv) -> None:
+    """A column the code writes is gone: retrying cannot help, so ingest halts with the
+    ClickHouse error at once (no commit), rather than looking like an outage forever."""
+    settings, store = ingest_env.settings, ingest_env.store
+    await store.command(f"ALTER TABLE {store.qualified('cdr')} DROP COLUMN receive_dest")
+    sent = events(500, seed=12)
+    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(sent))
+    async with ingest_env.running() as ingestor:
+        await asyncio.wait_for(ingestor.pipeline.halted.wait(), 60)
+        fatal = ingestor.pipeline.fatal
+        ready, checks = await ingestor.ready()
+    assert fatal is not None and f"code {Code.NO_SUCH_COLUMN_IN_TABLE}" in fatal, fatal
+    assert not ready and "halted" in checks["pipeline"]
+    assert ingest_env.metrics.insert_failures._value.get() == 0, "a permanent error was retried"
+    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    assert sum(offsets.values()) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("leaves", ["stops", "is-abandoned"])
+async def test_two_ingestors_in_one_group_end_with_exactly_the_produced_ids(ingest_env: IngestEnv, leaves: str) -> None:
+    """Two ingestors share the group (and, inside this process, the embedded store), as
+    replicas do in production. One leaves mid-stream: with a clean stop (it drains its
+    batch and leaves the group), or abandoned (static membership, no drain, no leave:
+    its partitions move only when its session expires). The other ends with exactly
+    the produced ids, and no committed offset ever moves backwards (a commit for a
+    partition its consumer no longer owns would do that)."""
+    settings = ingest_env.settings.model_copy(update={"batch_size": 1_000, "kafka_session_timeout_ms": 6_000})
+    bootstrap, topic, group = settings.kafka_bootstrap_servers, settings.kafka_topic, settings.kafka_group_id
+    a = build_ingestor(
+        settings.model_copy(update={"kafka_group_instance_id": "replica-a"}), ingest_env.store, Metrics()
+    )
+    b = build_ingestor(settings, ingest_env.store, Metrics())
+    sent = events(24_000, seed=21)
+    pairs = encoded(sent)
+    history: list[dict[int, int]] = []
+    sampling = True
+
+    async def sample_commits() -> None:
+        while sampling:
+            history.append(await committed_offsets(bootstrap, group, topic))
+            await asyncio.sleep(0.3)
+
+    async def produce_slowly() -> None:
+        for start in range(0, len(pairs), 1_000):
+            await produce(bootstrap, topic, pairs[start : start + 1_000])
+            await asyncio.sleep(0.4)
+
+    await a.start()
+    await b.start()
+    sampler = asyncio.create_task(sample_commits())
+    producer = asyncio.create_task(produce_slowly())
+    try:
+
+        async def every_partition_progressed() -> bool:
+            return all(offset > 0 for offset in (await committed_offsets(bootstrap, group, topic)).values())
+
+        await wait_for(every_partition_progressed, 60, "both ingestors to commit")
+        if leaves == "stops":
+            await a.stop()
+        else:
+            await _abandon(a)
+        await producer
+
+        async def all_committed() -> bool:
+            return sum((await committed_offsets(bootstrap, group, topic)).values()) == len(sent)
+
+        await wait_for(all_committed, 120, "the remaining ingestor to take over and catch up")
+    finally:
+        sampling = False
+        producer.cancel()
+        await sampler
+        await b.stop()
+        if not a.stopping.is_set():
+            await a.stop()
+    ids = await stored_ids(ingest_env.store)
+    assert len(ids) == len(set(ids)) == len(sent)
+    assert set(ids) == {e["id"] for e in sent}
+    for before, after in itertools.pairwise(history):
+        assert all(after[p] >= before[p] for p in before), (before, after)
+    assert b.pipeline.fatal is None
+
+
+async def _abandon(ingestor: Ingestor) -> None:
+    """What a crash leaves behind, inside this process: the consumer goes away without
+    finishing its batch and without leaving the group (static members never send
+    LeaveGroup), so the group rebalances only after its session times out."""
+    ingestor.stopping.set()
+    await ingestor.broker.stop()
+    await ingestor.dead_letters.stop()

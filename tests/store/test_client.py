@@ -137,7 +137,7 @@ async def test_reads_run_in_parallel(store: Store) -> None:
 
 
 async def test_a_read_does_not_wait_for_a_running_insert(store: Store) -> None:
-    """Both write workers busy with large inserts; reads answer meanwhile."""
+    """Both write workers busy with large inserts (~2 s each here); reads answer meanwhile."""
     big = _big_table(600_000)
     inserts = [asyncio.create_task(store.insert_arrow("cdr", big)) for _ in range(2)]
     await asyncio.sleep(0.2)  # let both inserts reach the engine
@@ -148,9 +148,11 @@ async def test_a_read_does_not_wait_for_a_running_insert(store: Store) -> None:
         reads.append((time.perf_counter() - began, any(not task.done() for task in inserts)))
         assert rows[0][0] > 0
     await asyncio.gather(*inserts)
-    during = [seconds for seconds, busy in reads if busy]
-    assert len(during) >= 3, f"the inserts finished too fast to overlap reads: {reads}"
-    assert max(during) < 0.5, during
+    # Reads queued behind the inserts would all finish after them. (No bound on the
+    # slowest read: two cores shared with two inserts make single outliers.)
+    during = sorted(seconds for seconds, busy in reads if busy)
+    assert len(during) >= 3, f"no read finished while the inserts ran: {reads}"
+    assert during[len(during) // 2] < 0.1, during
 
 
 def _big_table(rows: int) -> pa.Table:

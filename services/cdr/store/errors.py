@@ -19,13 +19,8 @@ class Code(IntEnum):
     """The ClickHouse error codes this service reasons about (src/Common/ErrorCodes.cpp;
     checked against the engine with ``errorCodeToName``)."""
 
-    CANNOT_PARSE_TEXT = 6
-    THERE_IS_NO_COLUMN = 8
     NO_SUCH_COLUMN_IN_TABLE = 16
-    NUMBER_OF_COLUMNS_DOESNT_MATCH = 20
     CANNOT_WRITE_TO_OSTREAM = 24
-    UNKNOWN_IDENTIFIER = 47
-    TYPE_MISMATCH = 53
     UNKNOWN_TABLE = 60
     SYNTAX_ERROR = 62
     CANNOT_READ_FROM_FILE_DESCRIPTOR = 74
@@ -33,7 +28,6 @@ class Code(IntEnum):
     CANNOT_OPEN_FILE = 76
     UNKNOWN_DATABASE = 81
     TIMEOUT_EXCEEDED = 159
-    READONLY = 164
     CANNOT_CREATE_DIRECTORY = 172
     CANNOT_ALLOCATE_MEMORY = 173
     TOO_MANY_SIMULTANEOUS_QUERIES = 202

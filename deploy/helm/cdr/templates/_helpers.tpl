@@ -73,6 +73,8 @@ app.kubernetes.io/part-of: cdr
   value: {{ required "clickhouse.url is required" .Values.clickhouse.url | quote }}
 - name: CDR_CLICKHOUSE_DATABASE
   value: {{ .Values.clickhouse.database | quote }}
+- name: CDR_CLICKHOUSE_POOL_SIZE
+  value: {{ .Values.clickhouse.poolSize | quote }}
 {{- with .Values.clickhouse.cluster }}
 - name: CDR_CLICKHOUSE_CLUSTER
   value: {{ . | quote }}
