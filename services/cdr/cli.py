@@ -89,13 +89,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdr",
         description="CDR service. Configuration comes from CDR_* environment variables (see README).",
+        epilog=(
+            "ClickHouse: CDR_CLICKHOUSE_URL=http(s)://[user@]host[:port] for a server or cluster, or"
+            " chdb:///absolute/folder for the embedded engine in this process (one process per folder:"
+            " use `cdr run`); unset, the embedded engine in CDR_DATA_DIR (default ./data). The same"
+            " client code (clickhouse-connect) runs either way."
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply pending ClickHouse schema migrations")
     sub.add_parser("create-topics", help="create the call-ended and dead-letter topics if missing")
     sub.add_parser("ingest", help="consume call-ended events into ClickHouse")
     sub.add_parser("api", help="serve the CDR query API")
-    sub.add_parser("run", help="migrate, ingest and serve the API in one process (embedded store)")
+    sub.add_parser("run", help="migrate, ingest and serve the API in one process (how an embedded store runs)")
     sch = sub.add_parser("schemas", help="write the event JSON Schema and the OpenAPI document")
     sch.add_argument("--dir", default="schemas", help="folder to write to (default: schemas)")
     sch.add_argument("--check", action="store_true", help="only check the files are current")

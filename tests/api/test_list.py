@@ -161,3 +161,24 @@ async def test_shared_sip_call_id_returns_earliest(api: Api) -> None:
         r = await client.get("/v1/cdr/shared-call-id@test")
     assert r.status_code == 200
     assert r.json()["id"] == min(pair, key=lambda e: e["time_started"])["id"]
+
+
+async def test_a_uuid_key_names_an_id_first_then_a_call_id(api: Api) -> None:
+    """PBXs may use UUIDs as SIP Call-IDs: a UUID key is looked up as an id first and,
+    when no CDR has that id, as a Call-ID; a correction that changes the Call-ID makes
+    the old one find nothing."""
+    from tests.helpers import events
+
+    a, b, c = events(3, seed=123, tenants=("t1.example",))
+    b["sip_call_id"] = a["id"]  # b's Call-ID is a's id: the id wins
+    c["sip_call_id"] = "4f1c1bd4-3c44-4ad2-9d2f-2a4d5e6f7a8b"
+    await api.insert([a, b, c])
+    corrected = {**a, "sip_call_id": "renamed@test", "emitted_at": "2030-01-01T00:00:00Z"}
+    await api.insert([corrected])
+    async with api.client() as client:
+        by_id = (await client.get(f"/v1/cdr/{a['id']}")).json()
+        by_uuid_call_id = (await client.get(f"/v1/cdr/{c['sip_call_id']}")).json()
+        old_call_id = await client.get(f"/v1/cdr/{a['sip_call_id']}")
+    assert by_id["id"] == a["id"] and by_id["sip_call_id"] == "renamed@test"
+    assert by_uuid_call_id["id"] == c["id"]
+    assert old_call_id.status_code == 404, old_call_id.json()

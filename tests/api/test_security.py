@@ -172,7 +172,8 @@ async def test_bad_values_name_the_parameter(api: Api) -> None:
 
 
 async def test_concurrent_tenants_never_see_each_other(api: Api) -> None:
-    """The embedded engine's parameters race across threads; the store must serialize."""
+    """Over HTTP, at once: one embedded handle shared by threads races on query
+    parameters, so every store worker thread has a client of its own."""
 
     async def tenant_ids(tenant: str) -> set[str]:
         async with api.client(tenant) as client:

@@ -22,8 +22,9 @@ from cdr.settings import Settings
 from cdr.store import Store, StoreUnavailable
 from cdr.store.queries import (
     SearchFilters,
+    call_id_lookup_query,
     count_query,
-    lookup_query,
+    id_lookup_query,
     page_query,
     record,
     scroll_query,
@@ -92,8 +93,19 @@ class CdrRoutes:
         key = request.path_params["key"]
         if not key or len(key) > _MAX_KEY:
             raise NotFound("no such CDR")
-        query = lookup_query(self._table, tenant, key, tz=self._settings.timezone)
-        rows = await self._run(query.sql, query.params)
+        tz = self._settings.timezone
+        rows: list[list[Any]] = []
+        # A key that is a UUID names an id first; a Call-ID may look like a UUID too.
+        try:
+            id_ = UUID(key)
+        except ValueError:
+            pass
+        else:
+            by_id = id_lookup_query(self._table, tenant, id_, tz=tz)
+            rows = await self._run(by_id.sql, by_id.params)
+        if not rows:
+            by_call_id = call_id_lookup_query(self._table, tenant, key, tz=tz)
+            rows = await self._run(by_call_id.sql, by_call_id.params)
         if not rows:
             raise NotFound("no such CDR")
         return OrjsonResponse(record(rows[0]))

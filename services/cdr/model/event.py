@@ -22,7 +22,6 @@ from pydantic import (
     model_validator,
 )
 
-
 Seconds = Annotated[StrictInt, Field(ge=0, le=4_294_967_295)]
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|z|[+-]\d{2}:\d{2})?$"
 Timestamp = Annotated[

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -208,8 +209,6 @@ def open_store(settings: Settings) -> Store:
     if dsn.startswith("chdb:"):
         path = urlsplit(dsn).path
         try:
-            from pathlib import Path
-
             Path(path).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"cannot create the embedded store folder {path}: {exc}") from exc

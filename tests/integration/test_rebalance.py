@@ -1,0 +1,126 @@
+"""The pipeline's side of a rebalance, against a real broker and the real engine: what it
+commits for partitions it no longer owns, and how long a revoke waits for the batch in
+flight. (The whole group, two ingestors, is in test_ingest_faults.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from cdr.ingest.dlq import DeadLetter, DlqLimit
+from cdr.ingest.pipeline import Pipeline
+from cdr.ingest.writer import BatchWriter
+from cdr.metrics import Metrics
+from cdr.store import Store
+from cdr.store.migrations import migrate
+from tests.helpers import create_topics, encoded, events, stored_ids, unique
+
+
+@dataclass
+class Batch:
+    """FastStream's batch message as the pipeline sees it, around a real consumer."""
+
+    raw_message: tuple[ConsumerRecord[bytes, bytes], ...]
+    consumer: AIOKafkaConsumer
+    nacked: list[bool] = field(default_factory=list)
+
+    async def nack(self) -> None:
+        self.nacked.append(True)
+
+
+class NoDeadLetters:
+    async def send(self, letters: list[DeadLetter]) -> None:
+        raise AssertionError(f"no dead letters expected: {letters}")
+
+
+@dataclass
+class Rig:
+    store: Store
+    consumer: AIOKafkaConsumer
+    topic: str
+    stopping: asyncio.Event
+    limit: DlqLimit
+
+    def pipeline(self, revoke_wait_s: float) -> Pipeline:
+        metrics = Metrics()
+        writer = BatchWriter(self.store, metrics, self.stopping, initial_backoff_s=0.05, max_backoff_s=0.1)
+        return Pipeline(
+            zone=ZoneInfo("Asia/Ho_Chi_Minh"),
+            max_event_bytes=65_536,
+            writer=writer,
+            dead_letters=NoDeadLetters(),
+            dlq_limit=self.limit,
+            metrics=metrics,
+            stopping=self.stopping,
+            revoke_wait_s=revoke_wait_s,
+        )
+
+    def batch(self, partitions: list[int], seed: int) -> Batch:
+        pairs = encoded(events(len(partitions) * 10, seed=seed))
+        records = tuple(
+            ConsumerRecord(self.topic, partitions[i // 10], i % 10, 0, 0, key, value, None, 0, len(value), [])
+            for i, (key, value) in enumerate(pairs)
+        )
+        return Batch(records, self.consumer)
+
+
+@pytest.fixture
+async def rig(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    topic = unique("rebalance")
+    await create_topics(kafka_bootstrap, topic)
+    store = Store(f"chdb://{tmp_path}", database="cdr")
+    await migrate(store)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=unique("group"), enable_auto_commit=False)
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+    try:
+        yield Rig(store, consumer, topic, asyncio.Event(), DlqLimit(0.5, 100, 10))
+    finally:
+        await consumer.stop()
+        await store.close()
+
+
+async def test_a_batch_commits_only_the_partitions_still_assigned(rig: Rig) -> None:
+    pipeline = rig.pipeline(revoke_wait_s=5)
+    batch = rig.batch([0, 2], seed=1)  # partition 2 belongs to another consumer now
+    await pipeline.handle(batch)
+    await pipeline.drain()
+    assert pipeline.fatal is None and not batch.nacked
+    assert await rig.consumer.committed(TopicPartition(rig.topic, 0)) == 10
+    assert await rig.consumer.committed(TopicPartition(rig.topic, 2)) is None
+    assert len(await stored_ids(rig.store)) == 20  # stored all the same; the new owner's copy collapses
+
+
+async def test_a_revoke_waits_for_the_batch_in_flight_then_gives_up(rig: Rig) -> None:
+    """ClickHouse refuses the insert for a while (the table detached): the revoke waits
+    revoke_wait_s for the batch, no longer, and starts the partition's DLQ window afresh;
+    the batch commits nothing while its insert is failing."""
+    pipeline = rig.pipeline(revoke_wait_s=0.5)
+    rig.limit.observe(rig.topic, 0, [True] * 5)
+    await rig.store.command(f"DETACH TABLE {rig.store.qualified('cdr')}")
+    await pipeline.handle(rig.batch([0, 1], seed=2))
+    began = time.monotonic()
+    await pipeline.on_revoked({TopicPartition(rig.topic, 0)})
+    waited = time.monotonic() - began
+    assert 0.4 <= waited < 3, waited
+    assert (rig.topic, 0) not in rig.limit._recent
+    assert await rig.consumer.committed(TopicPartition(rig.topic, 0)) is None
+    rig.stopping.set()  # the writer gives up its retries; the batch is abandoned, not committed
+    await pipeline.drain()
+    assert pipeline.fatal is None
+    assert await rig.consumer.committed(TopicPartition(rig.topic, 1)) is None
+
+
+async def test_a_revoke_lets_a_quick_batch_finish_and_commit(rig: Rig) -> None:
+    pipeline = rig.pipeline(revoke_wait_s=30)
+    await pipeline.handle(rig.batch([0, 1], seed=3))
+    await pipeline.on_revoked({TopicPartition(rig.topic, 0), TopicPartition(rig.topic, 1)})
+    assert await rig.consumer.committed(TopicPartition(rig.topic, 0)) == 10
+    assert await rig.consumer.committed(TopicPartition(rig.topic, 1)) == 10
