@@ -184,6 +184,7 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--reuse", action="store_true", help="keep the store of an earlier run")
     parser.add_argument("--ingest-rate", type=float, default=5_000, help="events/s published during the last phase")
+    parser.add_argument("--only-ingest", action="store_true", help="only the phase under ingest (cdr run)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not (args.reuse and STORE.exists()):
@@ -228,17 +229,30 @@ async def main() -> None:
         ("offset page 1,000 (limit 100)", lambda: (any_tenant(), "/v1/cdr?page=1000&limit=100")),
     ]
     print(f"machine: {machine()}; {args.rows:,} CDRs, {TENANTS} tenants, {args.requests} requests per kind and run")
-    server = start("api", env)
-    try:
-        await wait_ready(url)
-        one: dict[str, dict[str, Any]] = {}
-        eight: dict[str, dict[str, Any]] = {}
-        for name, make in scenarios:
-            one[name] = await run_scenario(name + " [1 client]", make, args.requests, clients=1)
-            eight[name] = await run_scenario(name + " [8 clients]", make, args.requests, clients=8)
-    finally:
-        stop(server)
+    one: dict[str, dict[str, Any]] = {}
+    eight: dict[str, dict[str, Any]] = {}
+    if not args.only_ingest:
+        server = start("api", env)
+        try:
+            await wait_ready(url)
+            for name, make in scenarios:
+                one[name] = await run_scenario(name + " [1 client]", make, args.requests, clients=1)
+                eight[name] = await run_scenario(name + " [8 clients]", make, args.requests, clients=8)
+        finally:
+            stop(server)
     under_ingest = await ingest_phase(env, url, scenarios, args)
+    if one:
+        print_clients(one, eight)
+    if under_ingest:
+        print()
+        print(under_ingest)
+    results = [*one.values(), *eight.values()]
+    bad = {r["name"]: r["statuses"] for r in results if set(r["statuses"]) != {200}}
+    if bad:
+        raise SystemExit(f"non-200 answers: {bad}")
+
+
+def print_clients(one: dict[str, dict[str, Any]], eight: dict[str, dict[str, Any]]) -> None:
     print()
     print("| request | 1 client p50 ms | p99 ms | req/s | 8 clients p50 ms | p99 ms | req/s | 8 / 1 clients req/s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -251,13 +265,6 @@ async def main() -> None:
     o1, o1000 = one["offset page 1 (limit 100)"], one["offset page 1,000 (limit 100)"]
     print(f"scroll batch 1,000 / batch 1 (p50, 1 client): {s1000['p50'] / s1['p50']:.2f}x (bar <= 1.5x)")
     print(f"offset page 1,000 / page 1 (p50, 1 client): {o1000['p50'] / o1['p50']:.2f}x (for contrast)")
-    if under_ingest:
-        print()
-        print(under_ingest)
-    results = [*one.values(), *eight.values()]
-    bad = {r["name"]: r["statuses"] for r in results if set(r["statuses"]) != {200}}
-    if bad:
-        raise SystemExit(f"non-200 answers: {bad}")
 
 
 async def ingest_phase(env: dict[str, str], url: str, scenarios: list[Any], args: argparse.Namespace) -> str:

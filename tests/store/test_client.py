@@ -160,3 +160,36 @@ def _big_table(rows: int) -> pa.Table:
     parsed = [validate_event(value, UTC) for _, value in encoded(events(1_000, seed=9, tenants=("bulk.example",)))]
     one = to_table([p for p in parsed if isinstance(p, CallEnded)])
     return pa.concat_tables([one] * (rows // one.num_rows)).combine_chunks()
+
+
+def test_an_embedded_folder_that_cannot_be_made_is_named(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from cdr.settings import load_settings
+    from cdr.store import open_store
+
+    occupied = tmp_path_factory.mktemp("occupied") / "a-file"
+    occupied.write_text("not a folder")
+    with pytest.raises(StoreUnavailable, match="a-file"):
+        open_store(load_settings(clickhouse_url=None, data_dir=occupied))
+
+
+async def test_only_the_embedded_engine_reads_a_table_of_this_process() -> None:
+    server = Store("https://clickhouse.example:8443", database="cdr")
+    try:
+        assert not server.queries_process_tables
+        with pytest.raises(StoreError, match="embedded"):
+            await server.query_over_arrow("SELECT 1", pa.table({"n": [1]}))
+    finally:
+        await server.close()
+
+
+def test_errors_without_a_server_code() -> None:
+    """Transport failures carry no ClickHouse code: a dropped connection or a full local
+    disk is worth retrying, a client-side mistake is not."""
+    from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
+
+    from cdr.store.errors import classify
+
+    assert isinstance(classify(OperationalError("connection reset")), StoreUnavailable)
+    assert isinstance(classify(OSError(28, "No space left on device")), StoreUnavailable)
+    wrong_use = classify(ProgrammingError("bad argument"))
+    assert type(wrong_use) is StoreError and wrong_use.code is None

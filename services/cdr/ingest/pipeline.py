@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
@@ -195,13 +196,15 @@ class Pipeline:
         """The batch's valid events as one table in Kafka order, and its dead letters.
 
         Large batches are parsed in ClickHouse first; the rows it does not vouch for
-        (invalid or unusual) and small batches are validated by pydantic."""
-        invalid: list[Invalid | None] = [precheck(r.value, self._max_bytes) for r in records]
+        (invalid or unusual) and small batches are validated by pydantic. The Python
+        work runs on a worker thread, not on the event loop: in `cdr run` the API
+        shares the loop, and a batch's tens of milliseconds of validation would hold
+        up every request waiting on it (the thread still takes the GIL, but hands it
+        back every switch interval)."""
+        invalid = await asyncio.to_thread(self._prechecked, records)
         candidates = [i for i, problem in enumerate(invalid) if problem is None]
-        tables: list[pa.Table] = []
-        to_pydantic = range(len(candidates))
-        parser = self._sql_parser
         parsed = None
+        parser = self._sql_parser
         if parser is not None and len(candidates) >= parser.min_batch:
             try:
                 parsed = await parser.parse([records[i].value for i in candidates])
@@ -211,6 +214,21 @@ class Pipeline:
                 log.warning(
                     "ClickHouse parse failed, validating the batch with pydantic", extra={"error": str(exc)[:500]}
                 )
+        return await asyncio.to_thread(self._completed, records, invalid, candidates, parsed)
+
+    def _prechecked(self, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> list[Invalid | None]:
+        return [precheck(r.value, self._max_bytes) for r in records]
+
+    def _completed(
+        self,
+        records: tuple[ConsumerRecord[bytes, bytes], ...],
+        invalid: list[Invalid | None],
+        candidates: list[int],
+        parsed: pa.Table | None,
+    ) -> tuple[pa.Table, list[DeadLetter]]:
+        """Joins the ClickHouse parse (if any) with pydantic's verdicts on the other rows."""
+        tables: list[pa.Table] = []
+        to_pydantic: Iterable[int] = range(len(candidates))
         if parsed is not None:
             ok = pc.equal(parsed.column("ok"), 1)
             fast = parsed.filter(ok).drop_columns(["ok"])
@@ -219,7 +237,9 @@ class Pipeline:
             self._metrics.events_parsed.labels(parser="clickhouse").inc(fast.num_rows)
         events: list[CallEnded] = []
         positions: list[int] = []
+        checked = 0
         for k in to_pydantic:
+            checked += 1
             i = candidates[k]
             outcome = validate(records[i].value, self._zone)
             if isinstance(outcome, Invalid):
@@ -227,7 +247,7 @@ class Pipeline:
             else:
                 events.append(outcome)
                 positions.append(k)
-        self._metrics.events_parsed.labels(parser="pydantic").inc(len(to_pydantic))
+        self._metrics.events_parsed.labels(parser="pydantic").inc(checked)
         if events:
             tables.append(to_table(events, positions))
         rows = pa.concat_tables(tables) if tables else _WITH_POSITION.empty_table()
