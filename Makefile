@@ -29,7 +29,7 @@ lint: setup ## ruff, mypy and the dead-code finder
 	$(UV) run --frozen ruff check services tests bench
 	$(UV) run --frozen ruff format --check services tests bench
 	$(UV) run --frozen mypy
-	$(UV) run --frozen vulture services/cdr tests bench .ci/vulture_allow.py --min-confidence 60
+	$(UV) run --frozen vulture
 
 bench: setup ## benchmarks (not part of test): ingest and API, each beside its baseline
 	$(UV) run --frozen python bench/run.py
