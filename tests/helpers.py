@@ -15,11 +15,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from cdr.ingest.processor import Invalid, precheck, validate
+from cdr.model.event import CallEnded
 from cdr.simulate import make_event
 from cdr.store import Store
 
@@ -158,3 +161,11 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: 
         return out
     finally:
         await consumer.stop()
+
+
+def parse_event(value: bytes | None, zone: ZoneInfo, max_bytes: int) -> CallEnded | Invalid:
+    """One message through the pipeline's two checks (precheck, then pydantic)."""
+    problem = precheck(value, max_bytes)
+    if problem is not None or value is None:
+        return problem or Invalid("empty", "no value")
+    return validate(value, zone)

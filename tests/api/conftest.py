@@ -13,13 +13,13 @@ import httpx
 import pytest
 
 from cdr.api.app import create_app
-from cdr.ingest.processor import Invalid, parse_event, to_table
+from cdr.ingest.processor import Invalid, to_table
 from cdr.metrics import Metrics
 from cdr.serve import http_server
 from cdr.settings import Settings, load_settings, token_digest
 from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
-from tests.helpers import encoded, events
+from tests.helpers import encoded, events, parse_event
 
 TOKENS = {
     "t1.example": "token-one-" + "a" * 20,

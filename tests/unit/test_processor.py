@@ -10,9 +10,10 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from cdr.ingest.processor import SCHEMA, Invalid, parse_event, recording_file, to_table
+from cdr.ingest.processor import SCHEMA, Invalid, recording_file, to_table
 from cdr.model.event import CallEnded
 from cdr.simulate import make_event
+from tests.helpers import parse_event
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import cast
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -47,14 +46,6 @@ class Invalid:
 
     kind: str
     reason: str
-
-
-def parse_event(value: bytes | None, zone: ZoneInfo, max_bytes: int) -> CallEnded | Invalid:
-    """Validate one Kafka message value as a call-ended event."""
-    problem = precheck(value, max_bytes)
-    if problem is not None:
-        return problem
-    return validate(cast(bytes, value), zone)  # precheck refuses a missing value
 
 
 def precheck(value: bytes | None, max_bytes: int) -> Invalid | None:

@@ -19,10 +19,8 @@ class Code(IntEnum):
     """The ClickHouse error codes this service reasons about (src/Common/ErrorCodes.cpp;
     checked against the engine with ``errorCodeToName``)."""
 
-    NO_SUCH_COLUMN_IN_TABLE = 16
     CANNOT_WRITE_TO_OSTREAM = 24
     UNKNOWN_TABLE = 60
-    SYNTAX_ERROR = 62
     CANNOT_READ_FROM_FILE_DESCRIPTOR = 74
     CANNOT_WRITE_TO_FILE_DESCRIPTOR = 75
     CANNOT_OPEN_FILE = 76
