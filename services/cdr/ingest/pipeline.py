@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
@@ -228,7 +228,7 @@ class Pipeline:
     ) -> tuple[pa.Table, list[DeadLetter]]:
         """Joins the ClickHouse parse (if any) with pydantic's verdicts on the other rows."""
         tables: list[pa.Table] = []
-        to_pydantic: Iterable[int] = range(len(candidates))
+        to_pydantic: Sequence[int] = range(len(candidates))
         if parsed is not None:
             ok = pc.equal(parsed.column("ok"), 1)
             fast = parsed.filter(ok).drop_columns(["ok"])
@@ -237,9 +237,7 @@ class Pipeline:
             self._metrics.events_parsed.labels(parser="clickhouse").inc(fast.num_rows)
         events: list[CallEnded] = []
         positions: list[int] = []
-        checked = 0
         for k in to_pydantic:
-            checked += 1
             i = candidates[k]
             outcome = validate(records[i].value, self._zone)
             if isinstance(outcome, Invalid):
@@ -247,7 +245,7 @@ class Pipeline:
             else:
                 events.append(outcome)
                 positions.append(k)
-        self._metrics.events_parsed.labels(parser="pydantic").inc(checked)
+        self._metrics.events_parsed.labels(parser="pydantic").inc(len(to_pydantic))
         if events:
             tables.append(to_table(events, positions))
         rows = pa.concat_tables(tables) if tables else _WITH_POSITION.empty_table()

@@ -140,7 +140,6 @@ class Store:
         scheme = urlsplit(dsn).scheme
         if scheme not in ("chdb", "http", "https"):
             raise StoreError(f"CDR_CLICKHOUSE_URL must be chdb:///dir or http(s)://host[:port], not {scheme}://")
-        self.embedded = scheme == "chdb"
         self.dsn = dsn
 
         def make_client() -> Client:
@@ -173,7 +172,7 @@ class Store:
     def queries_process_tables(self) -> bool:
         """Whether ``query_over_arrow`` works: only the embedded engine can read a table
         held by this process."""
-        return self.embedded
+        return urlsplit(self.dsn).scheme == "chdb"
 
     async def query_over_arrow(self, sql: str, data: pa.Table, params: Mapping[str, Param] | None = None) -> pa.Table:
         """Run a SELECT that reads ``data`` as ``Python(arrow_input)``; its result as Arrow.
@@ -206,7 +205,7 @@ class Store:
 def open_store(settings: Settings) -> Store:
     """The store the settings ask for (``CDR_CLICKHOUSE_URL``, else chdb in ``CDR_DATA_DIR``)."""
     dsn = settings.clickhouse_dsn
-    if dsn.startswith("chdb:"):
+    if settings.embedded:
         path = urlsplit(dsn).path
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
