@@ -27,7 +27,7 @@ async def run_api(settings: Settings) -> int:
     metrics = Metrics()
     store = open_store(settings)
     app = create_app(settings, store, metrics, close_store=True)
-    server = http_server(app, settings.api_host, settings.api_port)
+    server = http_server(app, settings.api_host, settings.api_port, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -86,7 +86,7 @@ async def _ingest_and_serve(
     store = open_store(settings)
     await migrate(store)
     ingestor = build_ingestor(settings, store, metrics)
-    server = http_server(make_app(ingestor, store, metrics), settings.api_host, port)
+    server = http_server(make_app(ingestor, store, metrics), settings.api_host, port, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ingestor.stopping.set)

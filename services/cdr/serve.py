@@ -5,8 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Generator
 
+import h11
+import orjson
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from cdr.settings import Settings
 
 
 class _QuietServer(uvicorn.Server):
@@ -17,6 +22,54 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def http_server(app: ASGIApp, host: str, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+_LINGER_S = 2.0
+
+
+class _JsonErrorsProtocol(H11Protocol):
+    """A request the HTTP parser refuses (a head beyond its buffer, broken framing) gets
+    the API's JSON error model instead of uvicorn's plain text. The app's own limits
+    (``RequestLimits``) are lower, so this is only met past them."""
+
+    _discarding = False
+
+    def send_400_response(self, msg: str) -> None:
+        limit = self.config.h11_max_incomplete_event_size or 0
+        too_big = len(self.conn.trailing_data[0]) >= limit
+        status, code, message = (
+            (431, "headers_too_large", "the request line and headers are larger than the server accepts")
+            if too_big
+            else (400, "invalid_parameter", "malformed HTTP request")
+        )
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        # A lingering close: closing a socket with unread request bytes resets the
+        # connection, and the client may lose the answer. Send FIN, read and drop the
+        # rest for a moment, then close.
+        self._discarding = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_LINGER_S, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._discarding:
+            super().data_received(data)
+
+
+def http_server(app: ASGIApp, host: str, port: int, settings: Settings) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        http=_JsonErrorsProtocol,
+        h11_max_incomplete_event_size=settings.api_max_url_bytes + settings.api_max_header_bytes + 4096,
+    )
     return _QuietServer(config)

@@ -162,6 +162,24 @@ class Settings(BaseSettings):
     cursor_ttl_s: int = Field(3_600, ge=1, description="How long a scroll_id stays valid, in seconds.")
     default_limit: int = Field(10, ge=1, description="Records per response when limit is not given.")
     max_limit: int = Field(1_000, ge=1, description="Largest accepted limit.")
+    max_offset: int = Field(
+        100_000,
+        ge=0,
+        le=1_000_000_000,
+        description=(
+            "Deepest pagination: a larger offset (or (page - 1) x limit) is a 400 that points to scroll, whose"
+            " batches cost the same at any depth while an offset read costs its depth."
+        ),
+    )
+    api_max_url_bytes: int = Field(
+        16_384,
+        ge=256,
+        le=1_048_576,
+        description="Longest request URL (path and query) the API accepts; a longer one is a 414.",
+    )
+    api_max_header_bytes: int = Field(
+        16_384, ge=1_024, le=1_048_576, description="Largest total of request headers the API accepts; larger is a 431."
+    )
     phone_region: str = Field("VN", description="Region for reading national phone numbers.")
     rate_limit_per_s: float = Field(
         0, ge=0, description="Requests per second per tenant and API replica; 0 turns the limit off."

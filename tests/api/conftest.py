@@ -78,7 +78,7 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     store = open_store(settings)
     await migrate(store)
     app = create_app(settings, store, Metrics())
-    server = http_server(app, "127.0.0.1", settings.api_port)
+    server = http_server(app, "127.0.0.1", settings.api_port, settings)
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)

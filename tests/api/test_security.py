@@ -67,7 +67,17 @@ async def test_bad_cursors_are_400(api: Api) -> None:
         Position("t1.example", {}, "asc", 0, "00000000-0000-4000-8000-000000000000", int(time.time()), 5)
     )
     foreign = await _first_cursor(api, "t2.example")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(signature[-1])
+    # 32 signature bytes are 43 characters; the last one carries 2 unused bits.
+    spare_bits = body + "." + signature[:-1] + alphabet[last ^ 1]
     cases = {
+        "padded signature": good + "=",
+        "padded body": body + "==." + signature,
+        "standard alphabet": body + "." + signature.replace("-", "+").replace("_", "/") + "+/",
+        "unused trailing bits": spare_bits,
+        "junk inside the signature": body + "." + signature[:10] + "!*" + signature[10:],
+        "whitespace inside": body + "." + signature[:10] + " " + signature[10:],
         "tampered": flipped,
         "truncated": good[: len(good) // 2],
         "no signature": body,
@@ -198,18 +208,23 @@ async def test_rate_limit_answers_429_over_http(api: Api) -> None:
 
     settings = api.settings.model_copy(update={"rate_limit_per_s": 0.5, "rate_limit_burst": 2})
     port = free_port()
-    server = http_server(create_app(settings, api.store, Metrics()), "127.0.0.1", port)
+    server = http_server(create_app(settings, api.store, Metrics()), "127.0.0.1", port, settings)
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)
     try:
         headers = {"Authorization": f"Bearer {TOKENS['t1.example']}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
-            codes = [(await client.get("/v1/cdr")).status_code for _ in range(3)]
+            answers = [await client.get("/v1/cdr") for _ in range(3)]
             limited = await client.get("/v1/cdr")
+        codes = [r.status_code for r in answers]
     finally:
         server.should_exit = True
         await task
     assert codes[:2] == [200, 200] and codes[2] == 429
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert limited.json()["error"]["code"] == "rate_limited"
+    # The state a client paces itself by, on every response while limits are on.
+    assert [r.headers["RateLimit-Remaining"] for r in answers[:2]] == ["1", "0"]
+    assert answers[0].headers["RateLimit-Limit"] == "2" and int(answers[0].headers["RateLimit-Reset"]) >= 1
+    assert limited.headers["RateLimit-Remaining"] == "0"

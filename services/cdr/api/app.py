@@ -9,14 +9,15 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from cdr.api.auth import TokenAuthority
 from cdr.api.cursor import CursorCodec
-from cdr.api.errors import ApiError, NotFound, error_response
-from cdr.api.middleware import MetricsMiddleware
+from cdr.api.errors import ApiError, Internal, InvalidParameter, MethodNotAllowed, NotFound, error_response
+from cdr.api.middleware import REQUEST_ID, ObservedResponses, RequestLimits
 from cdr.api.openapi import openapi_document
 from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
@@ -92,9 +93,12 @@ def create_app(
             raise exc
         if exc.status_code == 404:
             return error_response(NotFound("no such route"))
-        err = ApiError(exc.detail or "request not allowed")
-        err.status, err.code = exc.status_code, "method_not_allowed" if exc.status_code == 405 else "bad_request"
-        return error_response(err)
+        if exc.status_code == 405:
+            methods = [m.strip() for m in (exc.headers or {}).get("Allow", "GET, HEAD").split(",")]
+            allowed = ", ".join(sorted(methods, key=lambda m: (m != "GET", m)))  # a stable order
+            return error_response(MethodNotAllowed(f"only {allowed}", headers={"Allow": allowed}))
+        log.warning("unexpected HTTP error", extra={"status": exc.status_code, "detail": exc.detail})
+        return error_response(InvalidParameter(exc.detail or "bad request"))
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, ApiError):
@@ -102,12 +106,20 @@ def create_app(
         return error_response(exc)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return OrjsonResponse({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
+        request_id = request.scope.get(REQUEST_ID)
+        log.exception("unhandled error", extra={"path": request.url.path, "request_id": request_id})
+        return error_response(Internal(f"internal error (request id {request_id})"))
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics, routes=routes)],
+        middleware=[
+            # Outermost first. The request id and no-store reach every response, errors included.
+            Middleware(ObservedResponses, metrics=metrics, routes=routes),
+            Middleware(
+                RequestLimits, max_url_bytes=settings.api_max_url_bytes, max_header_bytes=settings.api_max_header_bytes
+            ),
+            Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5),
+        ],
         exception_handlers={HTTPException: on_http_error, ApiError: on_api_error, Exception: on_unexpected},
         lifespan=lifespan,
     )

@@ -56,12 +56,16 @@ class CursorCodec:
     def decode(self, token: str, *, tenant: str, now: int) -> Position:
         """Verify and open a cursor; any problem is an InvalidScrollId (400)."""
         body, sep, signature = token.partition(".")
-        if not sep or len(token) > 8192:
+        if not sep or len(token) > 4096:
             raise InvalidScrollId("scroll_id is malformed", param="scroll_id")
         try:
             given = _unb64(signature)
         except ValueError:
             raise InvalidScrollId("scroll_id is malformed", param="scroll_id") from None
+        # Exactly the encoding we issue: base64 tolerates padding, other alphabets and
+        # unused trailing bits, so several strings would otherwise open one cursor.
+        if _b64(given) != signature:
+            raise InvalidScrollId("scroll_id is malformed", param="scroll_id")
         if not hmac.compare_digest(given, self._sign(body)):
             raise InvalidScrollId("scroll_id is not valid (altered, truncated or from elsewhere)", param="scroll_id")
         try:
@@ -95,7 +99,9 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    if not text.isascii() or "=" in text:
+        raise ValueError("not unpadded base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError("not base64url") from exc

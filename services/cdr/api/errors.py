@@ -59,5 +59,36 @@ class Unavailable(ApiError):
     code = "unavailable"
 
 
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class UriTooLong(ApiError):
+    status = 414
+    code = "uri_too_long"
+
+
+class HeadersTooLarge(ApiError):
+    status = 431
+    code = "headers_too_large"
+
+
+class Internal(ApiError):
+    status = 500
+    code = "internal"
+
+
+def error_codes() -> list[str]:
+    """Every code the API can send: one per error class (the OpenAPI enum is built from it)."""
+    found: set[str] = set()
+    pending: list[type[ApiError]] = [ApiError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return sorted(found)
+
+
 def error_response(error: ApiError) -> Response:
     return OrjsonResponse(error.body(), status_code=error.status, headers=error.headers)

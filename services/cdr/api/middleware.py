@@ -1,17 +1,68 @@
-"""Pure ASGI middleware: request metrics."""
+"""Pure ASGI middleware: request limits; the headers, log line and metrics of every response."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 
+from starlette.datastructures import MutableHeaders
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cdr.api.errors import ApiError, HeadersTooLarge, InvalidParameter, UriTooLong, error_response
 from cdr.metrics import Metrics
 
+log = logging.getLogger("cdr.api.access")
 
-class MetricsMiddleware:
-    """Counts requests and their latency by route template (never by raw path)."""
+REQUEST_ID = "cdr.request_id"
+EXTRA_HEADERS = "cdr.response_headers"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
+
+
+async def _send_error(send: Send, error: ApiError) -> None:
+    response = error_response(error)
+    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+class RequestLimits:
+    """Oversized URLs and headers, and a second Authorization header, get the API's JSON
+    error before any route runs. The HTTP server's own limit sits above these (see
+    ``cdr.serve``), so these are the ones a client meets."""
+
+    def __init__(self, app: ASGIApp, max_url_bytes: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_url = max_url_bytes
+        self.max_headers = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            error = self._problem(scope)
+            if error is not None:
+                await _send_error(send, error)
+                return
+        await self.app(scope, receive, send)
+
+    def _problem(self, scope: Scope) -> ApiError | None:
+        url = len(scope.get("raw_path") or scope["path"].encode()) + 1 + len(scope["query_string"])
+        if url > self.max_url:
+            return UriTooLong(f"the request URL is {url} bytes; the limit is {self.max_url}")
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        size = sum(len(name) + len(value) + 4 for name, value in headers)
+        if size > self.max_headers:
+            return HeadersTooLarge(f"the request headers are {size} bytes; the limit is {self.max_headers}")
+        if sum(1 for name, _ in headers if name == b"authorization") > 1:
+            return InvalidParameter("give exactly one Authorization header", param="Authorization")
+        return None
+
+
+class ObservedResponses:
+    """``X-Request-Id`` (the client's if sane, else a new one) on every response and in the
+    request's log line; ``Cache-Control: no-store`` on tenant data; headers a route
+    left in the scope (rate-limit state); request count and latency by route template
+    (never by raw path)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[Route]) -> None:
         self.app = app
@@ -22,18 +73,42 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "other")
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope[REQUEST_ID] = request_id
+        extra: list[tuple[str, str]] = []
+        scope[EXTRA_HEADERS] = extra
+        tenant_data = scope["path"].startswith("/v1/")
         status = 500
         started = time.perf_counter()
 
-        async def send_wrapper(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-Id"] = request_id
+                if tenant_data:
+                    headers["Cache-Control"] = "no-store"
+                for name, value in extra:
+                    headers[name] = value
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send_with_headers)
         finally:
+            elapsed = time.perf_counter() - started
+            route = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "other")
             self.metrics.http_requests.labels(route=route, status=str(status)).inc()
-            self.metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
+            self.metrics.http_seconds.labels(route=route).observe(elapsed)
+            log.log(
+                logging.INFO if tenant_data else logging.DEBUG,  # probes and scrapes stay out of INFO
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"][:200],  # never the query string: it may hold phone numbers
+                    "status": status,
+                    "ms": round(elapsed * 1000, 1),
+                },
+            )

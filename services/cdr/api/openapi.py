@@ -5,20 +5,32 @@ from __future__ import annotations
 from typing import Any
 
 from cdr import __version__
+from cdr.api.errors import error_codes
+from cdr.api.params import Limits, Param, list_params
 from cdr.settings import Settings
 
 OPENAPI_FILE = "openapi.json"
 
-_TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "example": "2021-02-17 17:30:35"}
-_DATE_PARAM = {
+_TIME = {
     "type": "string",
-    "description": "YYYY-MM-DD (= 00:00:00), YYYY-MM-DD HH:MM:SS in the tenant's timezone, or RFC 3339 with offset.",
-    "examples": ["2021-02-18", "2021-02-18 17:20:58", "2021-02-18T17:20:58+07:00"],
+    "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$",
+    "example": "2021-02-17 17:30:35",
 }
 
 
-def _param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+def _query_param(param: Param) -> dict[str, Any]:
+    # The parser's own bookkeeping stays out: x-rule is the error text, and a pattern
+    # on an integer only says how the parser reads the query string.
+    schema = {k: v for k, v in param.schema.items() if k != "x-rule"}
+    if schema["type"] == "integer":
+        schema.pop("pattern")
+    return {
+        "name": param.name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": param.description + " Give it at most once, never empty.",
+    }
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -29,7 +41,6 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
-    max_limit = settings.max_limit
     record_properties: dict[str, Any] = {
         "id": {"type": "string", "format": "uuid"},
         "sip_call_id": {"type": "string"},
@@ -47,41 +58,19 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "time_ended": _TIME,
         "status": {"type": "string", "example": "ANSWERED"},
     }
-    list_params = [
-        _param("start_date", _DATE_PARAM, "Calls started at or after this time."),
-        _param("end_date", _DATE_PARAM, "Calls started at or before this time."),
-        _param("start_date_ended", _DATE_PARAM, "Calls ended at or after this time."),
-        _param("end_date_ended", _DATE_PARAM, "Calls ended at or before this time."),
-        _param("duration", {"type": "integer", "minimum": 0}, "Duration equals this many seconds."),
-        _param("min_duration", {"type": "integer", "minimum": 0}, "Duration strictly greater than this."),
-        _param("extension", {"type": "string", "maxLength": 256}, "Extension that made or received the call."),
-        _param("recordingfile", {"type": "string", "maxLength": 256}, "Recording file name, e.g. abcd.mp3."),
-        _param("status", {"type": "string", "maxLength": 256}, "Call status, case-insensitive, e.g. ANSWERED."),
-        _param(
-            "phone",
-            {"type": "string", "pattern": r"^\+?\d{1,20}$"},
-            "From or to this number; national and international forms match each other.",
-        ),
-        _param(
-            "direction",
-            {"type": "string", "enum": ["inbound", "outbound", "local", "1", "2", "3"]},
-            "Call direction (case-insensitive).",
-        ),
-        _param(
-            "limit",
-            {"type": "integer", "minimum": 1, "maximum": max_limit},
-            f"Records per response (default {settings.default_limit}).",
-        ),
-        _param("page", {"type": "integer", "minimum": 1}, "Page number (pagination mode)."),
-        _param("offset", {"type": "integer", "minimum": 0}, "Start position; replaces page (pagination mode)."),
-        _param("scroll_id", {"type": "string"}, "Cursor from the previous scroll response."),
-        _param("scroll", {"type": "boolean"}, "Force scroll mode even with limit (choose the first batch size)."),
-        _param("order", {"type": "string", "enum": ["asc", "desc"]}, "By time_started then id (default asc)."),
-    ]
+    limits = Limits(settings.default_limit, settings.max_limit, settings.max_offset)
+    query_params = [_query_param(p) for p in list_params(limits)]
     common_errors = {
-        "400": _error("A parameter or scroll_id is invalid; `param` names it."),
+        "400": _error(
+            "A parameter or scroll_id is invalid, repeated or empty; `param` names it. Also: end before"
+            " start, a date outside 1900-2299, pagination deeper than the offset limit, a filter beside a"
+            " scroll_id that differs from the one it was issued for, two Authorization headers."
+        ),
         "401": _error("Missing, malformed or unknown bearer token."),
         "429": _error("Too many requests."),
+        "405": _error("Only GET and HEAD; the Allow header says so."),
+        "414": _error("The request line is longer than the API accepts."),
+        "431": _error("The request headers are larger than the API accepts."),
         "503": _error("ClickHouse is unavailable; retry after Retry-After seconds."),
     }
     return {
@@ -100,7 +89,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "listCdrs",
                     "summary": "List CDRs: scroll (default) or pagination (page/limit/offset).",
-                    "parameters": list_params,
+                    "parameters": query_params,
                     "responses": {
                         "200": {
                             "description": "A page or a scroll batch.",
@@ -215,16 +204,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "properties": {
                                 "code": {
                                     "type": "string",
-                                    "enum": [
-                                        "invalid_parameter",
-                                        "invalid_scroll_id",
-                                        "unauthorized",
-                                        "not_found",
-                                        "rate_limited",
-                                        "unavailable",
-                                        "method_not_allowed",
-                                        "internal",
-                                    ],
+                                    "enum": error_codes(),
                                 },
                                 "message": {"type": "string"},
                                 "param": {"type": "string"},

@@ -1,20 +1,24 @@
 """Query string -> validated filters and paging. Pure: no I/O.
 
-Every error names the parameter at fault (spec/API.md).
+Each parameter is defined once, in ``list_params``: its name, JSON Schema (type,
+bounds, pattern), description and parser. The request parser below and the OpenAPI
+document (``cdr.api.openapi``) both read that table, so they cannot disagree. Every
+error names the parameter at fault (spec/API.md).
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
-from typing import Literal
+from datetime import UTC, date, datetime, time
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 import phonenumbers
 
-from cdr.api.errors import InvalidParameter
+from cdr.api.errors import InvalidParameter, InvalidScrollId
 from cdr.model.record import Direction
 from cdr.store.queries import SearchFilters as Filters
 
@@ -31,12 +35,279 @@ FILTER_PARAMS: tuple[str, ...] = (
     "phone",
     "direction",
 )
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
-_PHONE = re.compile(r"^\+?\d{1,20}$")
+
+# What ClickHouse's DateTime64 holds; a bound outside it cannot be compared with a stored time.
+STORE_MIN = datetime(1900, 1, 1, tzinfo=UTC)
+STORE_MAX = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
+
 _UINT32_MAX = 4_294_967_295
 _MAX_TEXT = 256
+_MAX_SCROLL_ID = 4096
+
+# ECMA-262 patterns (the OpenAPI document's dialect) that mean the same in Python's
+# `re.fullmatch`: ASCII digit classes only, no `\d`, no `$` (which lets a trailing
+# newline through in Python).
+_YEAR = "(19[0-9]{2}|2[0-2][0-9]{2})"
+_MONTH_DAY = "(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+_CLOCK = "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+_OFFSET = "([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+DATE_PATTERN = f"^{_YEAR}-{_MONTH_DAY}([Tt ]{_CLOCK}(\\.[0-9]{{1,9}})?{_OFFSET}?)?$"
+PHONE_PATTERN = "^\\+?[0-9]{1,20}$"
+SCROLL_ID_PATTERN = "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"
+TEXT_PATTERN = "^[^\\u0000]+$"
+
+
+def _caseless(*words: str) -> str:
+    """An anchored pattern matching any of the words in any letter case."""
+    spelled = ("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in w) for w in words)
+    return "^(" + "|".join(spelled) + ")$"
+
+
+@functools.cache
+def _full(pattern: str) -> re.Pattern[str]:
+    # The same text as the schema's pattern, matched against the whole value, ASCII only.
+    return re.compile(pattern.removeprefix("^").removesuffix("$"), re.ASCII)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What parsing a value depends on beyond the value itself."""
+
+    zone: ZoneInfo
+    region: str
+
+
+Parser = Callable[[str, Context], Any]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One query parameter: the single definition both the parser and the OpenAPI document read."""
+
+    name: str
+    schema: dict[str, Any]
+    description: str
+    parse: Parser
+    error: type[InvalidParameter | InvalidScrollId] = InvalidParameter
+
+    def read(self, raw: str, context: Context) -> Any:
+        pattern = self.schema.get("pattern")
+        too_long = len(raw) > self.schema.get("maxLength", len(raw))
+        if too_long or (pattern is not None and not _full(pattern).fullmatch(raw)):
+            raise self.error(f"{self.name} {self.schema['x-rule']}", param=self.name)
+        try:
+            return self.parse(raw, context)
+        except ValueError as exc:
+            raise self.error(f"{self.name} {exc}", param=self.name) from None
+
+
+@dataclass(frozen=True)
+class Limits:
+    default_limit: int
+    max_limit: int
+    max_offset: int
+
+
+# --- parsers: raise ValueError("<what is wrong>"), the caller prefixes the name ------------
+
+
+def _moment(text: str, context: Context) -> datetime:
+    """A date, a naive date-time (tenant's timezone) or RFC 3339; as an aware datetime."""
+    try:
+        if len(text) == 10:
+            moment = datetime.combine(date.fromisoformat(text), time(0), tzinfo=context.zone)
+        else:
+            parsed = datetime.fromisoformat(text[:10] + "T" + text[11:].upper())
+            moment = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=context.zone)
+        utc = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"is not a real calendar date and time: {text!r}") from None
+    if not STORE_MIN <= utc <= STORE_MAX:
+        raise ValueError("is outside the range the store holds (1900-01-01 to 2299-12-31 UTC)")
+    return moment
+
+
+def _integer(low: int, high: int) -> Parser:
+    def parse(text: str, context: Context) -> int:
+        number = int(text)  # the pattern admits ASCII digits only
+        if not low <= number <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _text(text: str, context: Context) -> str:
+    return text
+
+
+def _status(text: str, context: Context) -> str:
+    return text.upper()
+
+
+def _direction(text: str, context: Context) -> int:
+    return int(Direction.parse(text))
+
+
+def _lower(text: str, context: Context) -> str:
+    return text.lower()
+
+
+def _flag(text: str, context: Context) -> bool:
+    return text.lower() in ("true", "1", "yes")
+
+
+def _phone(text: str, context: Context) -> tuple[str, ...]:
+    return phone_variants(text, context.region)
+
+
+def phone_variants(number: str, region: str) -> tuple[str, ...]:
+    """The forms one number may be logged in: as given, national, international."""
+    forms = {number}
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return tuple(sorted(forms))
+    if phonenumbers.is_possible_number(parsed):
+        national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        forms.update({"".join(c for c in national if c.isascii() and c.isdigit()), e164, e164[1:]})
+    return tuple(sorted(f for f in forms if f))
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def _whole(low: int, high: int) -> dict[str, Any]:
+    return {
+        "type": "integer",
+        "minimum": low,
+        "maximum": high,
+        "pattern": "^[0-9]{1,12}$",
+        "x-rule": f"must be a whole number from {low} to {high}",
+    }
+
+
+def _string(pattern: str, rule: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "pattern": pattern, "x-rule": rule, **extra}
+
+
+_DATE_SCHEMA = _string(
+    DATE_PATTERN,
+    "must be YYYY-MM-DD, YYYY-MM-DD HH:MM:SS (tenant's timezone) or RFC 3339 with an offset, years 1900-2299",
+    examples=["2021-02-18", "2021-02-18 17:20:58", "2021-02-18T17:20:58+07:00"],
+)
+_TEXT_SCHEMA = _string(TEXT_PATTERN, f"must be 1 to {_MAX_TEXT} characters, no NUL", maxLength=_MAX_TEXT)
+_DATE_RULE = (
+    " YYYY-MM-DD (= 00:00:00) or YYYY-MM-DD HH:MM:SS in the tenant's timezone, or RFC 3339 with an offset;"
+    " between 1900-01-01 and 2299-12-31 UTC."
+)
+
+
+def list_params(limits: Limits) -> tuple[Param, ...]:
+    """Every query parameter of GET /v1/cdr."""
+    deepest_page = limits.max_offset + 1
+    return (
+        Param("start_date", _DATE_SCHEMA, "Calls started at or after this time." + _DATE_RULE, _moment),
+        Param(
+            "end_date",
+            _DATE_SCHEMA,
+            "Calls started at or before this time; not before start_date." + _DATE_RULE,
+            _moment,
+        ),
+        Param("start_date_ended", _DATE_SCHEMA, "Calls ended at or after this time." + _DATE_RULE, _moment),
+        Param(
+            "end_date_ended",
+            _DATE_SCHEMA,
+            "Calls ended at or before this time; not before start_date_ended." + _DATE_RULE,
+            _moment,
+        ),
+        Param("duration", _whole(0, _UINT32_MAX), "Duration equals this many seconds.", _integer(0, _UINT32_MAX)),
+        Param(
+            "min_duration",
+            _whole(0, _UINT32_MAX),
+            "Duration strictly greater than this many seconds.",
+            _integer(0, _UINT32_MAX),
+        ),
+        Param("extension", _TEXT_SCHEMA, "Extension that made or received the call (exact).", _text),
+        Param("recordingfile", _TEXT_SCHEMA, "Recording file name, e.g. abcd.mp3 (exact).", _text),
+        Param("status", _TEXT_SCHEMA, "Call status, case-insensitive, e.g. ANSWERED, NO ANSWER.", _status),
+        Param(
+            "phone",
+            _string(PHONE_PATTERN, "must be 1 to 20 digits (0-9) with an optional leading +"),
+            "From or to this number: digits only, optional leading +. National and international forms of "
+            "one number match each other (0899888999, 84899888999, +84899888999).",
+            _phone,
+        ),
+        Param(
+            "direction",
+            _string(
+                _caseless("inbound", "outbound", "local", "1", "2", "3"),
+                "must be inbound, outbound, local or 1, 2, 3",
+            ),
+            "Call direction, case-insensitive: inbound, outbound, local or their codes 1, 2, 3.",
+            _direction,
+        ),
+        Param(
+            "limit",
+            _whole(1, limits.max_limit),
+            f"Records per response (default {limits.default_limit}).",
+            _integer(1, limits.max_limit),
+        ),
+        Param(
+            "page",
+            _whole(1, deepest_page),
+            f"Page number (pagination mode). (page - 1) x limit may not exceed {limits.max_offset}: "
+            "read deeper with scroll, which costs the same at any depth.",
+            _integer(1, deepest_page),
+        ),
+        Param(
+            "offset",
+            _whole(0, limits.max_offset),
+            f"Start position; replaces page (pagination mode). At most {limits.max_offset}: read deeper with scroll.",
+            _integer(0, limits.max_offset),
+        ),
+        Param(
+            "scroll_id",
+            _string(SCROLL_ID_PATTERN, "is malformed", maxLength=_MAX_SCROLL_ID),
+            "Cursor from the previous scroll response, unchanged. Filters given beside it must be the ones "
+            "it was issued for.",
+            _text,
+            InvalidScrollId,
+        ),
+        Param(
+            "scroll",
+            _string(_caseless("true", "false", "1", "0", "yes", "no"), "must be true or false"),
+            "true forces scroll mode even with limit (to choose the first batch size).",
+            _flag,
+        ),
+        Param(
+            "order",
+            _string(_caseless("asc", "desc"), "must be asc or desc"),
+            "By time_started then id (default asc), case-insensitive.",
+            _lower,
+        ),
+    )
+
+
+class MultiQuery(Protocol):
+    def getlist(self, key: str) -> list[str]: ...
+
+
+def read_query(query: MultiQuery, params: tuple[Param, ...], context: Context) -> dict[str, Any]:
+    """The given parameters, parsed. A repeated or empty known parameter is a 400:
+    "last one wins" would silently drop a filter the caller meant."""
+    values: dict[str, Any] = {}
+    for param in params:
+        given = query.getlist(param.name)
+        if not given:
+            continue
+        if len(given) > 1:
+            raise InvalidParameter(f"{param.name} is given {len(given)} times; give it once", param=param.name)
+        if given[0] == "":
+            raise InvalidParameter(f"{param.name} is empty; leave it out to not use it", param=param.name)
+        values[param.name] = param.read(given[0], context)
+    return values
 
 
 @dataclass(frozen=True)
@@ -47,6 +318,7 @@ class ListRequest:
     filters: Filters
     limit: int
     order: Literal["asc", "desc"]
+    order_given: bool = False
     offset: int = 0
     page: int = 1
     scroll_id: str | None = None
@@ -54,145 +326,49 @@ class ListRequest:
     given_filters: frozenset[str] = field(default_factory=frozenset)
 
 
-def parse_list_request(
-    query: Mapping[str, str], *, zone: ZoneInfo, region: str, default_limit: int, max_limit: int
-) -> ListRequest:
-    filters = parse_filters(query, zone=zone, region=region)
-    given = frozenset(name for name in FILTER_PARAMS if query.get(name, "") != "")
-    limit = _int(query, "limit", 1, max_limit)
-    page = _int(query, "page", 1, 10_000_000)
-    offset = _int(query, "offset", 0, 1_000_000_000)
-    order: Literal["asc", "desc"] = "desc" if _choice(query, "order", ("asc", "desc")) == "desc" else "asc"
-    scroll = _bool(query, "scroll")
-    scroll_id = query.get("scroll_id") or None
+def parse_list_request(query: MultiQuery, params: tuple[Param, ...], context: Context, limits: Limits) -> ListRequest:
+    given = read_query(query, params, context)
+    filters = _filters(given)
+    given_filters = frozenset(name for name in FILTER_PARAMS if name in given)
+    limit: int | None = given.get("limit")
+    page: int | None = given.get("page")
+    offset: int | None = given.get("offset")
+    order: Literal["asc", "desc"] = "desc" if given.get("order") == "desc" else "asc"
+    common = {"order_given": "order" in given, "given_filters": given_filters, "limit_given": limit is not None}
+    size = limit or limits.default_limit
 
-    if scroll_id is not None:
-        return ListRequest(
-            "scroll",
-            filters,
-            limit or default_limit,
-            order,
-            scroll_id=scroll_id,
-            limit_given=limit is not None,
-            given_filters=given,
-        )
-    if scroll is not True and (page is not None or limit is not None or offset is not None):
-        size = limit or default_limit
+    if "scroll_id" in given:
+        return ListRequest("scroll", filters, size, order, scroll_id=given["scroll_id"], **common)  # type: ignore[arg-type]
+    if given.get("scroll") is not True and (page is not None or limit is not None or offset is not None):
         start = offset if offset is not None else ((page or 1) - 1) * size
-        return ListRequest("page", filters, size, order, offset=start, page=start // size + 1, given_filters=given)
-    return ListRequest("scroll", filters, limit or default_limit, order, given_filters=given)
+        if start > limits.max_offset:
+            raise InvalidParameter(
+                f"page {page} of {size} starts at record {start}, beyond the deepest pagination allows "
+                f"({limits.max_offset}); read further with scroll (leave out page, offset and limit, or add "
+                "scroll=true), which costs the same at any depth",
+                param="page",
+            )
+        return ListRequest("page", filters, size, order, offset=start, page=start // size + 1, **common)  # type: ignore[arg-type]
+    return ListRequest("scroll", filters, size, order, **common)  # type: ignore[arg-type]
 
 
-def parse_filters(query: Mapping[str, str], *, zone: ZoneInfo, region: str) -> Filters:
-    start = _moment(query, "start_date", zone)
-    end = _moment(query, "end_date", zone)
-    start_ended = _moment(query, "start_date_ended", zone)
-    end_ended = _moment(query, "end_date_ended", zone)
+def _filters(given: dict[str, Any]) -> Filters:
+    start, end = given.get("start_date"), given.get("end_date")
+    start_ended, end_ended = given.get("start_date_ended"), given.get("end_date_ended")
     if start and end and end < start:
         raise InvalidParameter("end_date is before start_date", param="end_date")
     if start_ended and end_ended and end_ended < start_ended:
         raise InvalidParameter("end_date_ended is before start_date_ended", param="end_date_ended")
-    direction_text = _text(query, "direction")
-    direction = None
-    if direction_text is not None:
-        try:
-            direction = int(Direction.parse(direction_text))
-        except (KeyError, ValueError):
-            raise InvalidParameter("direction must be inbound, outbound, local or 1, 2, 3", param="direction") from None
-    status = _text(query, "status")
-    phone = _text(query, "phone")
     return Filters(
         start=start,
         end=end,
         start_ended=start_ended,
         end_ended=end_ended,
-        duration=_int(query, "duration", 0, _UINT32_MAX),
-        min_duration=_int(query, "min_duration", 0, _UINT32_MAX),
-        extension=_text(query, "extension"),
-        recordingfile=_text(query, "recordingfile"),
-        status=status.upper() if status is not None else None,
-        phones=phone_variants(phone, region) if phone is not None else None,
-        direction=direction,
+        duration=given.get("duration"),
+        min_duration=given.get("min_duration"),
+        extension=given.get("extension"),
+        recordingfile=given.get("recordingfile"),
+        status=given.get("status"),
+        phones=given.get("phone"),
+        direction=given.get("direction"),
     )
-
-
-def phone_variants(raw: str, region: str) -> tuple[str, ...]:
-    """The forms one number may be logged in: as given, national, international."""
-    compact = raw.replace(" ", "").replace("-", "").replace(".", "")
-    if not _PHONE.match(compact):
-        raise InvalidParameter("phone must be digits with an optional leading +", param="phone")
-    forms = {compact}
-    try:
-        number = phonenumbers.parse(compact, region)
-    except phonenumbers.NumberParseException:
-        return tuple(sorted(forms))
-    national = re.sub(r"\D", "", phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if phonenumbers.is_possible_number(number):
-        forms.update({national, e164, e164.lstrip("+")})
-    return tuple(sorted(f for f in forms if f))
-
-
-def _text(query: Mapping[str, str], name: str) -> str | None:
-    value = query.get(name)
-    if value is None or value == "":
-        return None
-    if len(value) > _MAX_TEXT:
-        raise InvalidParameter(f"{name} is longer than {_MAX_TEXT} characters", param=name)
-    if "\x00" in value:
-        raise InvalidParameter(f"{name} contains a NUL character", param=name)
-    return value
-
-
-def _int(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    value = query.get(name)
-    if value is None or value == "":
-        return None
-    text = value.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > 12:
-        raise InvalidParameter(f"{name} must be a whole number from {low} to {high}", param=name)
-    number = int(text)
-    if not low <= number <= high:
-        raise InvalidParameter(f"{name} must be a whole number from {low} to {high}", param=name)
-    return number
-
-
-def _choice(query: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
-    value = query.get(name)
-    if value is None or value == "":
-        return None
-    lowered = value.lower()
-    if lowered not in choices:
-        raise InvalidParameter(f"{name} must be one of {', '.join(choices)}", param=name)
-    return lowered
-
-
-def _bool(query: Mapping[str, str], name: str) -> bool | None:
-    value = query.get(name)
-    if value is None or value == "":
-        return None
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise InvalidParameter(f"{name} must be true or false", param=name)
-
-
-def _moment(query: Mapping[str, str], name: str, zone: ZoneInfo) -> datetime | None:
-    value = query.get(name)
-    if value is None or value == "":
-        return None
-    text = value.strip()
-    try:
-        if _DATE.match(text):
-            return datetime.combine(date.fromisoformat(text), time(0), tzinfo=zone)
-        if _DATETIME.match(text):
-            return datetime.fromisoformat(text.replace("T", " ")).replace(tzinfo=zone)
-        if _RFC3339.match(text):
-            parsed = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
-            if parsed.tzinfo is not None:
-                return parsed
-    except ValueError:
-        pass
-    raise InvalidParameter(f"{name} must be YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or RFC 3339 with an offset", param=name)

@@ -16,10 +16,11 @@ class TenantRateLimiter:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
 
-    def check(self, tenant: str) -> None:
-        """Take one token for the tenant, or raise RateLimited saying when to retry."""
+    def check(self, tenant: str) -> dict[str, str]:
+        """Take one token for the tenant, or raise RateLimited saying when to retry.
+        Returns the state as ``RateLimit-*`` headers (IETF draft names); none when off."""
         if self._rate <= 0:
-            return
+            return {}
         now = self._clock()
         tokens, at = self._buckets.get(tenant, (self._burst, now))
         tokens = min(self._burst, tokens + (now - at) * self._rate)
@@ -27,6 +28,15 @@ class TenantRateLimiter:
             wait = math.ceil((1 - tokens) / self._rate)
             self._buckets[tenant] = (tokens, now)
             raise RateLimited(
-                f"too many requests for this tenant; retry in {wait} s", headers={"Retry-After": str(wait)}
+                f"too many requests for this tenant; retry in {wait} s",
+                headers={"Retry-After": str(wait), **self._state(tokens)},
             )
         self._buckets[tenant] = (tokens - 1, now)
+        return self._state(tokens - 1)
+
+    def _state(self, tokens: float) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(int(self._burst)),
+            "RateLimit-Remaining": str(max(int(tokens), 0)),
+            "RateLimit-Reset": str(math.ceil((self._burst - tokens) / self._rate)),
+        }

@@ -15,7 +15,8 @@ from starlette.responses import Response
 from cdr.api.auth import TokenAuthority
 from cdr.api.cursor import CursorCodec, Position
 from cdr.api.errors import InvalidParameter, InvalidScrollId, NotFound, Unavailable
-from cdr.api.params import FILTER_PARAMS, ListRequest, parse_list_request
+from cdr.api.middleware import EXTRA_HEADERS
+from cdr.api.params import FILTER_PARAMS, Context, Limits, ListRequest, list_params, parse_list_request
 from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
 from cdr.settings import Settings
@@ -66,27 +67,24 @@ class CdrRoutes:
         self._auth = auth
         self._cursors = cursors
         self._table = store.qualified("cdr")
+        self._limits = Limits(settings.default_limit, settings.max_limit, settings.max_offset)
+        self._params = list_params(self._limits)
+        self._context = Context(settings.zone, settings.phone_region)
         # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
         self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
 
     def _tenant(self, request: Request) -> str:
         tenant = self._auth.tenant_for(request.headers.get("authorization"))
-        self._limiter.check(tenant)
+        state = self._limiter.check(tenant)
+        request.scope.setdefault(EXTRA_HEADERS, []).extend(state.items())
         return tenant
 
     async def list_cdrs(self, request: Request) -> Response:
         tenant = self._tenant(request)
-        s = self._settings
-        wanted = parse_list_request(
-            request.query_params,
-            zone=s.zone,
-            region=s.phone_region,
-            default_limit=s.default_limit,
-            max_limit=s.max_limit,
-        )
+        wanted = parse_list_request(request.query_params, self._params, self._context, self._limits)
         if wanted.mode == "page":
             return OrjsonResponse(await self._page(tenant, wanted))
-        return OrjsonResponse(await self._scroll(tenant, wanted, request.query_params.get("order")))
+        return OrjsonResponse(await self._scroll(tenant, wanted))
 
     async def get_cdr(self, request: Request) -> Response:
         tenant = self._tenant(request)
@@ -131,12 +129,12 @@ class CdrRoutes:
             "total": int(total[0][0]),
         }
 
-    async def _scroll(self, tenant: str, wanted: ListRequest, order_param: str | None) -> dict[str, Any]:
+    async def _scroll(self, tenant: str, wanted: ListRequest) -> dict[str, Any]:
         filters, order, limit, after = wanted.filters, wanted.order, wanted.limit, None
         now = int(time.time())
         if wanted.scroll_id is not None:
             position = self._cursors.decode(wanted.scroll_id, tenant=tenant, now=now)
-            _same_filters(wanted, position, order_param)
+            _same_filters(wanted, position)
             try:
                 # Signed by us, but possibly by an older release with other filter names.
                 filters = SearchFilters.from_canonical(position.filters)
@@ -228,7 +226,7 @@ class CdrRoutes:
             raise Unavailable("the CDR store is unavailable; retry shortly", headers={"Retry-After": "5"}) from exc
 
 
-def _same_filters(wanted: ListRequest, position: Position, order_param: str | None) -> None:
+def _same_filters(wanted: ListRequest, position: Position) -> None:
     """Filters repeated beside a scroll_id must be the ones it was issued for."""
     given = wanted.filters.canonical()
     for param in FILTER_PARAMS:
@@ -240,5 +238,5 @@ def _same_filters(wanted: ListRequest, position: Position, order_param: str | No
                 f"{param} differs from the filters this scroll_id was issued for; start a new scroll",
                 param=param,
             )
-    if order_param and order_param.lower() != position.order:
+    if wanted.order_given and wanted.order != position.order:
         raise InvalidParameter("order differs from the order of this scroll_id", param="order")
