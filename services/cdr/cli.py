@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from cdr.logs import configure_logging
 from cdr.settings import Settings, SettingsError, load_settings
+from cdr.startup import StartupFailed
 from cdr.store import StoreError, open_store
 from cdr.store.migrations import migrate
 
@@ -85,6 +86,11 @@ def _schemas(settings: Settings, folder: str, check: bool) -> int:
     return 0
 
 
+def _config_failure(exc: SettingsError) -> None:
+    """One structured line for the operator: each bad setting with its (masked) value."""
+    log.error("invalid configuration", extra={"problems": exc.problems})
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdr",
@@ -117,10 +123,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    configure_logging("INFO")
     try:
         settings = load_settings()
     except SettingsError as exc:
-        print(f"cdr: {exc}", file=sys.stderr)
+        _config_failure(exc)
         return 2
     configure_logging(settings.log_level)
     commands = {
@@ -148,8 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         return asyncio.run(commands[args.command]())
-    except (StoreError, SettingsError) as exc:
-        log.error("%s", exc)
+    except SettingsError as exc:
+        _config_failure(exc)
+        return 2
+    except StartupFailed as exc:
+        log.error("cannot start: %s", exc, extra={"setting": exc.setting, "value": exc.value})
+        return 1
+    except StoreError as exc:
+        log.error("ClickHouse: %s", exc, extra={"setting": "CDR_CLICKHOUSE_URL", "code": exc.code})
         return 1
     except KeyboardInterrupt:
         return 130

@@ -41,10 +41,27 @@ class Metrics:
             "cdr_insert_failures_total", "Failed ClickHouse insert attempts (retried).", registry=r
         )
         self.consumer_lag = Gauge(
-            "cdr_consumer_lag", "Messages behind the partition's high watermark.", ["topic", "partition"], registry=r
+            "cdr_consumer_lag",
+            "Messages behind the partition's high watermark (refreshed every health probe).",
+            ["topic", "partition"],
+            registry=r,
         )
         self.ingest_healthy = Gauge(
-            "cdr_ingest_healthy", "1 while the last insert succeeded, 0 while retrying.", registry=r
+            "cdr_ingest_healthy",
+            "1 while the ingestor is ready (Kafka reachable, inserts and dead-letter sends succeeding, no stall).",
+            registry=r,
+        )
+        self.kafka_up = Gauge("cdr_kafka_up", "1 while the last Kafka probe was answered in time.", registry=r)
+        self.assigned_partitions = Gauge(
+            "cdr_consumer_assigned_partitions", "Partitions assigned to this ingestor.", registry=r
+        )
+        self.last_progress = Gauge(
+            "cdr_ingest_last_progress_timestamp_seconds",
+            "Unix time of the last committed batch, or of the last probe that found nothing waiting.",
+            registry=r,
+        )
+        self.dlq_send_failures = Counter(
+            "cdr_dlq_send_failures_total", "Failed dead-letter send attempts (retried).", registry=r
         )
         # API
         self.http_requests = Counter(

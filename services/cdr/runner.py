@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp
 
@@ -16,7 +17,8 @@ from cdr.ingest.app import Ingestor, build_ingestor, ops_app
 from cdr.metrics import Metrics
 from cdr.serve import http_server
 from cdr.settings import Settings
-from cdr.store import Store, open_store
+from cdr.startup import masked_url, with_retries
+from cdr.store import Store, StoreUnavailable, open_store
 from cdr.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -84,23 +86,53 @@ async def _ingest_and_serve(
     _tune_interpreter()
     metrics = Metrics()
     store = open_store(settings)
-    await migrate(store)
     ingestor = build_ingestor(settings, store, metrics)
+    # Serving from the start: /healthz answers (and /readyz says "starting") while
+    # start-up waits for Kafka or ClickHouse.
     server = http_server(make_app(ingestor, store, metrics), settings.api_host, port, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ingestor.stopping.set)
     serving = asyncio.create_task(server.serve())
     try:
-        await ingestor.start()
-        log.info("serving", extra={"url": f"http://{settings.api_host}:{port}/"})
-        # Until a signal, a halted pipeline, or the HTTP server stopping (e.g. port taken).
-        ingesting = asyncio.create_task(ingestor.wait())
-        await asyncio.wait({ingesting, serving}, return_when=asyncio.FIRST_COMPLETED)
-        ingesting.cancel()
+        if await _unless_stopped(ingestor.stopping, _start(settings, store, ingestor)):
+            log.info("serving", extra={"url": f"http://{settings.api_host}:{port}/"})
+            # Until a signal, a halted pipeline, or the HTTP server stopping (e.g. port taken).
+            ingesting = asyncio.create_task(ingestor.wait())
+            await asyncio.wait({ingesting, serving}, return_when=asyncio.FIRST_COMPLETED)
+            ingesting.cancel()
+        else:
+            log.info("stop asked for during start-up")
     finally:
         await ingestor.stop()
         server.should_exit = True
         await serving
         await store.close()
     return 1 if ingestor.pipeline.fatal else 0
+
+
+async def _start(settings: Settings, store: Store, ingestor: Ingestor) -> None:
+    await with_retries(
+        "ClickHouse",
+        lambda: migrate(store),
+        transient=(StoreUnavailable,),
+        timeout_s=settings.startup_timeout_ms / 1000,
+        setting="CDR_CLICKHOUSE_URL",
+        value=masked_url(settings.clickhouse_dsn),
+    )
+    await ingestor.start()
+
+
+async def _unless_stopped(stopping: asyncio.Event, work: Awaitable[None]) -> bool:
+    """Run ``work`` unless a stop comes first (then cancel it): True if it completed."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()
+    return True

@@ -16,13 +16,26 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cdr.startup import masked_url
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _SECRET_NAMES = ("SECRET", "PASSWORD", "TOKENS")
 
 
 class SettingsError(Exception):
-    """Configuration that cannot start the service; the message names each bad variable."""
+    """Configuration that cannot start the service (exit code 2); names each bad variable.
+
+    ``problems``: one ``{"setting", "value", "error"}`` per bad variable, for the single
+    structured log line the command writes (secret values masked)."""
+
+    def __init__(self, message: str, problems: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        if problems is None:
+            setting, sep, error = message.partition(": ")
+            named = sep and setting.startswith("CDR_") and " " not in setting
+            problems = [{"setting": setting, "error": error} if named else {"error": message}]
+        self.problems = problems
 
 
 class Settings(BaseSettings):
@@ -49,6 +62,46 @@ class Settings(BaseSettings):
     )
     kafka_auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts: earliest or latest."
+    )
+    kafka_request_timeout_ms: int = Field(
+        10_000,
+        ge=1_000,
+        le=300_000,
+        description=(
+            "Longest wait for one Kafka operation of ours: an offset commit, a dead-letter send, a health probe."
+            " A commit that times out is not an error (the batch is re-read, duplicates collapse)."
+        ),
+    )
+
+    # --- Start, stop and health ---------------------------------------------------
+    startup_timeout_ms: int = Field(
+        60_000,
+        ge=0,
+        le=3_600_000,
+        description=(
+            "How long start-up retries an unreachable Kafka or ClickHouse (with back-off) before it gives up"
+            " with exit code 1."
+        ),
+    )
+    shutdown_timeout_ms: int = Field(
+        20_000,
+        ge=1_000,
+        le=600_000,
+        description=(
+            "Longest a stop (SIGTERM) may take: the batch in hand is finished, or abandoned uncommitted (it is"
+            " re-read after restart), then the process exits 0. Keep it below the pod's grace period."
+        ),
+    )
+    stall_after_ms: int = Field(
+        120_000,
+        ge=1_000,
+        description=(
+            "Not ready when messages wait (lag > 0) and no batch was stored for this long, or a dead-letter"
+            " send has been failing for this long."
+        ),
+    )
+    health_interval_ms: int = Field(
+        5_000, ge=100, le=300_000, description="How often the ingestor probes Kafka and refreshes lag and readiness."
     )
 
     # --- Batching and failure handling -----------------------------------------
@@ -195,6 +248,16 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        servers = [part.strip() for part in value.split(",")]
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port (comma-separated for several brokers)")
+        return ",".join(servers)
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -304,12 +367,13 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
+        problems: list[dict[str, str]] = []
         for error in exc.errors():
-            name = "CDR_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
             if not error["loc"]:
-                problems.append(error["msg"])
+                problems.append({"error": error["msg"].removeprefix("Value error, ")})
                 continue
-            shown = "***" if any(k in name for k in _SECRET_NAMES) else repr(error.get("input"))
-            problems.append(f"{name}: {error['msg']} (got {shown})")
-        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from exc
+            name = "CDR_" + "_".join(str(part) for part in error["loc"]).upper()
+            shown = "***" if any(k in name for k in _SECRET_NAMES) else masked_url(str(error.get("input")))
+            problems.append({"setting": name, "value": shown, "error": error["msg"].removeprefix("Value error, ")})
+        lines = [f"{p.get('setting', 'settings')}: {p['error']} (got {p.get('value', '-')!r})" for p in problems]
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines), problems) from exc

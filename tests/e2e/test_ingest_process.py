@@ -13,7 +13,9 @@ from tests.helpers import cdr_process, encoded, events, produce, service_env
 
 async def test_standalone_ingestor_serves_probes_and_metrics(kafka_bootstrap: str, tmp_path: Path) -> None:
     port = free_port()
-    env, topic = await service_env(kafka_bootstrap, tmp_path / "store", ops_port=port, batch_time_ms=200)
+    env, topic = await service_env(
+        kafka_bootstrap, tmp_path / "store", ops_port=port, batch_time_ms=200, health_interval_ms=200
+    )
     await produce(kafka_bootstrap, topic, encoded(events(500, seed=51)))
     log = tmp_path / "ingest.log"
     with cdr_process("ingest", env, log) as process:
@@ -23,7 +25,8 @@ async def test_standalone_ingestor_serves_probes_and_metrics(kafka_bootstrap: st
                 try:
                     ready = await client.get("/readyz")
                     metrics = (await client.get("/metrics")).text
-                    if ready.status_code == 200 and "cdr_events_stored_total 500.0" in metrics:
+                    lag = 'cdr_consumer_lag{partition="0",topic="' + topic + '"} 0.0'
+                    if ready.status_code == 200 and "cdr_events_stored_total 500.0" in metrics and lag in metrics:
                         break
                 except httpx.TransportError:
                     pass
@@ -32,6 +35,13 @@ async def test_standalone_ingestor_serves_probes_and_metrics(kafka_bootstrap: st
                 raise AssertionError("ingestor never stored the events: " + log.read_text()[-2000:])
             health = await client.get("/healthz")
     assert health.json() == {"status": "ok"}
-    assert ready.json()["checks"] == {"pipeline": "ok", "clickhouse_inserts": "ok"}
+    assert ready.json()["checks"] == {
+        "pipeline": "ok",
+        "clickhouse_inserts": "ok",
+        "kafka": "ok",
+        "partitions": "4 assigned",
+        "dead_letters": "ok",
+        "progress": "ok",
+    }
     assert 'cdr_consumer_lag{partition="0",topic="' + topic + '"} 0.0' in metrics
     assert process.returncode == 0, log.read_text()[-2000:]

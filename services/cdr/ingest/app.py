@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import LogicSubscriber
 from starlette.applications import Starlette
 
 from cdr.ingest.dlq import DlqLimit
+from cdr.ingest.health import IngestHealth
 from cdr.ingest.pipeline import Pipeline
 from cdr.ingest.sink import KafkaDeadLetters
 from cdr.ingest.sqlparse import SqlParser
@@ -20,6 +26,7 @@ from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
 from cdr.ops import ops_routes
 from cdr.settings import Settings
+from cdr.startup import with_retries
 from cdr.store import Store
 
 log = logging.getLogger(__name__)
@@ -37,22 +44,46 @@ class Ingestor:
 
     settings: Settings
     broker: KafkaBroker
+    subscriber: LogicSubscriber[Any]
     pipeline: Pipeline
     dead_letters: KafkaDeadLetters
+    health: IngestHealth
     stopping: asyncio.Event
+    _monitor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.dead_letters.start()
+        """Connect, retrying an unreachable cluster for ``CDR_STARTUP_TIMEOUT_MS``; a missing
+        topic is a SettingsError at once (no waiting on metadata that never comes)."""
+        s = self.settings
+        await with_retries(
+            "Kafka",
+            self._connect,
+            transient=(KafkaError, TimeoutError, OSError),
+            timeout_s=s.startup_timeout_ms / 1000,
+            setting="CDR_KAFKA_BOOTSTRAP_SERVERS",
+            value=s.kafka_bootstrap_servers,
+        )
         await self.broker.start()
+        self._monitor = asyncio.create_task(self.health.run())
         log.info(
             "ingest started",
             extra={
-                "topic": self.settings.kafka_topic,
-                "group_id": self.settings.kafka_group_id,
-                "batch_size": self.settings.batch_size,
-                "batch_time_ms": self.settings.batch_time_ms,
+                "topic": s.kafka_topic,
+                "group_id": s.kafka_group_id,
+                "batch_size": s.batch_size,
+                "batch_time_ms": s.batch_time_ms,
             },
         )
+
+    async def _connect(self) -> None:
+        await self.dead_letters.start()
+        try:
+            await self.dead_letters.require_topics(
+                {self.settings.kafka_topic: "CDR_KAFKA_TOPIC", self.settings.kafka_dlq_topic: "CDR_KAFKA_DLQ_TOPIC"}
+            )
+        except BaseException:
+            await self.dead_letters.stop()
+            raise
 
     async def wait(self) -> None:
         """Until a stop is requested or the pipeline halts by itself."""
@@ -63,31 +94,51 @@ class Ingestor:
         halt.cancel()
 
     async def stop(self) -> None:
-        """Finish (or abandon) the batch in hand, then leave the group."""
+        """Finish the batch in hand (or abandon it uncommitted), leave the group, close;
+        all within ``CDR_SHUTDOWN_TIMEOUT_MS`` whatever state Kafka and ClickHouse are in."""
         self.stopping.set()
-        await self.pipeline.drain()
-        await self.broker.stop()
-        await self.dead_letters.stop()
+        deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
+        if self._monitor is not None:
+            self._monitor.cancel()
+        if not await _within(deadline, self.pipeline.drain(), "finishing the batch in flight"):
+            self.pipeline.abandon()
+        # Closing needs a share of the budget even when the batch took all of it.
+        closing = max(deadline, time.monotonic() + 2.0)
+        if self._monitor is not None:  # started: the broker is connected
+            await _within(closing, self.broker.stop(), "leaving the consumer group")
+        await _within(closing, self.dead_letters.stop(), "closing the dead-letter producer")
         log.info("ingest stopped", extra={"fatal": self.pipeline.fatal})
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
-        checks = {
-            "pipeline": "halted: " + self.pipeline.fatal if self.pipeline.fatal else "ok",
-            "clickhouse_inserts": "ok" if self.pipeline.healthy or self.pipeline.fatal else "failing, retrying",
-        }
-        return self.pipeline.healthy, checks
+        if self._monitor is None:
+            return False, {"ingest": "starting (waiting for Kafka and ClickHouse)"}
+        return self.health.ready()
+
+
+async def _within(deadline: float, step: Awaitable[None], what: str) -> bool:
+    """Run one stop step until the deadline; False (and the step cancelled) past it."""
+    try:
+        await asyncio.wait_for(step, timeout=max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        log.warning("stop: gave up %s (shutdown timeout)", what)
+        return False
+    return True
 
 
 def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingestor:
     stopping = asyncio.Event()
-    writer = BatchWriter(
-        store,
-        metrics,
-        stopping,
-        initial_backoff_s=settings.insert_retry_initial_ms / 1000,
-        max_backoff_s=settings.insert_retry_max_ms / 1000,
+    initial_s, max_s = settings.insert_retry_initial_ms / 1000, settings.insert_retry_max_ms / 1000
+    writer = BatchWriter(store, metrics, stopping, initial_backoff_s=initial_s, max_backoff_s=max_s)
+    timeout_s = settings.kafka_request_timeout_ms / 1000
+    dead_letters = KafkaDeadLetters(
+        settings.kafka_bootstrap_servers,
+        settings.kafka_dlq_topic,
+        metrics=metrics,
+        stopping=stopping,
+        timeout_s=timeout_s,
+        initial_backoff_s=initial_s,
+        max_backoff_s=max_s,
     )
-    dead_letters = KafkaDeadLetters(settings.kafka_bootstrap_servers, settings.kafka_dlq_topic)
     pipeline = Pipeline(
         zone=settings.zone,
         max_event_bytes=settings.max_event_bytes,
@@ -98,14 +149,25 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         stopping=stopping,
         sql_parser=_sql_parser(settings, store),
         revoke_wait_s=settings.revoke_wait_ms / 1000,
+        commit_timeout_s=timeout_s,
     )
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id="cdr-ingest",
+        request_timeout_ms=settings.kafka_request_timeout_ms,
         log_level=logging.DEBUG,  # FastStream logs every batch at this level
     )
-    register_subscriber(broker, settings, pipeline)
-    return Ingestor(settings, broker, pipeline, dead_letters, stopping)
+    subscriber = register_subscriber(broker, settings, pipeline)
+    health = IngestHealth(
+        pipeline=pipeline,
+        dead_letters=dead_letters,
+        consumer=lambda: subscriber.consumer,
+        metrics=metrics,
+        interval_s=settings.health_interval_ms / 1000,
+        timeout_s=timeout_s,
+        stall_after_s=settings.stall_after_ms / 1000,
+    )
+    return Ingestor(settings, broker, subscriber, pipeline, dead_letters, health, stopping)
 
 
 def _sql_parser(settings: Settings, store: Store) -> SqlParser | None:
@@ -127,7 +189,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         return None  # FastStream logs the assignment
 
 
-def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> None:
+def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> LogicSubscriber[Any]:
     """Batches by size and time: the broker holds each fetch until it has
     ``fetch_min_bytes`` or ``batch_time_ms`` passed; one handler call takes at most
     ``batch_size`` records. Offsets are committed by the pipeline, never by FastStream."""
@@ -152,6 +214,8 @@ def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipel
     @subscriber
     async def on_call_ended(message: KafkaMessage) -> None:
         await pipeline.handle(message)
+
+    return subscriber
 
 
 def ops_app(ingestor: Ingestor, metrics: Metrics) -> Starlette:

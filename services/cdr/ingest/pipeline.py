@@ -64,6 +64,7 @@ class Pipeline:
         stopping: asyncio.Event,
         sql_parser: SqlParser | None = None,
         revoke_wait_s: float = 10.0,
+        commit_timeout_s: float = 10.0,
     ) -> None:
         self._zone = zone
         self._sql_parser = sql_parser
@@ -75,8 +76,13 @@ class Pipeline:
         self._stopping = stopping
         self._inflight: asyncio.Task[None] | None = None
         self._revoke_wait_s = revoke_wait_s
+        self._commit_timeout_s = commit_timeout_s
         self.halted = asyncio.Event()
         self.fatal: str | None = None
+        # Next offset to read per partition as last committed by us, and when (monotonic):
+        # the health probe's lag and progress.
+        self.committed: dict[TopicPartition, int] = {}
+        self.last_commit: float = time.monotonic()
 
     @property
     def healthy(self) -> bool:
@@ -101,6 +107,15 @@ class Pipeline:
         await self._finish_inflight()
         self.halted.set()
 
+    def abandon(self) -> None:
+        """Give up the batch in flight without committing it (a stop that cannot wait longer):
+        its messages are read again after restart, and their duplicates collapse."""
+        task = self._inflight
+        if task is not None and not task.done():
+            task.cancel()
+            log.warning("stop: abandoned the batch in flight uncommitted; it is re-read after restart")
+        self.halted.set()
+
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """A rebalance takes partitions away. The batch in flight gets ``revoke_wait_s`` to
         be stored and committed while they are still ours; past that it is left to
@@ -118,6 +133,7 @@ class Pipeline:
                 )
         for tp in revoked:
             self._limit.forget(tp.topic, tp.partition)
+            self.committed.pop(tp, None)
 
     async def _finish_inflight(self) -> None:
         task = self._inflight
@@ -295,18 +311,17 @@ class Pipeline:
         if not offsets:
             return False
         try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # The partitions moved to another consumer; it re-reads this batch and the
-            # duplicates collapse in ClickHouse. Nothing is lost.
-            log.warning("commit failed after a stored batch; it will be re-delivered", extra={"error": str(exc)})
+            # Bounded: with the coordinator away a commit would wait for it without end,
+            # and a stop would wait for the commit.
+            await asyncio.wait_for(consumer.commit(offsets), self._commit_timeout_s)
+        except (CommitFailedError, KafkaError, TimeoutError) as exc:
+            # The partitions moved to another consumer, or the cluster is away: the batch
+            # is re-read (here or by the new owner) and the duplicates collapse in
+            # ClickHouse. Nothing is lost.
+            log.warning("commit failed after a stored batch; it will be re-delivered", extra={"error": repr(exc)})
             return False
-        for tp, next_offset in offsets.items():
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                self._metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                    max(highwater - next_offset, 0)
-                )
+        self.committed.update(offsets)
+        self.last_commit = time.monotonic()
         return True
 
 

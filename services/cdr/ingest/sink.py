@@ -3,40 +3,124 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from cdr.ingest.dlq import DeadLetter
+from cdr.ingest.writer import Abandoned, stop_requested_within
+from cdr.metrics import Metrics
+from cdr.settings import SettingsError
+
+log = logging.getLogger(__name__)
 
 
 class KafkaDeadLetters:
-    """Publishes dead letters with acks=all; returns only once the broker has them all."""
+    """Publishes dead letters with acks=all; returns only once the broker has them all.
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+    A send that cannot complete within ``timeout_s`` (no leader, broker away, topic gone)
+    is retried with back-off, never fatal; meanwhile no offset moves, and ``failing_since``
+    tells readiness how long it has been failing. Its client also serves the ingestor's
+    start-up checks and health probe."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        metrics: Metrics,
+        stopping: asyncio.Event,
+        timeout_s: float,
+        initial_backoff_s: float,
+        max_backoff_s: float,
+    ) -> None:
+        self._servers = bootstrap_servers
         self._topic = topic
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+        self._metrics = metrics
+        self._stopping = stopping
+        self._timeout = timeout_s
+        self._initial = initial_backoff_s
+        self._max = max_backoff_s
+        self._producer: AIOKafkaProducer | None = None
+        self.failing_since: float | None = None
+
+    async def start(self) -> None:
+        """Connect (KafkaError while the cluster is unreachable: the caller retries)."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._servers,
             acks="all",
             enable_idempotence=True,
             # Oversized messages are dead-lettered as they came, so allow what the broker allows.
             max_request_size=16 * 1024 * 1024,
+            request_timeout_ms=int(self._timeout * 1000),
             client_id="cdr-ingest-dlq",
         )
-
-    async def start(self) -> None:
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def require_topics(self, wanted: dict[str, str]) -> None:
+        """Fail fast when a topic the ingestor needs is missing or not ours to use.
+        ``wanted``: topic -> the setting that names it."""
+        metadata = await asyncio.wait_for(self._client().fetch_all_metadata(), self._timeout)
+        for topic, setting in wanted.items():
+            if topic in metadata.unauthorized_topics:
+                raise SettingsError(f"{setting}: not authorized to use topic {topic!r} (check the Kafka ACLs)")
+            if topic not in metadata.topics():
+                raise SettingsError(
+                    f"{setting}: topic {topic!r} does not exist; create it (`cdr create-topics`) or fix the name"
+                )
+
+    async def probe(self) -> None:
+        """One metadata round trip; raises if the cluster does not answer in time."""
+        await asyncio.wait_for(self._client().fetch_all_metadata(), self._timeout)
+
+    def _client(self) -> AIOKafkaClient:
+        if self._producer is None:
+            raise KafkaError("dead-letter producer not started")
+        client: AIOKafkaClient = self._producer.client
+        return client
 
     async def send(self, letters: list[DeadLetter]) -> None:
+        backoff = self._initial
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await asyncio.wait_for(self._send_once(letters), self._timeout)
+            except (KafkaError, TimeoutError) as exc:
+                self._metrics.dlq_send_failures.inc()
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                if attempt == 1 or attempt % 10 == 0:
+                    log.error(
+                        "dead-letter send failed, retrying",
+                        extra={"topic": self._topic, "letters": len(letters), "attempt": attempt, "error": repr(exc)},
+                    )
+                if await stop_requested_within(self._stopping, backoff):
+                    raise Abandoned(f"shutdown while retrying a dead-letter send of {len(letters)}") from exc
+                backoff = min(backoff * 2, self._max)
+                continue
+            if self.failing_since is not None:
+                log.info("dead-letter send succeeded after retries", extra={"attempts": attempt})
+                self.failing_since = None
+            return
+
+    async def _send_once(self, letters: list[DeadLetter]) -> None:
+        if self._producer is None:
+            raise KafkaError("dead-letter producer not started")
         sent = [
-            await self._producer.send(
-                self._topic,
-                value=letter.value,
-                key=letter.key,
-                headers=letter.dlq_headers(),
-            )
+            await self._producer.send(self._topic, value=letter.value, key=letter.key, headers=letter.dlq_headers())
             for letter in letters
         ]
         await asyncio.gather(*sent)

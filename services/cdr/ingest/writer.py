@@ -58,28 +58,26 @@ class BatchWriter:
                 await self._store.insert_arrow(self._table, rows)
             except StoreUnavailable as exc:
                 self._metrics.insert_failures.inc()
-                self._set_healthy(False)
+                self.healthy = False
                 log.error(
                     "insert failed, retrying",
                     extra={"rows": rows.num_rows, "attempt": attempt, "retry_in_s": backoff, "error": str(exc)[:500]},
                 )
-                if await self._stop_requested_within(backoff):
+                if await stop_requested_within(self._stopping, backoff):
                     raise Abandoned(f"shutdown while retrying an insert of {rows.num_rows} rows") from exc
                 backoff = min(backoff * 2, self._max)
                 continue
             self._metrics.insert_seconds.observe(time.perf_counter() - started)
             if attempt > 1:
                 log.info("insert succeeded after retries", extra={"rows": rows.num_rows, "attempts": attempt})
-            self._set_healthy(True)
+            self.healthy = True
             return
 
-    def _set_healthy(self, healthy: bool) -> None:
-        self.healthy = healthy
-        self._metrics.ingest_healthy.set(1 if healthy else 0)
 
-    async def _stop_requested_within(self, seconds: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
+async def stop_requested_within(stopping: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` unless a stop is asked for first; True if it was."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from cdr.settings import SettingsError
 from cdr.store.errors import StoreError, StoreUnavailable, classify
 
 if TYPE_CHECKING:
@@ -210,7 +211,11 @@ def open_store(settings: Settings) -> Store:
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot create the embedded store folder {path}: {exc}") from exc
+            setting = "CDR_CLICKHOUSE_URL" if settings.clickhouse_url else "CDR_DATA_DIR"
+            raise SettingsError(
+                f"{setting}: cannot use {path} as the embedded store folder: {exc.strerror or exc}",
+                [{"setting": setting, "value": path, "error": f"cannot create the folder: {exc.strerror or exc}"}],
+            ) from exc
     password = settings.clickhouse_password.get_secret_value() if settings.clickhouse_password else None
     return Store(
         dsn,
