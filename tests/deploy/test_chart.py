@@ -155,6 +155,16 @@ def test_production_scenario_uses_cluster_mode_and_existing_secrets() -> None:
     }
 
 
+def test_ingest_grace_period_covers_its_shutdown_timeout() -> None:
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["ingest"] = {"shutdownTimeoutMs": 45_000}
+    objects = render(values)
+    pod = workload(objects, "ingest")["spec"]["template"]["spec"]
+    config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-ingest"))
+    assert config["data"]["CDR_SHUTDOWN_TIMEOUT_MS"] == "45000"
+    assert pod["terminationGracePeriodSeconds"] == 60  # 45 s + 2 s to close + margin
+
+
 def test_ingest_replicas_beyond_partitions_fail() -> None:
     values = scenario(CHART / "ci" / "minimal-values.yaml")
     values["ingest"] = {"replicas": 5}
