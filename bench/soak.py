@@ -70,10 +70,11 @@ async def soak(bootstrap: str, rate: float, minutes: float) -> None:
     second = [m for t, m in samples if 60 <= t < 120]
     last = [m for t, m in samples if t >= samples[-1][0] - 60]
     peak = max(m for _, m in samples)
+    early, late = statistics.mean(second), statistics.mean(last)
     print(
         f"rate {rate:.0f}/s for {minutes:.0f} min: idle {idle:.0f} MB, peak {peak:.0f} MB "
-        f"(+{peak - idle:.0f} MB over idle); mean of minute 2 {statistics.mean(second):.0f} MB, "
-        f"of the last minute {statistics.mean(last):.0f} MB (drift {statistics.mean(last) - statistics.mean(second):+.0f} MB)"
+        f"(+{peak - idle:.0f} MB over idle); mean of minute 2 {early:.0f} MB, "
+        f"of the last minute {late:.0f} MB (drift {late - early:+.0f} MB)"
     )
 
 
