@@ -18,8 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdr.startup import masked_url
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Matched with fullmatch: `$` would let a trailing newline through.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _SECRET_NAMES = ("SECRET", "PASSWORD", "TOKENS")
 
 
@@ -285,7 +286,7 @@ class Settings(BaseSettings):
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
         # Both end up in DDL as identifiers, where parameters cannot be used.
-        if value is not None and not _IDENTIFIER.match(value):
+        if value is not None and not _IDENTIFIER.fullmatch(value):
             raise ValueError(f"{value!r} is not a plain identifier (letters, digits, _)")
         return value
 
@@ -351,9 +352,13 @@ def parse_token_entries(text: str) -> dict[str, str]:
             continue
         tenant, sep, digest = line.rpartition(":")
         digest = digest.strip().lower()
-        if not sep or not tenant.strip() or not _SHA256_HEX.match(digest):
+        if not sep or not tenant.strip() or not _SHA256_HEX.fullmatch(digest):
             raise ValueError(f"entry {number} is not tenant_id:sha256hex(token) (64 hex digits after the last ':')")
-        digests[digest] = tenant.strip()
+        tenant = tenant.strip()
+        if digests.get(digest, tenant) != tenant:
+            # Last-one-wins would silently hand one tenant's token to another.
+            raise ValueError(f"entry {number}: the same token digest is listed for {digests[digest]!r} and {tenant!r}")
+        digests[digest] = tenant
     return digests
 
 

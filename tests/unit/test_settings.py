@@ -48,6 +48,10 @@ def test_one_setting_chooses_the_transport(monkeypatch: pytest.MonkeyPatch, tmp_
         ("CDR_CLICKHOUSE_URL", "ch:8123", "CDR_CLICKHOUSE_URL"),
         ("CDR_CLICKHOUSE_URL", "chdb://relative/dir", "CDR_CLICKHOUSE_URL"),
         ("CDR_CLICKHOUSE_POOL_SIZE", "0", "CDR_CLICKHOUSE_POOL_SIZE"),
+        ("CDR_CLICKHOUSE_DATABASE", "cdr\n", "CDR_CLICKHOUSE_DATABASE"),
+        ("CDR_KAFKA_BOOTSTRAP_SERVERS", "", "CDR_KAFKA_BOOTSTRAP_SERVERS"),
+        ("CDR_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092,kafka2", "CDR_KAFKA_BOOTSTRAP_SERVERS"),
+        ("CDR_KAFKA_BOOTSTRAP_SERVERS", "kafka:99999", "CDR_KAFKA_BOOTSTRAP_SERVERS"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, needle: str) -> None:
@@ -69,6 +73,9 @@ def test_token_entries() -> None:
     assert parse_token_entries(f"# comment\n\nacme.vn:{digest}\n") == {digest: "acme.vn"}
     with pytest.raises(ValueError, match="entry 1"):
         parse_token_entries("acme.vn:nothex")
+    assert parse_token_entries(f"acme.vn:{digest}\nacme.vn:{digest}\n") == {digest: "acme.vn"}
+    with pytest.raises(ValueError, match=r"'acme\.vn' and 'other\.vn'"):
+        parse_token_entries(f"acme.vn:{digest}\nother.vn:{digest}\n")
 
 
 def test_token_file_is_added(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:

@@ -30,7 +30,8 @@ class DeadLetter:
 
     def dlq_headers(self) -> list[tuple[str, bytes]]:
         # Original headers first (minus stale DLQ ones), then ours.
-        kept = [(k, v) for k, v in self.headers if not k.startswith("x-dlq-")]
+        # Header names are case-insensitive to people: an incoming X-DLQ-Error is stale too.
+        kept = [(k, v) for k, v in self.headers if not k.lower().startswith("x-dlq-")]
         return [
             *kept,
             (HEADER_ERROR, self.invalid.reason.encode()),
