@@ -176,6 +176,30 @@ class Settings(BaseSettings):
             " a read never waits behind a write."
         ),
     )
+    query_timeout_ms: int = Field(
+        10_000,
+        ge=100,
+        le=600_000,
+        description=(
+            "Longest one API read may run (ClickHouse max_execution_time; the HTTP client waits 1 s more)."
+            " Keep it below the readiness probe's timeout x failure threshold."
+        ),
+    )
+    query_max_rows_to_read: int = Field(
+        0, ge=0, description="Most rows one API read may scan (ClickHouse max_rows_to_read); 0: no limit."
+    )
+    query_max_memory_bytes: int = Field(
+        2 * 1024**3, ge=0, description="Most memory one API read may use (ClickHouse max_memory_usage); 0: no limit."
+    )
+    tenant_max_concurrent_requests: int = Field(
+        4,
+        ge=1,
+        le=1_000,
+        description=(
+            "API requests one tenant may have in progress at once (per replica); more get a 429, so one tenant"
+            " cannot hold every ClickHouse reader."
+        ),
+    )
     clickhouse_password: SecretStr | None = Field(
         None, description="ClickHouse password (kept out of the URL and the logs)."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -228,3 +229,73 @@ async def test_rate_limit_answers_429_over_http(api: Api) -> None:
     assert [r.headers["RateLimit-Remaining"] for r in answers[:2]] == ["1", "0"]
     assert answers[0].headers["RateLimit-Limit"] == "2" and int(answers[0].headers["RateLimit-Reset"]) >= 1
     assert limited.headers["RateLimit-Remaining"] == "0"
+
+
+async def _second_server(api: Api, store: object = None, **settings: object) -> tuple[Any, Any, str]:
+    """Another API server on the test store (or ``store``) with other settings."""
+    from cdr.api.app import create_app
+    from cdr.metrics import Metrics
+    from cdr.serve import http_server
+    from tests.api.conftest import free_port
+
+    changed = api.settings.model_copy(update=settings)
+    port = free_port()
+    server = http_server(create_app(changed, store or api.store, Metrics()), "127.0.0.1", port, changed)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+async def test_a_flood_from_one_tenant_leaves_others_and_readiness_answering(api: Api) -> None:
+    """The most expensive valid request (a 1,000-row page with its total, newest first,
+    over every month), 60 at once from one tenant: it holds at most its share of the
+    readers (the rest get 429 at once), and another tenant and /readyz keep answering."""
+    import httpx
+
+    from tests.api.conftest import TOKENS
+
+    server, task, url = await _second_server(api, tenant_max_concurrent_requests=2)
+    expensive = {"page": "1", "limit": "1000", "order": "desc", "start_date": "1990-01-01"}
+    try:
+        async with (
+            httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS['t1.example']}"}) as flood,
+            httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS['t2.example']}"}) as other,
+            httpx.AsyncClient(base_url=url) as probe,
+        ):
+            flooding = [asyncio.create_task(flood.get("/v1/cdr", params=expensive)) for _ in range(60)]
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            theirs = await other.get("/v1/cdr", params={"limit": "5"})
+            ready = await probe.get("/readyz")
+            answered_in = time.monotonic() - started
+            codes = [r.status_code for r in await asyncio.gather(*flooding)]
+    finally:
+        server.should_exit = True
+        await task
+    assert theirs.status_code == 200 and ready.status_code == 200
+    assert answered_in < 5, answered_in
+    assert set(codes) == {200, 429} and codes.count(200) >= 2, codes
+    limited = codes.count(429)
+    assert limited >= 30, f"only {limited} of 60 refused: the per-tenant limit did not hold"
+
+
+async def test_a_read_over_its_budget_is_503_naming_the_budget(api: Api) -> None:
+    import httpx
+
+    from cdr.store.client import ReadBudget, Store
+    from tests.api.conftest import TOKENS
+
+    tight = Store(api.store.dsn, database=api.store.database, read_budget=ReadBudget(max_rows_to_read=10))
+    server, task, url = await _second_server(api, tight)
+    try:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS['t1.example']}"}) as c:
+            over = await c.get("/v1/cdr", params={"page": "1", "limit": "100"})
+            ready = await c.get("/readyz")
+    finally:
+        server.should_exit = True
+        await task
+        await tight.close()
+    assert over.status_code == 503 and over.headers["Retry-After"] == "5"
+    assert over.json()["error"]["code"] == "query_budget_exceeded" and "scroll" in over.json()["error"]["message"]
+    assert ready.status_code == 200  # the health check's own reader, a tiny query

@@ -164,13 +164,35 @@ def _big_table(rows: int) -> pa.Table:
 
 
 def test_an_embedded_folder_that_cannot_be_made_is_named(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from cdr.settings import load_settings
+    from cdr.settings import SettingsError, load_settings
     from cdr.store import open_store
 
     occupied = tmp_path_factory.mktemp("occupied") / "a-file"
     occupied.write_text("not a folder")
-    with pytest.raises(StoreUnavailable, match="a-file"):
+    with pytest.raises(SettingsError, match=r"CDR_DATA_DIR: .*a-file") as info:
         open_store(load_settings(clickhouse_url=None, data_dir=occupied))
+    assert info.value.problems[0]["setting"] == "CDR_DATA_DIR"
+
+
+async def test_reads_run_within_their_budget(store: Store) -> None:
+    from cdr.store.client import ReadBudget
+    from cdr.store.errors import BUDGET
+
+    # The engine holds one folder per process: a second store on the module's folder.
+    store = Store(store.dsn, database="default", read_budget=ReadBudget(seconds=1.0, max_rows_to_read=1_000))
+    try:
+        assert await store.query("SELECT count() FROM numbers(100)") == [[100]]
+        with pytest.raises(StoreError) as too_many:
+            await store.query("SELECT count() FROM numbers(100000)")
+        with pytest.raises(StoreError) as too_long:
+            await store.query("SELECT sleepEachRow(0.5) FROM numbers(5) SETTINGS max_block_size = 1")
+        with pytest.raises(StoreError, match="readonly"):
+            await store.query("CREATE TABLE t (x Int8) ENGINE = Memory")
+        await store.command("CREATE TABLE t (x Int8) ENGINE = Memory")  # writes keep their rights
+        assert await store.ping()
+    finally:
+        await store.close()
+    assert too_many.value.code in BUDGET and too_long.value.code in BUDGET
 
 
 async def test_only_the_embedded_engine_reads_a_table_of_this_process() -> None:

@@ -59,6 +59,11 @@ class Unavailable(ApiError):
     code = "unavailable"
 
 
+class QueryBudgetExceeded(ApiError):
+    status = 503
+    code = "query_budget_exceeded"
+
+
 class MethodNotAllowed(ApiError):
     status = 405
     code = "method_not_allowed"

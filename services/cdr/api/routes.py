@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -14,13 +16,14 @@ from starlette.responses import Response
 
 from cdr.api.auth import TokenAuthority
 from cdr.api.cursor import CursorCodec, Position
-from cdr.api.errors import InvalidParameter, InvalidScrollId, NotFound, Unavailable
+from cdr.api.errors import InvalidParameter, InvalidScrollId, NotFound, QueryBudgetExceeded, RateLimited, Unavailable
 from cdr.api.middleware import EXTRA_HEADERS
 from cdr.api.params import FILTER_PARAMS, Context, Limits, ListRequest, list_params, parse_list_request
 from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
 from cdr.settings import Settings
-from cdr.store import Store, StoreUnavailable
+from cdr.store import Store, StoreError, StoreUnavailable
+from cdr.store.errors import BUDGET
 from cdr.store.queries import (
     SearchFilters,
     call_id_lookup_query,
@@ -72,6 +75,7 @@ class CdrRoutes:
         self._context = Context(settings.zone, settings.phone_region)
         # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
         self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
+        self._busy: dict[str, int] = {}  # tenant -> requests in progress
 
     def _tenant(self, request: Request) -> str:
         tenant = self._auth.tenant_for(request.headers.get("authorization"))
@@ -82,15 +86,20 @@ class CdrRoutes:
     async def list_cdrs(self, request: Request) -> Response:
         tenant = self._tenant(request)
         wanted = parse_list_request(request.query_params, self._params, self._context, self._limits)
-        if wanted.mode == "page":
-            return OrjsonResponse(await self._page(tenant, wanted))
-        return OrjsonResponse(await self._scroll(tenant, wanted))
+        with self._slot(tenant):
+            if wanted.mode == "page":
+                return OrjsonResponse(await self._page(tenant, wanted))
+            return OrjsonResponse(await self._scroll(tenant, wanted))
 
     async def get_cdr(self, request: Request) -> Response:
         tenant = self._tenant(request)
         key = request.path_params["key"]
         if not key or len(key) > _MAX_KEY:
             raise NotFound("no such CDR")
+        with self._slot(tenant):
+            return OrjsonResponse(record(await self._lookup(tenant, key)))
+
+    async def _lookup(self, tenant: str, key: str) -> list[Any]:
         tz = self._settings.timezone
         rows: list[list[Any]] = []
         # A key that is a UUID names an id first; a Call-ID may look like a UUID too.
@@ -106,7 +115,7 @@ class CdrRoutes:
             rows = await self._run(by_call_id.sql, by_call_id.params)
         if not rows:
             raise NotFound("no such CDR")
-        return OrjsonResponse(record(rows[0]))
+        return rows[0]
 
     async def _page(self, tenant: str, wanted: ListRequest) -> dict[str, Any]:
         desc = wanted.order == "desc"
@@ -221,9 +230,38 @@ class CdrRoutes:
     async def _run(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:
         try:
             return await self._store.query(sql, params)
-        except StoreUnavailable as exc:
+        except StoreError as exc:
+            if exc.code in BUDGET:
+                log.warning("read stopped by its budget", extra={"code": exc.code, "error": str(exc)[:300]})
+                raise QueryBudgetExceeded(
+                    "this request needs more time or memory than one read may use; narrow the date range or "
+                    "filters, or read with scroll",
+                    headers={"Retry-After": "5"},
+                ) from exc
+            if not isinstance(exc, StoreUnavailable):
+                raise
             log.error("ClickHouse unavailable", extra={"error": str(exc)[:300]})
             raise Unavailable("the CDR store is unavailable; retry shortly", headers={"Retry-After": "5"}) from exc
+
+    @contextmanager
+    def _slot(self, tenant: str) -> Iterator[None]:
+        """One of the tenant's concurrent-request slots for the block, or a 429: a flood
+        from one tenant holds at most this many of the shared ClickHouse readers."""
+        busy = self._busy.get(tenant, 0)
+        if busy >= self._settings.tenant_max_concurrent_requests:
+            raise RateLimited(
+                f"this tenant already has {busy} requests in progress; retry when one finishes",
+                headers={"Retry-After": "1"},
+            )
+        self._busy[tenant] = busy + 1
+        try:
+            yield
+        finally:
+            left = self._busy[tenant] - 1
+            if left:
+                self._busy[tenant] = left
+            else:
+                del self._busy[tenant]
 
 
 def _same_filters(wanted: ListRequest, position: Position) -> None:

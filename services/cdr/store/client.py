@@ -15,10 +15,12 @@ so a read never queues behind a batch parse or insert.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,14 +47,18 @@ T = TypeVar("T")
 _CLIENT_SETTINGS = {"output_format_arrow_string_as_string": 1}
 
 
-def connect(dsn: str, password: str | None) -> Client:
-    """A new clickhouse-connect client for ``chdb:///dir`` or ``http(s)://[user@]host[:port]``."""
+def connect(
+    dsn: str, password: str | None, settings: Mapping[str, Any] | None = None, timeout_s: float | None = None
+) -> Client:
+    """A new clickhouse-connect client for ``chdb:///dir`` or ``http(s)://[user@]host[:port]``.
+    ``settings`` apply to every query of the client; ``timeout_s`` bounds the HTTP wait."""
     import clickhouse_connect
 
     parts = urlsplit(dsn)
+    every = {**_CLIENT_SETTINGS, **(settings or {})}
     try:
         if parts.scheme == "chdb":
-            return clickhouse_connect.get_client(dsn=dsn, settings=_CLIENT_SETTINGS)
+            return clickhouse_connect.get_client(dsn=dsn, settings=every)
         return clickhouse_connect.get_client(
             host=parts.hostname,
             port=parts.port or (8443 if parts.scheme == "https" else 8123),
@@ -61,11 +67,34 @@ def connect(dsn: str, password: str | None) -> Client:
             password=password if password is not None else (parts.password or ""),
             # Sessions would tie a client to one server-side state; nothing here needs one.
             autogenerate_session_id=False,
-            settings=_CLIENT_SETTINGS,
+            settings=every,
+            send_receive_timeout=math.ceil(timeout_s) if timeout_s is not None else 300,
         )
     except ClickHouseError as exc:
         where = parts.path if parts.scheme == "chdb" else f"{parts.hostname}:{parts.port or ''}"
         raise StoreUnavailable(f"cannot open ClickHouse at {parts.scheme}://{where}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ReadBudget:
+    """What one read may cost, enforced by ClickHouse on every read (API and readiness):
+    past it the query is stopped and the API answers 503 ``query_budget_exceeded``."""
+
+    seconds: float = 10.0
+    max_rows_to_read: int = 0  # 0: no limit
+    max_memory_bytes: int = 0
+
+    def settings(self) -> dict[str, Any]:
+        limits: dict[str, Any] = {
+            "max_execution_time": self.seconds,
+            # Reads only, settings may still be given per query (readonly=1 would refuse them).
+            "readonly": 2,
+        }
+        if self.max_rows_to_read:
+            limits["max_rows_to_read"] = self.max_rows_to_read
+        if self.max_memory_bytes:
+            limits["max_memory_usage"] = self.max_memory_bytes
+        return limits
 
 
 class _Lane:
@@ -135,6 +164,7 @@ class Store:
         cluster: str | None = None,
         read_workers: int = 8,
         write_workers: int = 2,
+        read_budget: ReadBudget | None = None,
     ) -> None:
         self.database = database
         self.cluster = cluster
@@ -146,18 +176,25 @@ class Store:
         def make_client() -> Client:
             return connect(dsn, password)
 
-        self._reads = _Lane("read", read_workers, make_client)
+        budget = read_budget or ReadBudget()
+
+        def make_read_client() -> Client:
+            return connect(dsn, password, budget.settings(), timeout_s=budget.seconds + 1)
+
+        self._reads = _Lane("read", read_workers, make_read_client)
         self._writes = _Lane("write", write_workers, make_client)
+        # Readiness has a worker of its own: a pool full of slow reads must not fail the probe.
+        self._health = _Lane("health", 1, make_read_client)
         self._closed = False
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailable("the store is closed")
 
-    async def query(self, sql: str, params: Mapping[str, Param] | None = None) -> list[Row]:
-        """Rows of a SELECT (on a read worker)."""
+    async def query(self, sql: str, params: Mapping[str, Param] | None = None, *, health: bool = False) -> list[Row]:
+        """Rows of a SELECT, on a read worker (``health``: on the health check's own worker)."""
         self._check_open()
-        return await self._reads.run(_rows, sql, dict(params or {}))
+        return await (self._health if health else self._reads).run(_rows, sql, dict(params or {}))
 
     async def command(self, sql: str, params: Mapping[str, Param] | None = None) -> None:
         """A statement that returns nothing: DDL, INSERT ... SELECT (on a write worker)."""
@@ -185,7 +222,7 @@ class Store:
 
     async def ping(self) -> bool:
         try:
-            rows = await self.query("SELECT 1")
+            rows = await self.query("SELECT 1", health=True)
         except StoreError:
             return False
         return rows == [[1]]
@@ -196,8 +233,8 @@ class Store:
         self._closed = True
         loop = asyncio.get_running_loop()
         # Waits for calls in progress, then closes every worker's client.
-        await loop.run_in_executor(None, self._reads.close)
-        await loop.run_in_executor(None, self._writes.close)
+        for lane in (self._reads, self._writes, self._health):
+            await loop.run_in_executor(None, lane.close)
 
     def qualified(self, table: str) -> str:
         return f"{self.database}.{table}"
@@ -224,4 +261,9 @@ def open_store(settings: Settings) -> Store:
         cluster=settings.clickhouse_cluster,
         read_workers=settings.clickhouse_pool_size,
         write_workers=settings.clickhouse_write_pool_size,
+        read_budget=ReadBudget(
+            seconds=settings.query_timeout_ms / 1000,
+            max_rows_to_read=settings.query_max_rows_to_read,
+            max_memory_bytes=settings.query_max_memory_bytes,
+        ),
     )

@@ -25,6 +25,7 @@ class Code(IntEnum):
     CANNOT_WRITE_TO_FILE_DESCRIPTOR = 75
     CANNOT_OPEN_FILE = 76
     UNKNOWN_DATABASE = 81
+    TOO_MANY_ROWS = 158
     TIMEOUT_EXCEEDED = 159
     CANNOT_CREATE_DIRECTORY = 172
     CANNOT_ALLOCATE_MEMORY = 173
@@ -88,6 +89,10 @@ TRANSIENT = frozenset(
         Code.KEEPER_EXCEPTION,
     }
 )
+
+
+# A read stopped by its budget (``ReadBudget``): the API says so rather than "unavailable".
+BUDGET = frozenset({Code.TOO_MANY_ROWS, Code.TIMEOUT_EXCEEDED, Code.MEMORY_LIMIT_EXCEEDED})
 
 
 class StoreError(Exception):

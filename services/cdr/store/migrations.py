@@ -81,8 +81,8 @@ async def _bootstrap(store: Store) -> None:
     )
 
 
-async def applied_versions(store: Store) -> dict[int, str]:
-    rows = await store.query(f"SELECT version, checksum FROM {store.qualified('schema_migrations')}")
+async def applied_versions(store: Store, *, health: bool = False) -> dict[int, str]:
+    rows = await store.query(f"SELECT version, checksum FROM {store.qualified('schema_migrations')}", health=health)
     return {int(version): str(checksum) for version, checksum in rows}
 
 
@@ -116,7 +116,7 @@ async def migrate(store: Store, migrations: list[Migration] | None = None) -> li
 async def is_current(store: Store) -> bool:
     """True when every known migration is recorded (the API's readiness check)."""
     try:
-        done = await applied_versions(store)
+        done = await applied_versions(store, health=True)
     except StoreError:
         return False
     return all(m.version in done for m in load_migrations())
