@@ -16,11 +16,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cdr.model.event import TENANT_PATTERN
 from cdr.startup import masked_url
 
 # Matched with fullmatch: `$` would let a trailing newline through.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_TENANT = re.compile(TENANT_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
 _SECRET_NAMES = ("SECRET", "PASSWORD", "TOKENS")
 
 
@@ -136,6 +138,15 @@ class Settings(BaseSettings):
     insert_retry_max_ms: int = Field(10_000, ge=1, description="Longest back-off between insert retries.")
     max_event_bytes: int = Field(
         65_536, ge=1_024, description="Larger messages are dead-lettered unread (a CDR is ~0.5 KB)."
+    )
+    max_future_skew_s: int = Field(
+        3_600,
+        ge=0,
+        le=31 * 86_400,
+        description=(
+            "An event whose emitted_at is later than now plus this many seconds is dead-lettered: that version"
+            " would win over every correction of the call until then (a PBX clock far ahead)."
+        ),
     )
     dlq_max_ratio: float = Field(
         0.5,
@@ -379,6 +390,10 @@ def parse_token_entries(text: str) -> dict[str, str]:
         if not sep or not tenant.strip() or not _SHA256_HEX.fullmatch(digest):
             raise ValueError(f"entry {number} is not tenant_id:sha256hex(token) (64 hex digits after the last ':')")
         tenant = tenant.strip()
+        if not _TENANT.fullmatch(tenant):
+            raise ValueError(
+                f"entry {number}: tenant {tenant[:40]!r} is not a tenant id (ASCII letters, digits, '.', '-', '_')"
+            )
         if digests.get(digest, tenant) != tenant:
             # Last-one-wins would silently hand one tenant's token to another.
             raise ValueError(f"entry {number}: the same token digest is listed for {digests[digest]!r} and {tenant!r}")

@@ -85,6 +85,10 @@ def test_unknown_fields_ignored() -> None:
         ({"schema_version": 2}, "schema_version"),
         ({"tenant_id": ""}, "tenant_id"),
         ({"tenant_id": "x" * 129}, "tenant_id"),
+        ({"tenant_id": "acme\u200b.vn"}, "tenant_id"),
+        ({"tenant_id": "acme\n.vn"}, "tenant_id"),
+        ({"tenant_id": "Công ty"}, "tenant_id"),
+        ({"tenant_id": "acme.vn\n"}, "tenant_id"),
         ({"id": "not-a-uuid"}, "id"),
         ({"duration": -1}, "duration"),
         ({"duration": "15"}, "duration"),
@@ -155,3 +159,16 @@ def test_mixed_offsets_compare_as_instants() -> None:
         )
     )
     assert e.time_ended - e.time_started == timedelta(seconds=5)
+
+
+def test_emitted_at_beyond_the_allowed_skew_is_refused() -> None:
+    from cdr.ingest.processor import Invalid, validate
+
+    latest = datetime(2021, 2, 17, 12, tzinfo=UTC)
+    ok = orjson.dumps(event(emitted_at="2021-02-17T12:00:00+00:00"))
+    late = orjson.dumps(event(emitted_at="2021-02-17T12:00:01+00:00"))
+    assert not isinstance(validate(ok, UTC, latest), Invalid)
+    refused = validate(late, UTC, latest)
+    assert isinstance(refused, Invalid) and refused.kind == "invalid_event"
+    assert "emitted_at is later than 2021-02-17T12:00:00+00:00" in refused.reason
+    assert not isinstance(validate(late, UTC), Invalid)  # no bound given: no check

@@ -74,6 +74,8 @@ def test_token_entries() -> None:
     with pytest.raises(ValueError, match="entry 1"):
         parse_token_entries("acme.vn:nothex")
     assert parse_token_entries(f"acme.vn:{digest}\nacme.vn:{digest}\n") == {digest: "acme.vn"}
+    with pytest.raises(ValueError, match="is not a tenant id"):
+        parse_token_entries(f"acme\u200b.vn:{digest}")
     with pytest.raises(ValueError, match=r"'acme\.vn' and 'other\.vn'"):
         parse_token_entries(f"acme.vn:{digest}\nother.vn:{digest}\n")
 

@@ -150,6 +150,7 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         sql_parser=_sql_parser(settings, store),
         revoke_wait_s=settings.revoke_wait_ms / 1000,
         commit_timeout_s=timeout_s,
+        max_future_skew_s=settings.max_future_skew_s,
     )
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
@@ -65,6 +66,7 @@ class Pipeline:
         sql_parser: SqlParser | None = None,
         revoke_wait_s: float = 10.0,
         commit_timeout_s: float = 10.0,
+        max_future_skew_s: float = 3600.0,
     ) -> None:
         self._zone = zone
         self._sql_parser = sql_parser
@@ -77,6 +79,7 @@ class Pipeline:
         self._inflight: asyncio.Task[None] | None = None
         self._revoke_wait_s = revoke_wait_s
         self._commit_timeout_s = commit_timeout_s
+        self._skew = timedelta(seconds=max_future_skew_s)
         self.halted = asyncio.Event()
         self.fatal: str | None = None
         # Next offset to read per partition as last committed by us, and when (monotonic):
@@ -217,20 +220,21 @@ class Pipeline:
         shares the loop, and a batch's tens of milliseconds of validation would hold
         up every request waiting on it (the thread still takes the GIL, but hands it
         back every switch interval)."""
+        latest = datetime.now(UTC) + self._skew
         invalid = await asyncio.to_thread(self._prechecked, records)
         candidates = [i for i, problem in enumerate(invalid) if problem is None]
         parsed = None
         parser = self._sql_parser
         if parser is not None and len(candidates) >= parser.min_batch:
             try:
-                parsed = await parser.parse([records[i].value for i in candidates])
+                parsed = await parser.parse([records[i].value for i in candidates], latest)
             except StoreError as exc:
                 # The fast path is an optimisation: if ClickHouse cannot run it, pydantic
                 # validates the whole batch rather than the ingestor stopping.
                 log.warning(
                     "ClickHouse parse failed, validating the batch with pydantic", extra={"error": str(exc)[:500]}
                 )
-        return await asyncio.to_thread(self._completed, records, invalid, candidates, parsed)
+        return await asyncio.to_thread(self._completed, records, invalid, candidates, parsed, latest)
 
     def _prechecked(self, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> list[Invalid | None]:
         return [precheck(r.value, self._max_bytes) for r in records]
@@ -241,6 +245,7 @@ class Pipeline:
         invalid: list[Invalid | None],
         candidates: list[int],
         parsed: pa.Table | None,
+        latest: datetime,
     ) -> tuple[pa.Table, list[DeadLetter]]:
         """Joins the ClickHouse parse (if any) with pydantic's verdicts on the other rows."""
         tables: list[pa.Table] = []
@@ -255,7 +260,7 @@ class Pipeline:
         positions: list[int] = []
         for k in to_pydantic:
             i = candidates[k]
-            outcome = validate(records[i].value, self._zone)
+            outcome = validate(records[i].value, self._zone, latest)
             if isinstance(outcome, Invalid):
                 invalid[i] = outcome
             else:

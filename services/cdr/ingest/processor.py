@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -57,10 +58,11 @@ def precheck(value: bytes | None, max_bytes: int) -> Invalid | None:
     return None
 
 
-def validate(value: bytes, zone: ZoneInfo) -> CallEnded | Invalid:
-    """The pydantic model's verdict on one message that passed ``precheck``."""
+def validate(value: bytes, zone: ZoneInfo, latest_emitted_at: datetime | None = None) -> CallEnded | Invalid:
+    """The pydantic model's verdict on one message that passed ``precheck``;
+    ``latest_emitted_at``: a later ``emitted_at`` is refused."""
     try:
-        return CallEnded.model_validate_json(value, context={"timezone": zone})
+        return CallEnded.model_validate_json(value, context={"timezone": zone, "latest_emitted_at": latest_emitted_at})
     except ValidationError as exc:
         return Invalid(_kind(exc), describe(exc))
 

@@ -23,6 +23,10 @@ from pydantic import (
 )
 
 Seconds = Annotated[StrictInt, Field(ge=0, le=4_294_967_295)]
+# A tenant is a customer's domain: ASCII letters, digits, dot, dash, underscore (IDN domains
+# in their xn-- form). No control, space or invisible characters that would make two
+# tenants look the same in a log or a token file.
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|z|[+-]\d{2}:\d{2})?$"
 Timestamp = Annotated[
     datetime,
@@ -63,7 +67,12 @@ class CallEnded(BaseModel):
 
     event: Literal["call.ended"] = Field(description="Always 'call.ended'.")
     schema_version: Literal[1] = Field(description="Event schema version; an unknown version is dead-lettered.")
-    tenant_id: StrictStr = Field(min_length=1, max_length=128, description="The PBX customer / domain.")
+    tenant_id: StrictStr = Field(
+        min_length=1,
+        max_length=128,
+        pattern=TENANT_PATTERN,
+        description="The PBX customer / domain: ASCII letters, digits, '.', '-', '_'; starts with a letter or digit.",
+    )
     emitted_at: Timestamp = Field(description="When the PBX emitted this event; the newest wins for one id.")
     id: UUID = Field(description="CDR id.")
     sip_call_id: StrictStr = Field(max_length=1024, description="Call-ID of the SIP dialog; may be empty.")
@@ -105,7 +114,11 @@ class CallEnded(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> CallEnded:
+    def _consistent(self, info: ValidationInfo) -> CallEnded:
+        latest = info.context.get("latest_emitted_at") if isinstance(info.context, dict) else None
+        if latest is not None and self.emitted_at > latest:
+            # A version from the future would win over every later correction of the call.
+            raise ValueError(f"emitted_at is later than {latest.isoformat()} (now + the allowed clock skew)")
         if self.billsec > self.duration:
             raise ValueError(f"billsec ({self.billsec}) exceeds duration ({self.duration})")
         if self.time_ended < self.time_started:
