@@ -64,6 +64,17 @@ def _start(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
         return subprocess.Popen([sys.executable, "-m", "cdr.cli", command], env=env, stdout=out, stderr=out)
 
 
+async def _exit_code(command: str, env: dict[str, str], log: Path, timeout: float = 60) -> int:
+    """Run `cdr <command>` to its end; killed (and the test failed) if it outlives ``timeout``."""
+    process = _start(command, env, log)
+    try:
+        return await asyncio.to_thread(process.wait, timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"`cdr {command}` still running after {timeout} s: " + log.read_text()[-2000:]) from None
+
+
 def _lines(log: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in log.read_bytes().splitlines() if line.startswith(b"{")]
 
@@ -194,7 +205,13 @@ async def test_a_stuck_dead_letter_topic_turns_readiness_off_then_recovers(broke
             assert len(sources) == 1 and {r.value for r in letters} == {b"not json"}
         finally:
             process.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(process.wait, 30) == 0, log.read_text()[-3000:]
+            try:
+                code = await asyncio.to_thread(process.wait, 30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise
+        assert code == 0, log.read_text()[-3000:]
     finally:
         await admin.close()
 
@@ -204,7 +221,7 @@ async def test_a_missing_topic_fails_fast_naming_its_setting(kafka_bootstrap: st
     env["CDR_KAFKA_DLQ_TOPIC"] = unique("no-such-dlq")
     log = tmp_path / "ingest.log"
     started = time.monotonic()
-    code = await asyncio.to_thread(_start("ingest", env, log).wait, 60)
+    code = await _exit_code("ingest", env, log)
     assert code == 2, log.read_text()[-3000:]
     assert time.monotonic() - started < 30
     failure = next(x for x in _lines(log) if x["msg"] == "invalid configuration")
@@ -231,7 +248,7 @@ async def test_start_up_failures_are_one_structured_line(
         Path(value).write_text("not a folder")
     env[variable] = value
     log = tmp_path / "ingest.log"
-    returned = await asyncio.to_thread(_start("ingest", env, log).wait, 60)
+    returned = await _exit_code("ingest", env, log)
     text = log.read_text()
     assert returned == code, text[-3000:]
     assert "Traceback" not in text and "hunter2" not in text
