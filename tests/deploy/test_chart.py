@@ -155,6 +155,17 @@ def test_production_scenario_uses_cluster_mode_and_existing_secrets() -> None:
     }
 
 
+def test_a_changed_inline_secret_rolls_the_pods() -> None:
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    before = render(values)
+    values["api"]["cursorSecret"]["value"] = "another-cursor-secret-of-at-least-32-chars"
+    after = render(values)
+    for component in ("api", "ingest"):
+        old = workload(before, component)["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+        new = workload(after, component)["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+        assert old != new, component
+
+
 def test_ingest_grace_period_covers_its_shutdown_timeout() -> None:
     values = scenario(CHART / "ci" / "minimal-values.yaml")
     values["ingest"] = {"shutdownTimeoutMs": 45_000}
