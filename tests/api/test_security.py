@@ -299,3 +299,30 @@ async def test_a_read_over_its_budget_is_503_naming_the_budget(api: Api) -> None
     assert over.status_code == 503 and over.headers["Retry-After"] == "5"
     assert over.json()["error"]["code"] == "query_budget_exceeded" and "scroll" in over.json()["error"]["message"]
     assert ready.status_code == 200  # the health check's own reader, a tiny query
+
+
+async def test_a_changed_token_file_takes_effect_without_a_restart(api: Api, tmp_path: Any) -> None:
+    import httpx
+
+    from cdr.settings import token_digest
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"t1.example:{token_digest('old-token-' + 'o' * 20)}\n")
+    server, task, url = await _second_server(api, api_tokens="", api_tokens_file=tokens)
+
+    async def status(token: str) -> int:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+            return (await client.get("/v1/cdr", params={"limit": "1"})).status_code
+
+    old, new = "old-token-" + "o" * 20, "new-token-" + "n" * 20
+    try:
+        assert await status(old) == 200 and await status(new) == 401
+        tokens.write_text(f"t1.example:{token_digest(new)}\n")  # the old one revoked
+        await asyncio.sleep(2.5)
+        assert await status(old) == 401 and await status(new) == 200
+        tokens.write_text("this line is not an entry\n")  # a broken file keeps what worked
+        await asyncio.sleep(2.5)
+        assert await status(new) == 200
+    finally:
+        server.should_exit = True
+        await task

@@ -50,7 +50,7 @@ def create_app(
     cdr = CdrRoutes(
         settings,
         store,
-        TokenAuthority(digests),
+        TokenAuthority(settings.token_digests, settings.api_tokens_file),
         CursorCodec(settings.cursor_secret.get_secret_value().encode(), settings.cursor_ttl_s),
         TenantRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
     )

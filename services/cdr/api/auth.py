@@ -4,17 +4,73 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from cdr.api.errors import Unauthorized
+from cdr.settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+_RECHECK_S = 2.0
 
 
 class TokenAuthority:
-    def __init__(self, digests: dict[str, str]) -> None:
-        # digest (hex) -> tenant
-        self._entries = [(bytes.fromhex(d), tenant) for d, tenant in digests.items()]
+    """``load()`` gives digest (hex) -> tenant. With a ``watched`` file (a mounted
+    Secret), a change to it is picked up within seconds, without a restart: a revoked
+    token stops working, a new one starts. A file that no longer parses keeps the
+    previous tokens (and says so in the log) rather than locking every tenant out."""
+
+    def __init__(
+        self,
+        load: Callable[[], dict[str, str]],
+        watched: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load = load
+        self._watched = watched
+        self._clock = clock
+        self._checked_at = clock()
+        self._stamp = self._file_stamp()
+        self._entries = self._parse(load())
+
+    @staticmethod
+    def _parse(digests: dict[str, str]) -> list[tuple[bytes, str]]:
+        return [(bytes.fromhex(d), tenant) for d, tenant in digests.items()]
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        if self._watched is None:
+            return None
+        try:
+            st = os.stat(self._watched)  # follows the symlink a Secret volume swaps
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _reload_if_changed(self) -> None:
+        now = self._clock()
+        if self._watched is None or now - self._checked_at < _RECHECK_S:
+            return
+        self._checked_at = now
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            entries = self._parse(self._load())
+        except SettingsError as exc:
+            log.error("token file changed but cannot be used; keeping the previous tokens", extra={"error": str(exc)})
+            return
+        tenants = len({tenant for _, tenant in entries})
+        log.info("token file reloaded", extra={"tokens": len(entries), "tenants": tenants})
+        self._entries = entries
 
     def tenant_for(self, authorization: str | None) -> str:
         """The tenant of an ``Authorization: Bearer <token>`` header; Unauthorized otherwise."""
+        self._reload_if_changed()
         if not authorization:
             raise Unauthorized("missing Authorization: Bearer <token> header")
         scheme, _, token = authorization.strip().partition(" ")
