@@ -248,6 +248,13 @@ class Settings(BaseSettings):
             "Required by the API."
         ),
     )
+    cursor_secret_previous: SecretStr | None = Field(
+        None,
+        description=(
+            "The cursor key being rotated out: cursors it signed are still accepted (new ones are signed with"
+            " CDR_CURSOR_SECRET). Remove it once CDR_CURSOR_TTL_S has passed since the rotation."
+        ),
+    )
     cursor_ttl_s: int = Field(3_600, ge=1, description="How long a scroll_id stays valid, in seconds.")
     default_limit: int = Field(10, ge=1, description="Records per response when limit is not given.")
     max_limit: int = Field(1_000, ge=1, description="Largest accepted limit.")
@@ -347,6 +354,8 @@ class Settings(BaseSettings):
             raise ValueError("CDR_INSERT_RETRY_INITIAL_MS must not exceed CDR_INSERT_RETRY_MAX_MS")
         if self.cursor_secret is not None and len(self.cursor_secret.get_secret_value()) < 32:
             raise ValueError("CDR_CURSOR_SECRET must be at least 32 characters")
+        if self.cursor_secret_previous is not None and len(self.cursor_secret_previous.get_secret_value()) < 32:
+            raise ValueError("CDR_CURSOR_SECRET_PREVIOUS must be at least 32 characters")
         return self
 
     @property

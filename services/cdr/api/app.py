@@ -51,7 +51,13 @@ def create_app(
         settings,
         store,
         TokenAuthority(settings.token_digests, settings.api_tokens_file),
-        CursorCodec(settings.cursor_secret.get_secret_value().encode(), settings.cursor_ttl_s),
+        CursorCodec(
+            settings.cursor_secret.get_secret_value().encode(),
+            settings.cursor_ttl_s,
+            previous=(
+                settings.cursor_secret_previous.get_secret_value().encode() if settings.cursor_secret_previous else None
+            ),
+        ),
         TenantRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
     )
     document = openapi_document(settings)

@@ -33,8 +33,12 @@ class Position:
 
 
 class CursorCodec:
-    def __init__(self, secret: bytes, ttl_s: int) -> None:
+    """Signs with ``secret``; also opens cursors signed with ``previous`` (the key being
+    rotated out), so a key rotation does not break the scrolls in progress."""
+
+    def __init__(self, secret: bytes, ttl_s: int, previous: bytes | None = None) -> None:
         self._secret = secret
+        self._keys = (secret,) if previous is None else (secret, previous)
         self._ttl = ttl_s
 
     def encode(self, position: Position) -> str:
@@ -51,7 +55,7 @@ class CursorCodec:
             option=orjson.OPT_SORT_KEYS,
         )
         body = _b64(payload)
-        return body + "." + _b64(self._sign(body))
+        return body + "." + _b64(self._sign(body, self._secret))
 
     def decode(self, token: str, *, tenant: str, now: int) -> Position:
         """Verify and open a cursor; any problem is an InvalidScrollId (400)."""
@@ -66,7 +70,9 @@ class CursorCodec:
         # unused trailing bits, so several strings would otherwise open one cursor.
         if _b64(given) != signature:
             raise InvalidScrollId("scroll_id is malformed", param="scroll_id")
-        if not hmac.compare_digest(given, self._sign(body)):
+        # Every key is tried (no early exit), so timing says nothing about which matched.
+        matches = [hmac.compare_digest(given, self._sign(body, key)) for key in self._keys]
+        if not any(matches):
             raise InvalidScrollId("scroll_id is not valid (altered, truncated or from elsewhere)", param="scroll_id")
         try:
             data = orjson.loads(_unb64(body))
@@ -90,8 +96,9 @@ class CursorCodec:
             raise InvalidScrollId("scroll_id has expired; start a new scroll", param="scroll_id")
         return position
 
-    def _sign(self, body: str) -> bytes:
-        return hmac.new(self._secret, body.encode(), hashlib.sha256).digest()
+    @staticmethod
+    def _sign(body: str, key: bytes) -> bytes:
+        return hmac.new(key, body.encode(), hashlib.sha256).digest()
 
 
 def _b64(data: bytes) -> str:
