@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp
 
-from cdr.api.app import create_app
+from cdr.api.app import api_ops_app, create_app
 from cdr.ingest.app import Ingestor, build_ingestor, ops_app
 from cdr.metrics import Metrics
 from cdr.serve import http_server
@@ -25,21 +25,27 @@ log = logging.getLogger(__name__)
 
 
 async def run_api(settings: Settings) -> int:
-    """Serve the API; the schema is migrated by `cdr migrate` (a Helm hook in production)."""
+    """Serve the API on CDR_API_PORT and its /healthz, /readyz, /metrics on CDR_OPS_PORT;
+    the schema is migrated by `cdr migrate` (a Helm hook in production)."""
     metrics = Metrics()
     store = open_store(settings)
-    app = create_app(settings, store, metrics, close_store=True)
-    server = http_server(app, settings.api_host, settings.api_port, settings)
+    app = create_app(settings, store, metrics, close_store=True, ops_routes_here=False)
+    servers = [
+        http_server(app, settings.api_host, settings.api_port, settings),
+        http_server(api_ops_app(store, metrics), settings.api_host, settings.ops_port, settings),
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    serving = asyncio.create_task(server.serve())
+    serving = [asyncio.create_task(server.serve()) for server in servers]
     stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    # Until a signal, or either server stopping by itself (e.g. its port taken).
+    await asyncio.wait({*serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
-    server.should_exit = True
-    await serving
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*serving)
     return 0
 
 

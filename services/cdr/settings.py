@@ -283,7 +283,13 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(20, ge=1, description="Requests a tenant may make at once above its rate.")
 
     ops_port: int = Field(
-        9100, ge=0, le=65535, description="Port of a standalone ingestor's /healthz, /readyz, /metrics."
+        9100,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of /healthz, /readyz and /metrics of `cdr ingest` and `cdr api` (`cdr run` serves them on"
+            " the API port)."
+        ),
     )
     kafka_partitions: int = Field(
         4, ge=1, description="Partitions of the topics `cdr create-topics` creates (ingestor replicas at most)."

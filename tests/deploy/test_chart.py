@@ -150,9 +150,16 @@ def test_production_scenario_uses_cluster_mode_and_existing_secrets() -> None:
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "NetworkPolicy",
-        "ServiceMonitor",
         "PodMonitor",
     }
+    # Operational routes stay off the public port, so off the Ingress; monitoring reaches them.
+    ingress = by_kind(objects, "Ingress")[0]
+    backends = {p["backend"]["service"]["port"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+    assert backends == {"http"}
+    service = next(o for o in by_kind(objects, "Service") if o["metadata"]["name"].endswith("-api"))
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    api_policy = next(o for o in by_kind(objects, "NetworkPolicy") if o["metadata"]["name"].endswith("-api"))
+    assert [rule["ports"][0]["port"] for rule in api_policy["spec"]["ingress"]] == ["http", "ops"]
 
 
 def test_a_changed_inline_secret_rolls_the_pods() -> None:

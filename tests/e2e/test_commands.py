@@ -61,10 +61,13 @@ async def test_commands_from_topics_to_api(kafka_bootstrap: str, tmp_path: Path)
 
     with cdr_process("api", env, tmp_path / "api.log") as api:
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=5) as client:
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=5) as client,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ops_port}", timeout=5) as ops,
+        ):
             for _ in range(240):
                 try:
-                    if (await client.get("/readyz")).status_code == 200:
+                    if (await ops.get("/readyz")).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
@@ -72,6 +75,11 @@ async def test_commands_from_topics_to_api(kafka_bootstrap: str, tmp_path: Path)
             page = (await client.get("/v1/cdr", params={"page": "1", "limit": "5"})).json()
             first = page["data"][0]
             by_id = (await client.get(f"/v1/cdr/{first['id']}")).json()
+            # Operational routes live on the ops port only: an Ingress on the API port cannot publish them.
+            public = [(await client.get(path)).status_code for path in ("/metrics", "/readyz")]
+            scraped = (await ops.get("/metrics")).text
+    assert public == [404, 404]
+    assert 'cdr_http_requests_total{route="/v1/cdr",status="200"}' in scraped
     assert page["total"] == 300 and len(page["data"]) == 5
     assert by_id == first
     assert api.returncode == 0, (tmp_path / "api.log").read_text()[-2000:]

@@ -33,6 +33,28 @@ log = logging.getLogger(__name__)
 ExtraReady = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
 
 
+def _readiness(store: Store, extra_ready: ExtraReady | None) -> ExtraReady:
+    async def ready() -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        reachable = await store.ping()
+        checks["clickhouse"] = "ok" if reachable else "unreachable"
+        current = reachable and await is_current(store)
+        checks["schema"] = "current" if current else "not current (run `cdr migrate`)"
+        ok = reachable and current
+        if extra_ready is not None:
+            extra_ok, extra_checks = await extra_ready()
+            checks.update(extra_checks)
+            ok = ok and extra_ok
+        return ok, checks
+
+    return ready
+
+
+def api_ops_app(store: Store, metrics: Metrics) -> Starlette:
+    """/healthz, /readyz and /metrics of `cdr api`, for its ops port."""
+    return Starlette(routes=ops_routes(metrics, _readiness(store, None)))
+
+
 def create_app(
     settings: Settings,
     store: Store,
@@ -40,8 +62,12 @@ def create_app(
     *,
     extra_ready: ExtraReady | None = None,
     close_store: bool = False,
+    ops_routes_here: bool = True,
 ) -> Starlette:
-    """The API over an open store. ``close_store``: the app's lifespan closes it."""
+    """The API over an open store. ``close_store``: the app's lifespan closes it.
+    ``ops_routes_here``: /healthz, /readyz and /metrics on this app too (``cdr run``, one
+    port); ``cdr api`` serves them on ``CDR_OPS_PORT`` instead (``api_ops_app``), so the
+    public port and an Ingress in front of it expose the CDR routes only."""
     if settings.cursor_secret is None:
         raise SettingsError("CDR_CURSOR_SECRET is required by the API (at least 32 characters)")
     digests = settings.token_digests()
@@ -62,18 +88,7 @@ def create_app(
     )
     document = openapi_document(settings)
 
-    async def ready() -> tuple[bool, dict[str, str]]:
-        checks: dict[str, str] = {}
-        reachable = await store.ping()
-        checks["clickhouse"] = "ok" if reachable else "unreachable"
-        current = reachable and await is_current(store)
-        checks["schema"] = "current" if current else "not current (run `cdr migrate`)"
-        ok = reachable and current
-        if extra_ready is not None:
-            extra_ok, extra_checks = await extra_ready()
-            checks.update(extra_checks)
-            ok = ok and extra_ok
-        return ok, checks
+    ready = _readiness(store, extra_ready)
 
     async def openapi(request: Request) -> Response:
         return OrjsonResponse(document)
@@ -82,7 +97,7 @@ def create_app(
         Route("/v1/cdr", cdr.list_cdrs, methods=["GET"]),
         Route("/v1/cdr/{key:path}", cdr.get_cdr, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        *ops_routes(metrics, ready),
+        *(ops_routes(metrics, ready) if ops_routes_here else []),
     ]
 
     @asynccontextmanager
