@@ -75,7 +75,7 @@ async def test_duplicates_and_corrections_collapse_to_newest(ingest_env: IngestE
     corrected = []
     for e in sent[:300]:
         fixed = dict(e)
-        fixed["emitted_at"] = "2030-01-01T00:00:00+00:00"
+        fixed["emitted_at"] = "2025-06-01T00:00:00+00:00"  # newer than the originals, not in the future
         fixed["status"] = "FAILED"
         fixed["cause"] = "CORRECTED"
         corrected.append(fixed)
@@ -120,6 +120,8 @@ def _poison_events() -> dict[str, bytes]:
         "billsec_over_duration": {**base, "duration": 10, "billsec": 11},
         "ended_before_started": {**base, "time_ended": "2000-01-01T00:00:00+00:00"},
         "unknown_schema_version": {**base, "schema_version": 2},
+        "emitted_in_the_future": {**base, "emitted_at": "2099-01-01T00:00:00+00:00"},
+        "unsafe_tenant_id": {**base, "tenant_id": "acme\u200b.vn"},
     }
     return {**POISON, **{name: orjson.dumps(value) for name, value in broken.items()}}
 
@@ -158,6 +160,8 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
         "billsec_over_duration": "invalid_event",
         "ended_before_started": "invalid_event",
         "unknown_schema_version": "unknown_schema_version",
+        "emitted_in_the_future": "invalid_event",
+        "unsafe_tenant_id": "invalid_event",
     }
     expected_text = {
         "missing_fields": "tenant_id",
@@ -166,6 +170,8 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
         "ended_before_started": "time_ended",
         "unknown_schema_version": "schema_version",
         "too_large": "limit",
+        "emitted_in_the_future": "emitted_at is later than",
+        "unsafe_tenant_id": "tenant_id",
     }
     for name, value in poison.items():
         record = by_value[value]  # published unchanged
@@ -177,7 +183,7 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
         assert headers[HEADER_ERROR], name
         if name in expected_text:
             assert expected_text[name] in headers[HEADER_ERROR], (name, headers[HEADER_ERROR])
-    assert ingest_env.metrics.events_dead_lettered.labels(reason="invalid_event")._value.get() == 4
+    assert ingest_env.metrics.events_dead_lettered.labels(reason="invalid_event")._value.get() == 6
 
 
 async def test_mostly_bad_partition_stops_the_ingestor_without_committing(ingest_env: IngestEnv) -> None:
