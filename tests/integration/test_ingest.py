@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import orjson
 
-from cdr.ingest.dlq import HEADER_ERROR, HEADER_KIND, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
+from cdr.ingest.dlq import (
+    HEADER_ERROR,
+    HEADER_KIND,
+    HEADER_OFFSET,
+    HEADER_ORIGINAL_SIZE,
+    HEADER_PARTITION,
+    HEADER_TOPIC,
+)
 from tests.helpers import committed_offsets, encoded, events, produce, read_all, stored_ids, wait_for
 from tests.integration.conftest import IngestEnv
 
@@ -174,7 +181,11 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
         "unsafe_tenant_id": "tenant_id",
     }
     for name, value in poison.items():
-        record = by_value[value]  # published unchanged
+        # Published unchanged, but for a message over CDR_MAX_EVENT_BYTES: its first bytes and its size.
+        limit = settings.max_event_bytes
+        record = by_value[value[:limit]]
+        if len(value) > limit:
+            assert dict(record.headers)[HEADER_ORIGINAL_SIZE] == str(len(value)).encode()
         headers = {k: v.decode() for k, v in record.headers}
         assert headers[HEADER_KIND] == expected_kind[name], name
         assert headers[HEADER_TOPIC] == settings.kafka_topic

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdr.ingest.dlq import HEADER_ERROR, HEADER_OFFSET, DeadLetter
+from cdr.ingest.dlq import HEADER_ERROR, HEADER_OFFSET, HEADER_ORIGINAL_SIZE, DeadLetter
 from cdr.ingest.processor import Invalid
 
 
@@ -22,3 +22,11 @@ def test_stale_dlq_headers_are_dropped_case_insensitively() -> None:
     assert ("trace-id", b"t1") in headers
     assert [n.lower() for n in names].count(HEADER_ERROR) == 1 and "X-DLQ-Error" not in names
     assert dict(headers)[HEADER_OFFSET] == b"41" and dict(headers)[HEADER_ERROR] == b"event: Invalid JSON"
+
+
+def test_a_value_over_the_limit_is_cut_and_its_size_kept() -> None:
+    big = DeadLetter("calls", 0, 7, 0, None, b"x" * 100, (), Invalid("too_large", "over the limit"), max_value_bytes=10)
+    assert big.dlq_value == b"x" * 10
+    assert dict(big.dlq_headers())[HEADER_ORIGINAL_SIZE] == b"100"
+    small = DeadLetter("calls", 0, 8, 0, None, b"x" * 10, (), Invalid("not_json", "nope"), max_value_bytes=10)
+    assert small.dlq_value == b"x" * 10 and HEADER_ORIGINAL_SIZE not in dict(small.dlq_headers())

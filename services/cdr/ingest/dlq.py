@@ -13,6 +13,7 @@ HEADER_TOPIC = "x-dlq-source-topic"
 HEADER_PARTITION = "x-dlq-source-partition"
 HEADER_OFFSET = "x-dlq-source-offset"
 HEADER_TIMESTAMP = "x-dlq-source-timestamp"
+HEADER_ORIGINAL_SIZE = "x-dlq-original-size"
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,16 @@ class DeadLetter:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     invalid: Invalid
+    max_value_bytes: int = 1 << 62
+
+    @property
+    def dlq_value(self) -> bytes | None:
+        """The message as it came, or its first ``max_value_bytes`` when larger: a value
+        the DLQ topic would refuse (brokers take 1 MB by default) would stall ingest on a
+        send that can never succeed. The original size is then in a header."""
+        if self.value is None or len(self.value) <= self.max_value_bytes:
+            return self.value
+        return self.value[: self.max_value_bytes]
 
     def dlq_headers(self) -> list[tuple[str, bytes]]:
         # Original headers first (minus stale DLQ ones), then ours.
@@ -40,6 +51,11 @@ class DeadLetter:
             (HEADER_PARTITION, str(self.partition).encode()),
             (HEADER_OFFSET, str(self.offset).encode()),
             (HEADER_TIMESTAMP, str(self.timestamp).encode()),
+            *(
+                [(HEADER_ORIGINAL_SIZE, str(len(self.value)).encode())]
+                if self.value is not None and len(self.value) > self.max_value_bytes
+                else []
+            ),
         ]
 
 

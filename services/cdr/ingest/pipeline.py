@@ -292,6 +292,7 @@ class Pipeline:
                         value=record.value,
                         headers=tuple(record.headers),
                         invalid=problem,
+                        max_value_bytes=self._max_bytes,
                     )
                 )
         for (topic, partition), flags in outcomes.items():

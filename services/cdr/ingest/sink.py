@@ -52,8 +52,9 @@ class KafkaDeadLetters:
             bootstrap_servers=self._servers,
             acks="all",
             enable_idempotence=True,
-            # Oversized messages are dead-lettered as they came, so allow what the broker allows.
-            max_request_size=16 * 1024 * 1024,
+            # Values are cut to CDR_MAX_EVENT_BYTES (DeadLetter.dlq_value); gzip keeps a burst
+            # of letters small on the wire and on disk.
+            compression_type="gzip",
             request_timeout_ms=int(self._timeout * 1000),
             client_id="cdr-ingest-dlq",
         )
@@ -120,7 +121,7 @@ class KafkaDeadLetters:
         if self._producer is None:
             raise KafkaError("dead-letter producer not started")
         sent = [
-            await self._producer.send(self._topic, value=letter.value, key=letter.key, headers=letter.dlq_headers())
+            await self._producer.send(self._topic, value=letter.dlq_value, key=letter.key, headers=letter.dlq_headers())
             for letter in letters
         ]
         await asyncio.gather(*sent)
