@@ -244,14 +244,14 @@ class Settings(BaseSettings):
     cursor_secret: SecretStr | None = Field(
         None,
         description=(
-            "HMAC key signing scroll cursors; the same on every API replica, at least 32 characters. "
+            "Key sealing scroll cursors (AES-256-GCM via HKDF); the same on every API replica, at least 32 characters. "
             "Required by the API."
         ),
     )
     cursor_secret_previous: SecretStr | None = Field(
         None,
         description=(
-            "The cursor key being rotated out: cursors it signed are still accepted (new ones are signed with"
+            "The cursor key being rotated out: cursors it sealed are still accepted (new ones are sealed with"
             " CDR_CURSOR_SECRET). Remove it once CDR_CURSOR_TTL_S has passed since the rotation."
         ),
     )

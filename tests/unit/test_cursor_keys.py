@@ -24,3 +24,15 @@ def test_a_cursor_from_the_previous_key_opens_after_a_rotation() -> None:
         CursorCodec(NEW, 3600).decode(issued_before, tenant="t1.example", now=1_100)
     with pytest.raises(InvalidScrollId):
         rotated.decode(CursorCodec(OTHER, 3600).encode(_position()), tenant="t1.example", now=1_100)
+
+
+def test_a_cursor_does_not_show_its_filters() -> None:
+    """Sealed, not just signed: a URL in a proxy log shows neither the phone nor the tenant."""
+    import base64
+
+    position = Position("t1.example", {"phones": ["0899888999", "+84899888999"]}, "asc", 0, "0" * 8, 1_000, 50)
+    cursor = CursorCodec(NEW, 3600).encode(position)
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    assert b"0899888999" not in raw and b"t1.example" not in raw and b"phones" not in raw
+    assert CursorCodec(NEW, 3600).encode(position) != cursor  # a fresh nonce each time
+    assert CursorCodec(NEW, 3600).decode(cursor, tenant="t1.example", now=1_000) == position

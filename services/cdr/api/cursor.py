@@ -1,7 +1,9 @@
-"""Scroll cursors: signed, stateless keyset positions. Pure: no I/O.
+"""Scroll cursors: encrypted, stateless keyset positions. Pure: no I/O.
 
 A cursor holds the tenant, the normalized filters, the order, the batch size, the
-last returned ``(time_started, id)`` and when it was issued, signed with HMAC-SHA256. Any API
+last returned ``(time_started, id)`` and when it was issued, sealed with AES-256-GCM
+under a key derived (HKDF-SHA256) from the cursor secret: nobody can alter it, and
+nobody who sees a URL or a proxy log can read the filters (phone numbers) in it. Any API
 replica with the same secret can continue the scroll.
 """
 
@@ -9,16 +11,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cdr.api.errors import InvalidScrollId
 
-_VERSION = 1
+_VERSION = 2
+_AAD = b"cdr scroll cursor v2"
+_NONCE = 12
+
+
+def _cipher(secret: bytes) -> AESGCM:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_AAD).derive(secret)
+    return AESGCM(key)
 
 
 @dataclass(frozen=True)
@@ -33,12 +46,12 @@ class Position:
 
 
 class CursorCodec:
-    """Signs with ``secret``; also opens cursors signed with ``previous`` (the key being
+    """Seals with ``secret``; also opens cursors sealed with ``previous`` (the key being
     rotated out), so a key rotation does not break the scrolls in progress."""
 
     def __init__(self, secret: bytes, ttl_s: int, previous: bytes | None = None) -> None:
-        self._secret = secret
-        self._keys = (secret,) if previous is None else (secret, previous)
+        self._current = _cipher(secret)
+        self._ciphers = (self._current,) if previous is None else (self._current, _cipher(previous))
         self._ttl = ttl_s
 
     def encode(self, position: Position) -> str:
@@ -54,28 +67,31 @@ class CursorCodec:
             },
             option=orjson.OPT_SORT_KEYS,
         )
-        body = _b64(payload)
-        return body + "." + _b64(self._sign(body, self._secret))
+        nonce = os.urandom(_NONCE)
+        return _b64(nonce + self._current.encrypt(nonce, payload, _AAD))
 
     def decode(self, token: str, *, tenant: str, now: int) -> Position:
         """Verify and open a cursor; any problem is an InvalidScrollId (400)."""
-        body, sep, signature = token.partition(".")
-        if not sep or len(token) > 4096:
+        if len(token) > 4096:
             raise InvalidScrollId("scroll_id is malformed", param="scroll_id")
         try:
-            given = _unb64(signature)
+            sealed = _unb64(token)
         except ValueError:
             raise InvalidScrollId("scroll_id is malformed", param="scroll_id") from None
         # Exactly the encoding we issue: base64 tolerates padding, other alphabets and
         # unused trailing bits, so several strings would otherwise open one cursor.
-        if _b64(given) != signature:
+        if _b64(sealed) != token or len(sealed) <= _NONCE:
             raise InvalidScrollId("scroll_id is malformed", param="scroll_id")
-        # Every key is tried (no early exit), so timing says nothing about which matched.
-        matches = [hmac.compare_digest(given, self._sign(body, key)) for key in self._keys]
-        if not any(matches):
+        payload = None
+        for cipher in self._ciphers:
+            try:
+                payload = cipher.decrypt(sealed[:_NONCE], sealed[_NONCE:], _AAD)
+            except InvalidTag:
+                continue
+        if payload is None:
             raise InvalidScrollId("scroll_id is not valid (altered, truncated or from elsewhere)", param="scroll_id")
         try:
-            data = orjson.loads(_unb64(body))
+            data = orjson.loads(payload)
             position = Position(
                 tenant=str(data["t"]),
                 filters=dict(data["f"]),
@@ -95,10 +111,6 @@ class CursorCodec:
         if now - position.issued_at > self._ttl:
             raise InvalidScrollId("scroll_id has expired; start a new scroll", param="scroll_id")
         return position
-
-    @staticmethod
-    def _sign(body: str, key: bytes) -> bytes:
-        return hmac.new(key, body.encode(), hashlib.sha256).digest()
 
 
 def _b64(data: bytes) -> str:

@@ -53,7 +53,7 @@ _CLOCK = "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
 _OFFSET = "([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 DATE_PATTERN = f"^{_YEAR}-{_MONTH_DAY}([Tt ]{_CLOCK}(\\.[0-9]{{1,9}})?{_OFFSET}?)?$"
 PHONE_PATTERN = "^\\+?[0-9]{1,20}$"
-SCROLL_ID_PATTERN = "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"
+SCROLL_ID_PATTERN = "^[A-Za-z0-9_-]+$"
 TEXT_PATTERN = "^[^\\u0000]+$"
 
 
