@@ -162,6 +162,35 @@ def test_production_scenario_uses_cluster_mode_and_existing_secrets() -> None:
     assert [rule["ports"][0]["port"] for rule in api_policy["spec"]["ingress"]] == ["http", "ops"]
 
 
+def test_the_api_can_read_as_a_user_of_its_own() -> None:
+    """Least privilege: the API's ClickHouse user may be a SELECT-only one; the migration Job
+    (DDL) and the ingestors (INSERT) keep theirs."""
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["clickhouse"]["password"] = {"value": "writer-password"}
+    values["clickhouse"]["api"] = {"url": "http://cdr_reader@clickhouse:8123", "password": {"value": "reader-pw"}}
+    objects = render(values)
+
+    def env(component: str) -> dict[str, Any]:
+        return env_of(objects, component)
+
+    job = by_kind(objects, "Job")[0]["spec"]["template"]["spec"]["containers"][0]
+    migrate = {e["name"]: e for e in job["env"]}
+    assert env("api")["CDR_CLICKHOUSE_URL"]["value"] == "http://cdr_reader@clickhouse:8123"
+    assert env("api")["CDR_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "clickhouse-api-password"
+    for other in (env("ingest"), migrate):
+        assert other["CDR_CLICKHOUSE_URL"]["value"] == "http://default@clickhouse:8123"
+        assert other["CDR_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "clickhouse-password"
+    secret = by_kind(objects, "Secret")[0]
+    assert {"clickhouse-password", "clickhouse-api-password"} <= set(secret["data"])
+    # Unset, the API reads with the common credentials.
+    assert "CDR_CLICKHOUSE_PASSWORD" not in env_of(render(scenario(CHART / "ci" / "minimal-values.yaml")), "api")
+
+
+def env_of(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    pod = workload(objects, component)["spec"]["template"]["spec"]
+    return {e["name"]: e for e in pod["containers"][0]["env"]}
+
+
 def test_a_changed_inline_secret_rolls_the_pods() -> None:
     values = scenario(CHART / "ci" / "minimal-values.yaml")
     before = render(values)

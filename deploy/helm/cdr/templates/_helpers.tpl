@@ -56,7 +56,7 @@ app.kubernetes.io/part-of: cdr
 {{/* Whether the chart must create its own Secret. */}}
 {{- define "cdr.ownSecret" -}}
 {{- $v := .Values }}
-{{- if or (and $v.clickhouse.password.value (not $v.clickhouse.password.existingSecret)) (and $v.api.tokens.value (not $v.api.tokens.existingSecret)) (and $v.api.cursorSecret.value (not $v.api.cursorSecret.existingSecret)) }}true{{- end }}
+{{- if or (and $v.clickhouse.password.value (not $v.clickhouse.password.existingSecret)) (and $v.clickhouse.api.password.value (not $v.clickhouse.api.password.existingSecret)) (and $v.api.tokens.value (not $v.api.tokens.existingSecret)) (and $v.api.cursorSecret.value (not $v.api.cursorSecret.existingSecret)) }}true{{- end }}
 {{- end }}
 
 {{/* Environment shared by every container: non-secret settings inline, secrets by reference. */}}
@@ -69,8 +69,6 @@ app.kubernetes.io/part-of: cdr
   value: {{ .Values.kafka.dlqTopic | quote }}
 - name: CDR_KAFKA_GROUP_ID
   value: {{ .Values.kafka.groupId | quote }}
-- name: CDR_CLICKHOUSE_URL
-  value: {{ required "clickhouse.url is required" .Values.clickhouse.url | quote }}
 - name: CDR_CLICKHOUSE_DATABASE
   value: {{ .Values.clickhouse.database | quote }}
 - name: CDR_CLICKHOUSE_POOL_SIZE
@@ -83,13 +81,26 @@ app.kubernetes.io/part-of: cdr
   value: {{ .Values.timezone | quote }}
 - name: CDR_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
-{{- if or .Values.clickhouse.password.value .Values.clickhouse.password.existingSecret }}
+{{- end }}
+
+{{/* ClickHouse URL and password: (list <url+password values> root). The API may read
+with a user of its own (clickhouse.api), granted SELECT only; the rest use clickhouse. */}}
+{{- define "cdr.clickhouseEnv" -}}
+{{- $ch := index . 0 }}{{- $root := index . 1 }}
+- name: CDR_CLICKHOUSE_URL
+  value: {{ required "clickhouse.url is required" $ch.url | quote }}
+{{- if or $ch.password.value $ch.password.existingSecret }}
 - name: CDR_CLICKHOUSE_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "cdr.secretName" (list .Values.clickhouse.password .) }}
-      key: {{ .Values.clickhouse.password.key }}
+      name: {{ include "cdr.secretName" (list $ch.password $root) }}
+      key: {{ $ch.password.key }}
 {{- end }}
+{{- end }}
+
+{{/* The API's ClickHouse credentials: clickhouse.api when its url is set. */}}
+{{- define "cdr.apiClickhouse" -}}
+{{- if .Values.clickhouse.api.url }}{{ toJson .Values.clickhouse.api }}{{ else }}{{ toJson .Values.clickhouse }}{{ end }}
 {{- end }}
 
 {{- define "cdr.probe" -}}
