@@ -135,7 +135,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "healthz",
                     "security": [],
-                    "summary": "Process alive.",
+                    "summary": "Process alive. `cdr api` serves it on CDR_OPS_PORT, not on the API port.",
                     "responses": {"200": {"description": "Alive."}},
                 }
             },
@@ -143,7 +143,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "readyz",
                     "security": [],
-                    "summary": "ClickHouse reachable, schema current.",
+                    "summary": "ClickHouse reachable, schema current. `cdr api`: on CDR_OPS_PORT.",
                     "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready."}},
                 }
             },
@@ -151,7 +151,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "metrics",
                     "security": [],
-                    "summary": "Prometheus metrics.",
+                    "summary": "Prometheus metrics. `cdr api`: on CDR_OPS_PORT.",
                     "responses": {
                         "200": {
                             "description": "Prometheus text format.",
