@@ -30,8 +30,9 @@ import httpx
 sys.path.insert(0, os.path.dirname(__file__))
 from common import OUT, kafka, machine, percentiles
 
+from cdr.api.auth import token_digest
 from cdr.api.cursor import CursorCodec, Position
-from cdr.settings import load_settings, token_digest
+from cdr.settings import load_settings
 from cdr.store import open_store
 from cdr.store.migrations import migrate
 

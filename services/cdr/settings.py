@@ -6,7 +6,6 @@ anywhere else.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Literal
@@ -414,11 +413,6 @@ def parse_token_entries(text: str) -> dict[str, str]:
             raise ValueError(f"entry {number}: the same token digest is listed for {digests[digest]!r} and {tenant!r}")
         digests[digest] = tenant
     return digests
-
-
-def token_digest(token: str) -> str:
-    """The digest stored in configuration for a bearer token."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def load_settings(**overrides: object) -> Settings:

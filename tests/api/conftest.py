@@ -13,10 +13,11 @@ import httpx
 import pytest
 
 from cdr.api.app import create_app
+from cdr.api.auth import token_digest
 from cdr.ingest.processor import Invalid, to_table
 from cdr.metrics import Metrics
 from cdr.serve import http_server
-from cdr.settings import Settings, load_settings, token_digest
+from cdr.settings import Settings, load_settings
 from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
 from tests.helpers import encoded, events, parse_event

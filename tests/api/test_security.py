@@ -302,7 +302,7 @@ async def test_a_read_over_its_budget_is_503_naming_the_budget(api: Api) -> None
 async def test_a_changed_token_file_takes_effect_without_a_restart(api: Api, tmp_path: Any) -> None:
     import httpx
 
-    from cdr.settings import token_digest
+    from cdr.api.auth import token_digest
 
     tokens = tmp_path / "tokens"
     tokens.write_text(f"t1.example:{token_digest('old-token-' + 'o' * 20)}\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from cdr.settings import token_digest
+from cdr.api.auth import token_digest
 from tests.api.conftest import free_port
 from tests.helpers import cdr_process, produce, service_env
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cdr.settings import SettingsError, load_settings, parse_token_entries, token_digest
+from cdr.api.auth import token_digest
+from cdr.settings import SettingsError, load_settings, parse_token_entries
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

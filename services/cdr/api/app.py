@@ -70,13 +70,13 @@ def create_app(
     public port and an Ingress in front of it expose the CDR routes only."""
     if settings.cursor_secret is None:
         raise SettingsError("CDR_CURSOR_SECRET is required by the API (at least 32 characters)")
-    digests = settings.token_digests()
-    if not digests:
+    tokens = TokenAuthority(settings.token_digests, settings.api_tokens_file)
+    if not tokens.tenants:
         log.warning("no API tokens configured (CDR_API_TOKENS / CDR_API_TOKENS_FILE): every request gets 401")
     cdr = CdrRoutes(
         settings,
         store,
-        TokenAuthority(settings.token_digests, settings.api_tokens_file),
+        tokens,
         CursorCodec(
             settings.cursor_secret.get_secret_value().encode(),
             settings.cursor_ttl_s,
@@ -102,7 +102,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        log.info("api ready", extra={"tenants": len(set(digests.values())), "embedded": settings.embedded})
+        log.info("api ready", extra={"tenants": tokens.tenants, "embedded": settings.embedded})
         try:
             yield
         finally:

@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 _RECHECK_S = 2.0
 
 
+def token_digest(token: str) -> str:
+    """The digest configuration holds for a bearer token (lower-case SHA-256 hex)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 class TokenAuthority:
     """``load()`` gives digest (hex) -> tenant. With a ``watched`` file (a mounted
     Secret), a change to it is picked up within seconds, without a restart: a revoked
@@ -35,11 +40,7 @@ class TokenAuthority:
         self._clock = clock
         self._checked_at = clock()
         self._stamp = self._file_stamp()
-        self._entries = self._parse(load())
-
-    @staticmethod
-    def _parse(digests: dict[str, str]) -> list[tuple[bytes, str]]:
-        return [(bytes.fromhex(d), tenant) for d, tenant in digests.items()]
+        self._entries = list(load().items())  # (sha256 hex, tenant)
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         if self._watched is None:
@@ -60,13 +61,17 @@ class TokenAuthority:
             return
         self._stamp = stamp
         try:
-            entries = self._parse(self._load())
+            entries = list(self._load().items())
         except SettingsError as exc:
             log.error("token file changed but cannot be used; keeping the previous tokens", extra={"error": str(exc)})
             return
-        tenants = len({tenant for _, tenant in entries})
-        log.info("token file reloaded", extra={"tokens": len(entries), "tenants": tenants})
         self._entries = entries
+        log.info("token file reloaded", extra={"tokens": len(entries), "tenants": self.tenants})
+
+    @property
+    def tenants(self) -> int:
+        """How many tenants have at least one token."""
+        return len({tenant for _, tenant in self._entries})
 
     def tenant_for(self, authorization: str | None) -> str:
         """The tenant of an ``Authorization: Bearer <token>`` header; Unauthorized otherwise."""
@@ -77,7 +82,7 @@ class TokenAuthority:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("Authorization header must be 'Bearer <token>'")
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        digest = token_digest(token)
         found: str | None = None
         # Every entry is compared, so the time taken says nothing about which matched.
         for known, tenant in self._entries:

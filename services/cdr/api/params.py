@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
@@ -334,11 +334,19 @@ def parse_list_request(query: MultiQuery, params: tuple[Param, ...], context: Co
     page: int | None = given.get("page")
     offset: int | None = given.get("offset")
     order: Literal["asc", "desc"] = "desc" if given.get("order") == "desc" else "asc"
-    common = {"order_given": "order" in given, "given_filters": given_filters, "limit_given": limit is not None}
     size = limit or limits.default_limit
-
+    # A first scroll batch unless the parameters say otherwise.
+    first_batch = ListRequest(
+        "scroll",
+        filters,
+        size,
+        order,
+        order_given="order" in given,
+        limit_given=limit is not None,
+        given_filters=given_filters,
+    )
     if "scroll_id" in given:
-        return ListRequest("scroll", filters, size, order, scroll_id=given["scroll_id"], **common)  # type: ignore[arg-type]
+        return replace(first_batch, scroll_id=given["scroll_id"])
     if given.get("scroll") is not True and (page is not None or limit is not None or offset is not None):
         start = offset if offset is not None else ((page or 1) - 1) * size
         if start > limits.max_offset:
@@ -348,8 +356,8 @@ def parse_list_request(query: MultiQuery, params: tuple[Param, ...], context: Co
                 "scroll=true), which costs the same at any depth",
                 param="page",
             )
-        return ListRequest("page", filters, size, order, offset=start, page=start // size + 1, **common)  # type: ignore[arg-type]
-    return ListRequest("scroll", filters, size, order, **common)  # type: ignore[arg-type]
+        return replace(first_batch, mode="page", offset=start, page=start // size + 1)
+    return first_batch
 
 
 def _filters(given: dict[str, Any]) -> Filters:

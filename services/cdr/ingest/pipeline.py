@@ -22,7 +22,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from cdr.ingest.dlq import DeadLetter, DlqLimit, DlqLimitExceeded
 from cdr.ingest.processor import SCHEMA, Invalid, precheck, to_table, validate
-from cdr.ingest.writer import Abandoned, BatchWriter
+from cdr.ingest.retry import Abandoned
+from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
 from cdr.model.event import CallEnded
 from cdr.store import StoreError

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import time
 
-from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError
 
 from cdr.ingest.dlq import DeadLetter
-from cdr.ingest.writer import Abandoned, stop_requested_within
+from cdr.ingest.retry import Backoff
 from cdr.metrics import Metrics
 from cdr.settings import SettingsError
 
@@ -39,10 +40,8 @@ class KafkaDeadLetters:
         self._servers = bootstrap_servers
         self._topic = topic
         self._metrics = metrics
-        self._stopping = stopping
         self._timeout = timeout_s
-        self._initial = initial_backoff_s
-        self._max = max_backoff_s
+        self._backoff = Backoff(initial_backoff_s, max_backoff_s, stopping)
         self._producer: AIOKafkaProducer | None = None
         self.failing_since: float | None = None
 
@@ -73,7 +72,7 @@ class KafkaDeadLetters:
     async def require_topics(self, wanted: dict[str, str]) -> None:
         """Fail fast when a topic the ingestor needs is missing or not ours to use.
         ``wanted``: topic -> the setting that names it."""
-        metadata = await asyncio.wait_for(self._client().fetch_all_metadata(), self._timeout)
+        metadata = await self.probe()
         for topic, setting in wanted.items():
             if topic in metadata.unauthorized_topics:
                 raise SettingsError(f"{setting}: not authorized to use topic {topic!r} (check the Kafka ACLs)")
@@ -82,40 +81,36 @@ class KafkaDeadLetters:
                     f"{setting}: topic {topic!r} does not exist; create it (`cdr create-topics`) or fix the name"
                 )
 
-    async def probe(self) -> None:
-        """One metadata round trip; raises if the cluster does not answer in time."""
-        await asyncio.wait_for(self._client().fetch_all_metadata(), self._timeout)
-
-    def _client(self) -> AIOKafkaClient:
+    async def probe(self) -> ClusterMetadata:
+        """The cluster's metadata, in one round trip; raises if it does not answer in time."""
         if self._producer is None:
             raise KafkaError("dead-letter producer not started")
-        client: AIOKafkaClient = self._producer.client
-        return client
+        metadata: ClusterMetadata = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), self._timeout)
+        return metadata
 
     async def send(self, letters: list[DeadLetter]) -> None:
-        backoff = self._initial
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await asyncio.wait_for(self._send_once(letters), self._timeout)
-            except (KafkaError, TimeoutError) as exc:
-                self._metrics.dlq_send_failures.inc()
-                if self.failing_since is None:
-                    self.failing_since = time.monotonic()
-                if attempt == 1 or attempt % 10 == 0:
-                    log.error(
-                        "dead-letter send failed, retrying",
-                        extra={"topic": self._topic, "letters": len(letters), "attempt": attempt, "error": repr(exc)},
-                    )
-                if await stop_requested_within(self._stopping, backoff):
-                    raise Abandoned(f"shutdown while retrying a dead-letter send of {len(letters)}") from exc
-                backoff = min(backoff * 2, self._max)
-                continue
-            if self.failing_since is not None:
-                log.info("dead-letter send succeeded after retries", extra={"attempts": attempt})
-                self.failing_since = None
-            return
+        async def send_in_time() -> None:
+            await asyncio.wait_for(self._send_once(letters), self._timeout)
+
+        def failed(attempt: int, exc: BaseException, retry_in_s: float) -> None:
+            self._metrics.dlq_send_failures.inc()
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+            if attempt == 1 or attempt % 10 == 0:
+                log.error(
+                    "dead-letter send failed, retrying",
+                    extra={"topic": self._topic, "letters": len(letters), "attempt": attempt, "error": repr(exc)},
+                )
+
+        attempts = await self._backoff.retry(
+            send_in_time,
+            transient=(KafkaError, TimeoutError),
+            on_failure=failed,
+            what=f"a dead-letter send of {len(letters)}",
+        )
+        if self.failing_since is not None:
+            log.info("dead-letter send succeeded after retries", extra={"attempts": attempts})
+            self.failing_since = None
 
     async def _send_once(self, letters: list[DeadLetter]) -> None:
         if self._producer is None:

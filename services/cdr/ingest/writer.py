@@ -12,14 +12,11 @@ import time
 
 import pyarrow as pa
 
+from cdr.ingest.retry import Backoff
 from cdr.metrics import Metrics
 from cdr.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-
-class Abandoned(Exception):
-    """Shutdown was asked for while the batch was not yet written; it was not committed."""
 
 
 class BatchWriter:
@@ -42,42 +39,27 @@ class BatchWriter:
     ) -> None:
         self._store = store
         self._metrics = metrics
-        self._stopping = stopping
-        self._initial = initial_backoff_s
-        self._max = max_backoff_s
+        self._backoff = Backoff(initial_backoff_s, max_backoff_s, stopping)
         self._table = table
         self.healthy = True
 
     async def write(self, rows: pa.Table) -> None:
-        backoff = self._initial
-        attempt = 0
-        while True:
-            attempt += 1
+        async def insert() -> None:
             started = time.perf_counter()
-            try:
-                await self._store.insert_arrow(self._table, rows)
-            except StoreUnavailable as exc:
-                self._metrics.insert_failures.inc()
-                self.healthy = False
-                log.error(
-                    "insert failed, retrying",
-                    extra={"rows": rows.num_rows, "attempt": attempt, "retry_in_s": backoff, "error": str(exc)[:500]},
-                )
-                if await stop_requested_within(self._stopping, backoff):
-                    raise Abandoned(f"shutdown while retrying an insert of {rows.num_rows} rows") from exc
-                backoff = min(backoff * 2, self._max)
-                continue
+            await self._store.insert_arrow(self._table, rows)
             self._metrics.insert_seconds.observe(time.perf_counter() - started)
-            if attempt > 1:
-                log.info("insert succeeded after retries", extra={"rows": rows.num_rows, "attempts": attempt})
-            self.healthy = True
-            return
 
+        def failed(attempt: int, exc: BaseException, retry_in_s: float) -> None:
+            self._metrics.insert_failures.inc()
+            self.healthy = False
+            log.error(
+                "insert failed, retrying",
+                extra={"rows": rows.num_rows, "attempt": attempt, "retry_in_s": retry_in_s, "error": str(exc)[:500]},
+            )
 
-async def stop_requested_within(stopping: asyncio.Event, seconds: float) -> bool:
-    """Sleep ``seconds`` unless a stop is asked for first; True if it was."""
-    try:
-        await asyncio.wait_for(stopping.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
+        attempts = await self._backoff.retry(
+            insert, transient=(StoreUnavailable,), on_failure=failed, what=f"an insert of {rows.num_rows} rows"
+        )
+        if attempts > 1:
+            log.info("insert succeeded after retries", extra={"rows": rows.num_rows, "attempts": attempts})
+        self.healthy = True
