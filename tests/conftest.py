@@ -58,22 +58,24 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def clickhouse_server_url() -> Iterator[str | None]:
-    """A ClickHouse server where Docker exists; None here (the embedded engine is used)."""
+def clickhouse_server() -> Iterator[dict[str, str] | None]:
+    """Settings of a ClickHouse server where Docker exists; None here (the embedded engine is used)."""
     if not DOCKER:
         yield None
         return
     from testcontainers.clickhouse import ClickHouseContainer
 
     with ClickHouseContainer() as container:
-        yield f"http://{container.username}:{container.password}@{container.get_container_host_ip()}:{container.get_exposed_port(8123)}"
+        host, port = container.get_container_host_ip(), container.get_exposed_port(8123)
+        url = f"http://{container.username}@{host}:{port}"
+        yield {"clickhouse_url": url, "clickhouse_password": container.password}
 
 
 @pytest.fixture(params=["embedded", "server"])
-def backend(request: pytest.FixtureRequest, clickhouse_server_url: str | None) -> str | None:
-    """Each storage backend that exists on this machine: the URL, or None for chdb."""
+def backend(request: pytest.FixtureRequest, clickhouse_server: dict[str, str] | None) -> dict[str, str]:
+    """Each storage backend that exists on this machine, as settings ({} for chdb)."""
     if request.param == "server":
-        if clickhouse_server_url is None:
+        if clickhouse_server is None:
             pytest.skip("no Docker engine here, so no ClickHouse server; the embedded engine is tested")
-        return clickhouse_server_url
-    return None
+        return clickhouse_server
+    return {}

@@ -13,6 +13,10 @@
 #                   give each concurrent broker its own
 #   KAFKA_HEAP      JVM heap (default 512m)
 #   KAFKA_START_TIMEOUT  seconds to wait for the broker (default 90)
+#   KAFKA_EXTRA_LISTENERS  more listeners, each named after its protocol, advertised as given
+#                   (e.g. SASL_SSL://localhost:9094,SSL://localhost:9095); the PLAINTEXT one stays
+#   KAFKA_EXTRA_PROPERTIES  a file appended to server.properties (TLS stores, SASL JAAS lines)
+#   KAFKA_FORMAT_ARGS  more arguments of the storage format (e.g. --add-scram 'SCRAM-SHA-512=[...]')
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,14 +66,16 @@ start() {
   port="$(free_port)"
   ctl="$(free_port)"
   while [[ "$ctl" == "$port" ]]; do ctl="$(free_port)"; done
+  local extra="${KAFKA_EXTRA_LISTENERS:-}" extra_map="" listener
+  for listener in ${extra//,/ }; do extra_map+=",${listener%%://*}:${listener%%://*}"; done
   cat >"$run/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$ctl
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctl
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctl${extra:+,$extra}
+advertised.listeners=PLAINTEXT://127.0.0.1:$port${extra:+,$extra}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT$extra_map
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$run/data
 num.partitions=4
@@ -82,13 +88,16 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 message.max.bytes=4194304
 PROPS
+  if [[ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]]; then cat "$KAFKA_EXTRA_PROPERTIES" >>"$run/server.properties"; fi
   local cp="$jars/*"
   local jvm=(-Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -Djava.awt.headless=true
     -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$run/logs")
   local cluster
   cluster="$(java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+  local format_args=()
+  if [[ -n "${KAFKA_FORMAT_ARGS:-}" ]]; then read -r -a format_args <<<"$KAFKA_FORMAT_ARGS"; fi
   java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format --standalone --ignore-formatted \
-    -t "$cluster" -c "$run/server.properties" >"$run/logs/format.log" 2>&1 ||
+    -t "$cluster" -c "$run/server.properties" "${format_args[@]}" >"$run/logs/format.log" 2>&1 ||
     { log "storage format failed:"; cat "$run/logs/format.log" >&2; exit 1; }
   nohup java "${jvm[@]}" -cp "$cp" kafka.Kafka "$run/server.properties" \
     >"$run/logs/stdout.log" 2>&1 </dev/null &

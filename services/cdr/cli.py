@@ -33,7 +33,10 @@ async def _create_topics(settings: Settings) -> int:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    from cdr.kafka_security import check_kafka_access, kafka_client_options
+
+    await check_kafka_access(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -75,6 +75,34 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- Kafka security (consumer, dead-letter producer and admin alike) -------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description=(
+            "How to reach the brokers: PLAINTEXT, SSL (TLS; mutual TLS with CDR_KAFKA_SSL_CERT_FILE),"
+            " SASL_SSL (SASL over TLS, what production clusters ask for) or SASL_PLAINTEXT."
+        ),
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism for SASL_SSL / SASL_PLAINTEXT."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (or CDR_KAFKA_SASL_PASSWORD_FILE).")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="File holding the SASL password, e.g. a mounted Secret (one trailing newline ignored)."
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="PEM bundle of the CAs that sign the brokers' certificates; unset: the system's CAs."
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        None, description="PEM client certificate for mutual TLS (its key in CDR_KAFKA_SSL_KEY_FILE or the same file)."
+    )
+    kafka_ssl_key_file: Path | None = Field(None, description="PEM private key of the client certificate.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Password of an encrypted client key.")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that a broker's certificate names the host we connect to (leave on in production)."
+    )
+
     # --- Start, stop and health ---------------------------------------------------
     startup_timeout_ms: int = Field(
         60_000,
@@ -213,6 +241,18 @@ class Settings(BaseSettings):
     clickhouse_password: SecretStr | None = Field(
         None, description="ClickHouse password (kept out of the URL and the logs)."
     )
+    clickhouse_ca_file: Path | None = Field(
+        None, description="PEM bundle of the CAs that sign an https:// server's certificate; unset: the system's CAs."
+    )
+    clickhouse_verify: bool = Field(
+        True, description="Verify an https:// server's certificate and host name (leave on in production)."
+    )
+    clickhouse_client_cert_file: Path | None = Field(
+        None, description="PEM client certificate for an https:// server that asks for one (mutual TLS)."
+    )
+    clickhouse_client_key_file: Path | None = Field(
+        None, description="PEM private key of CDR_CLICKHOUSE_CLIENT_CERT_FILE (unset: in the same file)."
+    )
     clickhouse_database: str = Field("cdr", description="Database holding the CDR tables.")
     clickhouse_cluster: str | None = Field(
         None,
@@ -326,6 +366,9 @@ class Settings(BaseSettings):
                 raise ValueError("an embedded store is chdb:///absolute/folder (three slashes)")
             return value
         if parts.scheme in ("http", "https") and parts.hostname:
+            if parts.password is not None:
+                # A URL is logged, shown in errors and process listings; a password has its own setting.
+                raise ValueError("must not carry a password: put it in CDR_CLICKHOUSE_PASSWORD")
             return value
         raise ValueError("must be http(s)://[user@]host[:port] or chdb:///absolute/folder")
 
@@ -357,11 +400,28 @@ class Settings(BaseSettings):
             raise ValueError("CDR_DEFAULT_LIMIT must not exceed CDR_MAX_LIMIT")
         if self.insert_retry_initial_ms > self.insert_retry_max_ms:
             raise ValueError("CDR_INSERT_RETRY_INITIAL_MS must not exceed CDR_INSERT_RETRY_MAX_MS")
+        self._kafka_security()
         if self.cursor_secret is not None and len(self.cursor_secret.get_secret_value()) < 32:
             raise ValueError("CDR_CURSOR_SECRET must be at least 32 characters")
         if self.cursor_secret_previous is not None and len(self.cursor_secret_previous.get_secret_value()) < 32:
             raise ValueError("CDR_CURSOR_SECRET_PREVIOUS must be at least 32 characters")
         return self
+
+    def _kafka_security(self) -> None:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not self.kafka_sasl_username:
+            raise ValueError(
+                f"CDR_KAFKA_SASL_USERNAME is required with CDR_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+            )
+        if sasl and (self.kafka_sasl_password is None) == (self.kafka_sasl_password_file is None):
+            raise ValueError("set exactly one of CDR_KAFKA_SASL_PASSWORD and CDR_KAFKA_SASL_PASSWORD_FILE for SASL")
+        tls = self.kafka_security_protocol in ("SSL", "SASL_SSL")
+        tls_files = (self.kafka_ssl_ca_file, self.kafka_ssl_cert_file, self.kafka_ssl_key_file)
+        if not tls and any(f is not None for f in tls_files):
+            # A CA file next to PLAINTEXT means the operator expects TLS and would not get it.
+            raise ValueError("CDR_KAFKA_SSL_* files need CDR_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL")
+        if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
+            raise ValueError("CDR_KAFKA_SSL_KEY_FILE needs CDR_KAFKA_SSL_CERT_FILE")
 
     @property
     def zone(self) -> ZoneInfo:

@@ -103,7 +103,11 @@ async def simulate(settings: Settings, *, rate: float, count: int, tenants: list
     if rate <= 0 or not tenants:
         raise ValueError("rate must be positive and at least one tenant given")
     rng = random.Random(seed)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=20)
+    from cdr.kafka_security import kafka_client_options
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=20, **kafka_client_options(settings)
+    )
     await producer.start()
     sent = 0
     started = time.monotonic()

@@ -162,6 +162,52 @@ def test_production_scenario_uses_cluster_mode_and_existing_secrets() -> None:
     assert [rule["ports"][0]["port"] for rule in api_policy["spec"]["ingress"]] == ["http", "ops"]
 
 
+def test_ingest_reaches_a_secured_kafka() -> None:
+    """SASL_SSL in the production scenario: the password by Secret reference, the CA from a
+    mounted Secret; the settings the pod gets load (the API needs none of them)."""
+    objects = render(scenario(CHART / "ci" / "production-values.yaml"))
+    env = env_of(objects, "ingest")
+    assert env["CDR_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert env["CDR_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kafka-cdr-ingest",
+        "key": "password",
+    }
+    assert env["CDR_KAFKA_SSL_CA_FILE"]["value"] == "/etc/cdr/kafka-tls/ca.crt"
+    pod = workload(objects, "ingest")["spec"]["template"]["spec"]
+    assert {"name": "kafka-tls", "secret": {"secretName": "kafka-ca", "defaultMode": 0o440}} in pod["volumes"]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"name": "kafka-tls", "mountPath": "/etc/cdr/kafka-tls", "readOnly": True} in mounts
+    plain = {name: e["value"] for name, e in env.items() if "value" in e}
+    settings = load_settings(**{k.removeprefix("CDR_").lower(): v for k, v in plain.items()}, kafka_sasl_password="x")
+    assert settings.kafka_sasl_username == "cdr-ingest" and settings.kafka_ssl_check_hostname
+    assert not any(name.startswith("CDR_KAFKA_S") for name in env_of(objects, "api"))
+
+
+@pytest.mark.parametrize(
+    ("security", "message"),
+    [
+        ({"protocol": "SASL_SSL"}, r"kafka\.security\.sasl\.username is required"),
+        ({"protocol": "SASL_SSL", "sasl": {"username": "u"}}, r"kafka\.security\.sasl\.password"),
+        ({"protocol": "PLAINTEXT", "tls": {"secretName": "ca"}}, r"protocol is PLAINTEXT"),
+        ({"protocol": "SSL", "tls": {"secretName": "ca", "certKey": "tls.crt"}}, r"keyKey is required"),
+    ],
+)
+def test_incomplete_kafka_security_fails_to_render(security: dict[str, Any], message: str) -> None:
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["kafka"]["security"] = security
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)
+
+
+def test_an_inline_kafka_password_goes_into_the_charts_secret() -> None:
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["kafka"]["security"] = {"protocol": "SASL_PLAINTEXT", "sasl": {"username": "u", "password": {"value": "pw"}}}
+    objects = render(values)
+    assert "kafka-sasl-password" in by_kind(objects, "Secret")[0]["data"]
+    ref = env_of(objects, "ingest")["CDR_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "cdr-secrets", "key": "kafka-sasl-password"}
+
+
 def test_the_api_can_read_as_a_user_of_its_own() -> None:
     """Least privilege: the API's ClickHouse user may be a SELECT-only one; the migration Job
     (DDL) and the ingestors (INSERT) keep theirs."""

@@ -6,10 +6,8 @@ each one structured log line naming the setting, exit 2 for bad configuration.""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,31 +20,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from cdr.ingest.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
 from tests.api.conftest import free_port
-from tests.conftest import ROOT
+from tests.e2e.own_broker import Broker, exit_code, get_or_none, json_lines, metrics_show, start_cdr
 from tests.helpers import encoded, events, produce, read_all, service_env, unique, wait_for
-
-
-class Broker:
-    """A single-node Kafka that this module owns."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.env = {**os.environ, "KAFKA_RUN_DIR": str(run_dir)}
-        self.script = ROOT / "deploy" / "local" / "kafka.sh"
-        self.bootstrap = ""
-
-    def start(self) -> None:
-        started = subprocess.run([str(self.script), "start"], env=self.env, capture_output=True, text=True, timeout=600)
-        if started.returncode != 0:
-            pytest.fail(f"could not start a second Kafka broker:\n{started.stderr}\n{started.stdout}")
-        self.bootstrap = started.stdout.strip().splitlines()[-1].split("=", 1)[1]
-
-    def signal(self, sig: signal.Signals) -> None:
-        os.kill(int((self.run_dir / "pid").read_text()), sig)
-
-    def stop(self) -> None:
-        self.signal(signal.SIGCONT)
-        subprocess.run([str(self.script), "stop"], env=self.env, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -57,33 +32,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield own
     finally:
         own.stop()
-
-
-def _start(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "cdr.cli", command], env=env, stdout=out, stderr=out)
-
-
-async def _exit_code(command: str, env: dict[str, str], log: Path, timeout: float = 60) -> int:
-    """Run `cdr <command>` to its end; killed (and the test failed) if it outlives ``timeout``."""
-    process = _start(command, env, log)
-    try:
-        return await asyncio.to_thread(process.wait, timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise AssertionError(f"`cdr {command}` still running after {timeout} s: " + log.read_text()[-2000:]) from None
-
-
-def _lines(log: Path) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in log.read_bytes().splitlines() if line.startswith(b"{")]
-
-
-async def _get(client: httpx.AsyncClient, path: str) -> httpx.Response | None:
-    try:
-        return await client.get(path)
-    except httpx.TransportError:
-        return None
 
 
 async def _quick_env(broker: Broker, tmp_path: Path, port: int, **extra: object) -> tuple[dict[str, str], str]:
@@ -99,12 +47,12 @@ async def test_broker_outage_readiness_logs_and_a_bounded_stop(broker: Broker, t
     log = tmp_path / "ingest.log"
     # Start-up while the broker does not answer: retried, not a traceback.
     broker.signal(signal.SIGSTOP)
-    process = _start("ingest", env, log)
+    process = start_cdr("ingest", env, log)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
 
             async def answers(status: int, needle: str) -> bool:
-                ready = await _get(client, "/readyz")
+                ready = await get_or_none(client, "/readyz")
                 return ready is not None and ready.status_code == status and needle in ready.text
 
             await wait_for(lambda: answers(503, "starting"), 60, "/readyz saying starting")
@@ -113,27 +61,27 @@ async def test_broker_outage_readiness_logs_and_a_bounded_stop(broker: Broker, t
             broker.signal(signal.SIGCONT)
 
             async def stored_all() -> bool:
-                metrics = await _get(client, "/metrics")
-                return metrics is not None and "cdr_events_stored_total 300.0" in metrics.text
+
+                return await metrics_show(client, "cdr_events_stored_total 300.0")
 
             await wait_for(stored_all, 90, "the 300 events stored after the broker came back")
             await wait_for(lambda: answers(200, '"kafka":"ok"'), 30, "ready with Kafka ok")
 
             # The broker stops answering: not ready, Kafka down in the metrics, few log lines.
-            lines_before = len(_lines(log))
+            lines_before = len(json_lines(log))
             broker.signal(signal.SIGSTOP)
             await wait_for(lambda: answers(503, "unreachable"), 30, "/readyz reporting Kafka unreachable")
             metrics = (await client.get("/metrics")).text
             assert "cdr_kafka_up 0.0" in metrics and "cdr_ingest_healthy 0.0" in metrics
             await asyncio.sleep(10)
-            outage = _lines(log)[lines_before:]
+            outage = json_lines(log)[lines_before:]
             assert len(outage) <= 12, [f"{x['logger']}: {x['msg']}" for x in outage]
             assert sum(1 for x in outage if x["msg"] == "Kafka unreachable") == 1
 
             # Back: ready again, one line saying so.
             broker.signal(signal.SIGCONT)
             await wait_for(lambda: answers(200, '"kafka":"ok"'), 60, "ready again after the broker came back")
-            assert any(x["msg"] == "Kafka reachable again" for x in _lines(log))
+            assert any(x["msg"] == "Kafka reachable again" for x in json_lines(log))
 
             # SIGTERM while the broker hangs: the stop is bounded and clean.
             await produce(broker.bootstrap, topic, encoded(events(50, seed=82)))
@@ -150,7 +98,7 @@ async def test_broker_outage_readiness_logs_and_a_bounded_stop(broker: Broker, t
             process.wait()
     assert code == 0, log.read_text()[-3000:]
     assert took < 6 + 2 + 3, took  # the shutdown budget, the closing share, process exit
-    assert any(x["msg"] == "ingest stopped" for x in _lines(log))
+    assert any(x["msg"] == "ingest stopped" for x in json_lines(log))
 
 
 async def test_a_stuck_dead_letter_topic_turns_readiness_off_then_recovers(broker: Broker, tmp_path: Path) -> None:
@@ -167,12 +115,12 @@ async def test_a_stuck_dead_letter_topic_turns_readiness_off_then_recovers(broke
         await admin.create_topics([NewTopic(dlq, 1, 1, topic_configs={"max.message.bytes": "64"})])
         await produce(broker.bootstrap, topic, [(b"k", b"not json"), *encoded(events(20, seed=83))])
         log = tmp_path / "ingest.log"
-        process = _start("ingest", env, log)
+        process = start_cdr("ingest", env, log)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
 
                 async def not_ready_for_dead_letters() -> bool:
-                    ready = await _get(client, "/readyz")
+                    ready = await get_or_none(client, "/readyz")
                     return ready is not None and ready.status_code == 503 and "sends failing" in ready.text
 
                 await wait_for(not_ready_for_dead_letters, 60, "/readyz reporting failing dead-letter sends")
@@ -182,8 +130,8 @@ async def test_a_stuck_dead_letter_topic_turns_readiness_off_then_recovers(broke
                 )
 
                 async def delivered() -> bool:
-                    metrics = await _get(client, "/metrics")
-                    ready = await _get(client, "/readyz")
+                    metrics = await get_or_none(client, "/metrics")
+                    ready = await get_or_none(client, "/readyz")
                     return (
                         metrics is not None
                         and ready is not None
@@ -221,10 +169,10 @@ async def test_a_missing_topic_fails_fast_naming_its_setting(kafka_bootstrap: st
     env["CDR_KAFKA_DLQ_TOPIC"] = unique("no-such-dlq")
     log = tmp_path / "ingest.log"
     started = time.monotonic()
-    code = await _exit_code("ingest", env, log)
+    code = await exit_code("ingest", env, log)
     assert code == 2, log.read_text()[-3000:]
     assert time.monotonic() - started < 30
-    failure = next(x for x in _lines(log) if x["msg"] == "invalid configuration")
+    failure = next(x for x in json_lines(log) if x["msg"] == "invalid configuration")
     assert failure["problems"][0]["setting"] == "CDR_KAFKA_DLQ_TOPIC"  # type: ignore[index]
     assert "does not exist" in failure["problems"][0]["error"]  # type: ignore[index]
 
@@ -236,7 +184,8 @@ async def test_a_missing_topic_fails_fast_naming_its_setting(kafka_bootstrap: st
         ("CDR_KAFKA_BOOTSTRAP_SERVERS", "kafka-without-port", 2, "not host:port"),
         ("CDR_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1", 1, "Kafka unreachable"),
         ("CDR_DATA_DIR", "<a file>", 2, "cannot create the folder"),
-        ("CDR_CLICKHOUSE_URL", "http://user:hunter2@127.0.0.1:1", 1, "ClickHouse unreachable"),
+        ("CDR_CLICKHOUSE_URL", "http://user@127.0.0.1:1", 1, "ClickHouse unreachable"),
+        ("CDR_CLICKHOUSE_URL", "http://user:hunter2@127.0.0.1:1", 2, "must not carry a password"),
     ],
 )
 async def test_start_up_failures_are_one_structured_line(
@@ -248,11 +197,11 @@ async def test_start_up_failures_are_one_structured_line(
         Path(value).write_text("not a folder")
     env[variable] = value
     log = tmp_path / "ingest.log"
-    returned = await _exit_code("ingest", env, log)
+    returned = await exit_code("ingest", env, log)
     text = log.read_text()
     assert returned == code, text[-3000:]
     assert "Traceback" not in text and "hunter2" not in text
-    errors = [x for x in _lines(log) if x["level"] == "error"]
+    errors = [x for x in json_lines(log) if x["level"] == "error"]
     assert len(errors) == 1, errors
     error = orjson.dumps(errors[0]).decode()
     assert variable in error and needle in error, error

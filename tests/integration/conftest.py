@@ -33,14 +33,14 @@ class IngestEnv:
             await ingestor.stop()
 
 
-def make_settings(kafka_bootstrap: str, data_dir: Path, clickhouse_url: str | None, **extra: object) -> Settings:
+def make_settings(kafka_bootstrap: str, data_dir: Path, backend: dict[str, str], **extra: object) -> Settings:
     topic = unique("calls")
     return load_settings(
         kafka_bootstrap_servers=kafka_bootstrap,
         kafka_topic=topic,
         kafka_dlq_topic=topic + ".dlq",
         kafka_group_id=unique("group"),
-        clickhouse_url=clickhouse_url,
+        **({"clickhouse_url": None} | backend),
         clickhouse_database=unique("db").replace("-", "_"),
         data_dir=data_dir,
         batch_time_ms=200,
@@ -53,7 +53,7 @@ def make_settings(kafka_bootstrap: str, data_dir: Path, clickhouse_url: str | No
 
 
 @pytest.fixture
-async def ingest_env(kafka_bootstrap: str, tmp_path: Path, backend: str | None) -> AsyncIterator[IngestEnv]:
+async def ingest_env(kafka_bootstrap: str, tmp_path: Path, backend: dict[str, str]) -> AsyncIterator[IngestEnv]:
     settings = make_settings(kafka_bootstrap, tmp_path / "store", backend)
     await create_topics(kafka_bootstrap, settings.kafka_topic, settings.kafka_dlq_topic)
     store = open_store(settings)

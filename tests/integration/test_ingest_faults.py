@@ -29,7 +29,7 @@ def _start_ingestor(env: dict[str, str], log_path: Path) -> subprocess.Popen[byt
 
 @pytest.mark.slow
 async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
-    settings = make_settings(kafka_bootstrap, tmp_path / "store", None, batch_size=2_000)
+    settings = make_settings(kafka_bootstrap, tmp_path / "store", {}, batch_size=2_000)
     await create_topics(kafka_bootstrap, settings.kafka_topic, settings.kafka_dlq_topic)
     env = {
         **os.environ,

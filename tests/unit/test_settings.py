@@ -89,3 +89,73 @@ def test_token_file_is_added(monkeypatch: pytest.MonkeyPatch, tmp_path: object) 
     monkeypatch.setenv("CDR_API_TOKENS", f"a.vn:{token_digest('a')}")
     monkeypatch.setenv("CDR_API_TOKENS_FILE", str(path))
     assert set(load_settings().token_digests().values()) == {"a.vn", "b.vn"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        ({"kafka_security_protocol": "SASL_SSL"}, "CDR_KAFKA_SASL_USERNAME is required"),
+        ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "u"}, "exactly one of CDR_KAFKA_SASL_PASSWORD"),
+        (
+            {
+                "kafka_security_protocol": "SASL_PLAINTEXT",
+                "kafka_sasl_username": "u",
+                "kafka_sasl_password": "p",
+                "kafka_sasl_password_file": "/run/secrets/p",
+            },
+            "exactly one of CDR_KAFKA_SASL_PASSWORD",
+        ),
+        ({"kafka_ssl_ca_file": "/etc/ca.pem"}, "need CDR_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL"),
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_key_file": "/k.pem"}, "needs CDR_KAFKA_SSL_CERT_FILE"),
+        ({"kafka_security_protocol": "TLS"}, "CDR_KAFKA_SECURITY_PROTOCOL"),
+        ({"kafka_sasl_mechanism": "OAUTHBEARER"}, "CDR_KAFKA_SASL_MECHANISM"),
+        ({"clickhouse_url": "https://cdr:s3cret@ch:8443"}, "must not carry a password"),
+    ],
+)
+def test_security_settings_that_cannot_work(settings: dict[str, object], needle: str) -> None:
+    with pytest.raises(SettingsError, match=needle) as info:
+        load_settings(**settings)
+    assert "s3cret" not in str(info.value)
+
+
+def test_kafka_security_options(tmp_path: Path) -> None:
+    from cdr.kafka_security import kafka_client_options
+
+    assert kafka_client_options(load_settings()) == {}
+    password = tmp_path / "password"
+    password.write_text("from-a-file\n")
+    sasl = load_settings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="pbx",
+        kafka_sasl_password_file=password,
+    )
+    options = kafka_client_options(sasl)
+    assert options["security_protocol"] == "SASL_PLAINTEXT" and options["sasl_mechanism"] == "PLAIN"
+    assert options["sasl_plain_username"] == "pbx" and options["sasl_plain_password"] == "from-a-file"
+    tls = kafka_client_options(load_settings(kafka_security_protocol="SSL", kafka_ssl_check_hostname=False))
+    assert tls["security_protocol"] == "SSL" and tls["ssl_context"].check_hostname is False
+
+
+@pytest.mark.parametrize(
+    ("settings", "setting"),
+    [
+        ({"kafka_ssl_ca_file": "/no/such/ca.pem"}, "CDR_KAFKA_SSL_CA_FILE"),
+        ({"kafka_ssl_cert_file": "/no/such/cert.pem"}, "CDR_KAFKA_SSL_CERT_FILE"),
+    ],
+)
+def test_unreadable_kafka_tls_files_name_their_setting(settings: dict[str, object], setting: str) -> None:
+    from cdr.kafka_security import kafka_security
+
+    with pytest.raises(SettingsError, match=setting):
+        kafka_security(load_settings(kafka_security_protocol="SSL", **settings))
+
+
+def test_an_unreadable_sasl_password_file_names_its_setting(tmp_path: Path) -> None:
+    from cdr.kafka_security import kafka_security
+
+    settings = load_settings(
+        kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u", kafka_sasl_password_file=tmp_path / "none"
+    )
+    with pytest.raises(SettingsError, match="CDR_KAFKA_SASL_PASSWORD_FILE"):
+        kafka_security(settings)

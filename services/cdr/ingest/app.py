@@ -23,6 +23,7 @@ from cdr.ingest.pipeline import Pipeline
 from cdr.ingest.sink import KafkaDeadLetters
 from cdr.ingest.sqlparse import SqlParser
 from cdr.ingest.writer import BatchWriter
+from cdr.kafka_security import check_kafka_access, kafka_client_options, kafka_security
 from cdr.metrics import Metrics
 from cdr.ops import ops_routes
 from cdr.settings import Settings
@@ -76,6 +77,7 @@ class Ingestor:
         )
 
     async def _connect(self) -> None:
+        await check_kafka_access(self.settings)
         await self.dead_letters.start()
         try:
             await self.dead_letters.require_topics(
@@ -133,6 +135,7 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
     dead_letters = KafkaDeadLetters(
         settings.kafka_bootstrap_servers,
         settings.kafka_dlq_topic,
+        security=kafka_client_options(settings),
         metrics=metrics,
         stopping=stopping,
         timeout_s=timeout_s,
@@ -155,6 +158,7 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id="cdr-ingest",
+        security=kafka_security(settings),
         request_timeout_ms=settings.kafka_request_timeout_ms,
         log_level=logging.DEBUG,  # FastStream logs every batch at this level
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.cluster import ClusterMetadata
@@ -31,6 +32,7 @@ class KafkaDeadLetters:
         bootstrap_servers: str,
         topic: str,
         *,
+        security: dict[str, Any],
         metrics: Metrics,
         stopping: asyncio.Event,
         timeout_s: float,
@@ -39,6 +41,7 @@ class KafkaDeadLetters:
     ) -> None:
         self._servers = bootstrap_servers
         self._topic = topic
+        self._security = security
         self._metrics = metrics
         self._timeout = timeout_s
         self._backoff = Backoff(initial_backoff_s, max_backoff_s, stopping)
@@ -56,6 +59,7 @@ class KafkaDeadLetters:
             compression_type="gzip",
             request_timeout_ms=int(self._timeout * 1000),
             client_id="cdr-ingest-dlq",
+            **self._security,
         )
         try:
             await producer.start()

@@ -47,14 +47,37 @@ T = TypeVar("T")
 _CLIENT_SETTINGS = {"output_format_arrow_string_as_string": 1}
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """How an ``https://`` server is verified, and the client certificate we show it."""
+
+    ca_file: str | None = None  # None: the system's CAs (certifi's bundle in clickhouse-connect)
+    verify: bool = True
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        return {
+            "verify": self.verify,
+            "ca_cert": self.ca_file,
+            "client_cert": self.cert_file,
+            "client_cert_key": self.key_file,
+        }
+
+
 def connect(
-    dsn: str, password: str | None, settings: Mapping[str, Any] | None = None, timeout_s: float | None = None
+    dsn: str,
+    password: str | None,
+    settings: Mapping[str, Any] | None = None,
+    timeout_s: float | None = None,
+    tls: ServerTls | None = None,
 ) -> Client:
     """A new clickhouse-connect client for ``chdb:///dir`` or ``http(s)://[user@]host[:port]``.
     ``settings`` apply to every query of the client; ``timeout_s`` bounds the HTTP wait."""
     import clickhouse_connect
 
     parts = urlsplit(dsn)
+    tls_options = (tls or ServerTls()).client_options() if parts.scheme == "https" else {}
     every = {**_CLIENT_SETTINGS, **(settings or {})}
     try:
         if parts.scheme == "chdb":
@@ -64,15 +87,28 @@ def connect(
             port=parts.port or (8443 if parts.scheme == "https" else 8123),
             secure=parts.scheme == "https",
             username=parts.username or "default",
-            password=password if password is not None else (parts.password or ""),
+            password=password or "",
             # Sessions would tie a client to one server-side state; nothing here needs one.
             autogenerate_session_id=False,
             settings=every,
             send_receive_timeout=math.ceil(timeout_s) if timeout_s is not None else 300,
+            **tls_options,
         )
     except ClickHouseError as exc:
         where = parts.path if parts.scheme == "chdb" else f"{parts.hostname}:{parts.port or ''}"
+        _raise_for_tls(exc, where, tls or ServerTls())
         raise StoreUnavailable(f"cannot open ClickHouse at {parts.scheme}://{where}: {exc}") from exc
+
+
+def _raise_for_tls(exc: ClickHouseError, where: str, tls: ServerTls) -> None:
+    """A certificate that does not verify is configuration, not an outage: no retrying."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        trusted = tls.ca_file or "the system CA store"
+        raise SettingsError(
+            f"CDR_CLICKHOUSE_CA_FILE: the certificate of {where} is not trusted by {trusted}"
+            " (or does not name that host)"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -160,6 +196,7 @@ class Store:
         dsn: str,
         *,
         password: str | None = None,
+        tls: ServerTls | None = None,
         database: str,
         cluster: str | None = None,
         read_workers: int = 8,
@@ -174,12 +211,12 @@ class Store:
         self.dsn = dsn
 
         def make_client() -> Client:
-            return connect(dsn, password)
+            return connect(dsn, password, tls=tls)
 
         budget = read_budget or ReadBudget()
 
         def make_read_client() -> Client:
-            return connect(dsn, password, budget.settings(), timeout_s=budget.seconds + 1)
+            return connect(dsn, password, budget.settings(), timeout_s=budget.seconds + 1, tls=tls)
 
         self._reads = _Lane("read", read_workers, make_read_client)
         self._writes = _Lane("write", write_workers, make_client)
@@ -257,6 +294,12 @@ def open_store(settings: Settings) -> Store:
     return Store(
         dsn,
         password=password,
+        tls=ServerTls(
+            ca_file=_path(settings.clickhouse_ca_file),
+            verify=settings.clickhouse_verify,
+            cert_file=_path(settings.clickhouse_client_cert_file),
+            key_file=_path(settings.clickhouse_client_key_file),
+        ),
         database=settings.clickhouse_database,
         cluster=settings.clickhouse_cluster,
         read_workers=settings.clickhouse_pool_size,
@@ -267,3 +310,7 @@ def open_store(settings: Settings) -> Store:
             max_memory_bytes=settings.query_max_memory_bytes,
         ),
     )
+
+
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -56,7 +56,8 @@ app.kubernetes.io/part-of: cdr
 {{/* Whether the chart must create its own Secret. */}}
 {{- define "cdr.ownSecret" -}}
 {{- $v := .Values }}
-{{- if or (and $v.clickhouse.password.value (not $v.clickhouse.password.existingSecret)) (and $v.clickhouse.api.password.value (not $v.clickhouse.api.password.existingSecret)) (and $v.api.tokens.value (not $v.api.tokens.existingSecret)) (and $v.api.cursorSecret.value (not $v.api.cursorSecret.existingSecret)) }}true{{- end }}
+{{- $kafka := $v.kafka.security.sasl.password }}
+{{- if or (and $kafka.value (not $kafka.existingSecret)) (and $v.clickhouse.password.value (not $v.clickhouse.password.existingSecret)) (and $v.clickhouse.api.password.value (not $v.clickhouse.api.password.existingSecret)) (and $v.api.tokens.value (not $v.api.tokens.existingSecret)) (and $v.api.cursorSecret.value (not $v.api.cursorSecret.existingSecret)) }}true{{- end }}
 {{- end }}
 
 {{/* Environment shared by every container: non-secret settings inline, secrets by reference. */}}
@@ -95,6 +96,46 @@ with a user of its own (clickhouse.api), granted SELECT only; the rest use click
     secretKeyRef:
       name: {{ include "cdr.secretName" (list $ch.password $root) }}
       key: {{ $ch.password.key }}
+{{- end }}
+{{- end }}
+
+{{/* How the ingestors authenticate to Kafka: CDR_KAFKA_SECURITY_* / SASL_* / SSL_* settings,
+the password by Secret reference, PEM files from the mounted tls Secret (cdr.kafkaTlsVolume). */}}
+{{- define "cdr.kafkaSecurityEnv" -}}
+{{- $sec := .Values.kafka.security }}
+- name: CDR_KAFKA_SECURITY_PROTOCOL
+  value: {{ $sec.protocol | quote }}
+{{- if hasPrefix "SASL_" $sec.protocol }}
+- name: CDR_KAFKA_SASL_MECHANISM
+  value: {{ $sec.sasl.mechanism | quote }}
+- name: CDR_KAFKA_SASL_USERNAME
+  value: {{ required "kafka.security.sasl.username is required for SASL" $sec.sasl.username | quote }}
+{{- if not (or $sec.sasl.password.value $sec.sasl.password.existingSecret) }}
+{{- fail "kafka.security.sasl.password: give .existingSecret (or .value) for SASL" }}
+{{- end }}
+- name: CDR_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "cdr.secretName" (list $sec.sasl.password .) }}
+      key: {{ $sec.sasl.password.key }}
+{{- end }}
+{{- if has $sec.protocol (list "SSL" "SASL_SSL") }}
+- name: CDR_KAFKA_SSL_CHECK_HOSTNAME
+  value: {{ $sec.tls.checkHostname | quote }}
+{{- with $sec.tls.secretName }}
+{{- if $sec.tls.caKey }}
+- name: CDR_KAFKA_SSL_CA_FILE
+  value: /etc/cdr/kafka-tls/{{ $sec.tls.caKey }}
+{{- end }}
+{{- if $sec.tls.certKey }}
+- name: CDR_KAFKA_SSL_CERT_FILE
+  value: /etc/cdr/kafka-tls/{{ $sec.tls.certKey }}
+- name: CDR_KAFKA_SSL_KEY_FILE
+  value: /etc/cdr/kafka-tls/{{ required "kafka.security.tls.keyKey is required with certKey" $sec.tls.keyKey }}
+{{- end }}
+{{- end }}
+{{- else if or $sec.tls.secretName $sec.tls.certKey }}
+{{- fail (printf "kafka.security.tls is set but kafka.security.protocol is %s (use SSL or SASL_SSL)" $sec.protocol) }}
 {{- end }}
 {{- end }}
 
