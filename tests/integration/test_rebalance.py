@@ -124,3 +124,22 @@ async def test_a_revoke_lets_a_quick_batch_finish_and_commit(rig: Rig) -> None:
     await pipeline.on_revoked({TopicPartition(rig.topic, 0), TopicPartition(rig.topic, 1)})
     assert await rig.consumer.committed(TopicPartition(rig.topic, 0)) == 10
     assert await rig.consumer.committed(TopicPartition(rig.topic, 1)) == 10
+
+
+async def test_a_revoked_partition_is_not_committed_until_it_is_assigned_again(rig: Rig) -> None:
+    """Between the revoke callback and the end of the rebalance, the consumer still lists
+    the old partitions and the broker may still take the old generation's commit, after
+    the new owner read its start offset (an offset moving backwards). A batch handled in
+    that window commits only what is still ours."""
+    pipeline = rig.pipeline(revoke_wait_s=30)
+    p0, p1 = TopicPartition(rig.topic, 0), TopicPartition(rig.topic, 1)
+    await pipeline.on_revoked({p0})
+    assert p0 in rig.consumer.assignment()  # the window: still listed
+    await pipeline.handle(rig.batch([0, 1], seed=4))
+    pipeline.on_assigned({p1})  # the new generation: p0 went elsewhere
+    await pipeline.handle(rig.batch([0, 1], seed=5))  # waits for the first batch
+    assert await rig.consumer.committed(p0) is None
+    assert await rig.consumer.committed(p1) == 10
+    pipeline.on_assigned({p0, p1})  # p0 back: its batches commit again
+    await pipeline.drain()
+    assert await rig.consumer.committed(p0) == 10  # (the rig's batches all hold offsets 0-9)

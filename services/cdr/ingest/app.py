@@ -191,7 +191,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._pipeline.on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        return None  # FastStream logs the assignment
+        self._pipeline.on_assigned(assigned)  # FastStream logs the assignment
 
 
 def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> LogicSubscriber[Any]:

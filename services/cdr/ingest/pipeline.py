@@ -87,6 +87,10 @@ class Pipeline:
         # the health probe's lag and progress.
         self.committed: dict[TopicPartition, int] = {}
         self.last_commit: float = time.monotonic()
+        # Revoked and not assigned again yet. aiokafka's assignment() still lists them until
+        # the rebalance completes, and a commit from the old generation can still be taken
+        # by the broker then, after the new owner read its start offset: never commit them.
+        self._given_up: set[TopicPartition] = set()
 
     @property
     def healthy(self) -> bool:
@@ -135,9 +139,14 @@ class Pipeline:
                     "batch still in flight when its partitions were revoked; its commit will skip them",
                     extra={"revoked": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)},
                 )
+        self._given_up |= revoked
         for tp in revoked:
             self._limit.forget(tp.topic, tp.partition)
             self.committed.pop(tp, None)
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Partitions of the new generation: ours to commit again."""
+        self._given_up -= assigned
 
     async def _finish_inflight(self) -> None:
         task = self._inflight
@@ -307,7 +316,7 @@ class Pipeline:
             offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
         # Never commit for a partition this consumer no longer owns: its new owner
         # has started from the last committed offset and may be ahead or behind.
-        owned = consumer.assignment()
+        owned = consumer.assignment() - self._given_up
         lost = [tp for tp in offsets if tp not in owned]
         if lost:
             log.info(
