@@ -94,6 +94,17 @@ async def load(rows: int) -> None:
     await store.close()
 
 
+async def bring_up_to_date() -> None:
+    """A reused store may predate a migration (new ones backfill what is stored)."""
+    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
+    try:
+        applied = await migrate(store)
+    finally:
+        await store.close()
+    if applied:
+        print("migrated the reused store:", ", ".join(m.name for m in applied))
+
+
 async def sample(rows: int) -> dict[str, Any]:
     """Ids, Call-IDs, phones and deep cursor positions to request, read before the API starts."""
     store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
@@ -190,6 +201,8 @@ async def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if not (args.reuse and STORE.exists()):
         await load(args.rows)
+    else:
+        await bring_up_to_date()
     samples = await sample(args.rows)
     tenants = [f"tenant{n:03d}.pbx.vn" for n in range(TENANTS)]
     tokens_file = OUT / "tokens.txt"

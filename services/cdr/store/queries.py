@@ -194,13 +194,16 @@ def id_lookup_query(table: str, tenant: str, id_: UUID, *, tz: str) -> Query:
 
 
 def call_id_lookup_query(table: str, tenant: str, call_id: str, *, tz: str) -> Query:
-    """The earliest CDR with this SIP Call-ID (one Call-ID can span several CDRs).
-    Kept apart from the id lookup: an OR of the two conditions would read the whole
-    tenant under FINAL instead of seeking the id."""
+    """The earliest CDR with this SIP Call-ID (one Call-ID can span several CDRs): the
+    candidates' keys from the narrow key table, then their newest versions, whose Call-ID
+    must still match (a correction may have changed it). Kept apart from the id lookup:
+    an OR of the two would defeat both seeks."""
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL "
-        "WHERE tenant_id = {tenant:String} AND sip_call_id = {key:String} ORDER BY time_started, id LIMIT 1"
-        + _FINAL_SETTINGS
+        "WHERE tenant_id = {tenant:String} AND sip_call_id = {key:String} AND (time_started, id) IN "
+        f"(SELECT time_started, id FROM {table}_key_by_call_id "
+        "WHERE tenant_id = {tenant:String} AND sip_call_id = {key:String}) "
+        "ORDER BY time_started, id LIMIT 1" + _FINAL_SETTINGS
     )
     return Query(sql, {"tenant": tenant, "key": call_id, "tz": tz})
 
