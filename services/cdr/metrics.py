@@ -37,6 +37,19 @@ class Metrics:
         self.insert_seconds = Histogram(
             "cdr_insert_duration_seconds", "Time of one ClickHouse batch insert.", buckets=_SECONDS_BUCKETS, registry=r
         )
+        self.stage_seconds = Histogram(
+            "cdr_ingest_stage_duration_seconds",
+            "Time of each step of one batch: validate (both parsers), dead_letter (DLQ send), write"
+            " (ClickHouse insert, retries included), commit (Kafka offsets).",
+            ["stage"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.ready = Gauge(
+            "cdr_ready",
+            "1 when this process last answered /readyz ready (the kubelet asks every few seconds), else 0.",
+            registry=r,
+        )
         self.insert_failures = Counter(
             "cdr_insert_failures_total", "Failed ClickHouse insert attempts (retried).", registry=r
         )

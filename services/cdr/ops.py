@@ -21,6 +21,7 @@ def ops_routes(metrics: Metrics, ready: ReadyCheck) -> list[Route]:
 
     async def readyz(request: Request) -> Response:
         ok, checks = await ready()
+        metrics.ready.set(1 if ok else 0)
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "checks": checks},
             status_code=200 if ok else 503,

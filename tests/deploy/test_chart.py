@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "cdr"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 KUBE_VERSION = "1.33.0"
-CRD_KINDS = {"ServiceMonitor", "PodMonitor"}  # Prometheus Operator CRDs: not in the core schemas
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}  # Prometheus Operator CRDs: not in the core schemas
 
 
 def render(values: dict[str, Any], *, upgrade: bool = False) -> list[dict[str, Any]]:

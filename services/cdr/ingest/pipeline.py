@@ -185,11 +185,14 @@ class Pipeline:
         started = time.perf_counter()
         rows, letters = await self._validate(records)
         validated = time.perf_counter()
+        stage = self._metrics.stage_seconds
+        stage.labels(stage="validate").observe(validated - started)
         self._metrics.events_consumed.inc(len(records))
         self._metrics.batch_size.observe(len(records))
 
         if letters:
             await self._dead_letters.send(letters)
+            stage.labels(stage="dead_letter").observe(time.perf_counter() - validated)
             for letter in letters:
                 self._metrics.events_dead_lettered.labels(reason=letter.invalid.kind).inc()
                 log.warning(
@@ -203,11 +206,14 @@ class Pipeline:
                     },
                 )
         if rows.num_rows:
+            writing = time.perf_counter()
             await self._writer.write(rows)
             self._metrics.events_stored.inc(rows.num_rows)
+            stage.labels(stage="write").observe(time.perf_counter() - writing)
         written = time.perf_counter()
 
         committed = await self._commit(message.consumer, records)
+        stage.labels(stage="commit").observe(time.perf_counter() - written)
         log.debug(
             "batch stored",
             extra={
