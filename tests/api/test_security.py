@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
 import pytest
+from starlette.routing import Route
 
+from cdr.api.app import create_app
 from cdr.api.cursor import CursorCodec, Position
 from cdr.api.params import FILTER_PARAMS
+from cdr.metrics import Metrics
 from tests.api.conftest import SECRET, Api
 
 
@@ -324,3 +328,20 @@ async def test_a_changed_token_file_takes_effect_without_a_restart(api: Api, tmp
     finally:
         server.should_exit = True
         await task
+
+
+async def test_every_tenant_route_refuses_a_request_without_a_token(api: Api) -> None:
+    """Walks the routes of the app as built: every /v1 route is authenticated by the way
+    it is built, and nothing else but the documented operational routes is public."""
+    app = create_app(api.settings, api.store, Metrics())
+    public = {"/openapi.json", "/healthz", "/readyz", "/metrics"}
+    tenant_routes = [r for r in app.routes if isinstance(r, Route) and r.path.startswith("/v1/")]
+    assert len(tenant_routes) >= 2
+    assert {r.path for r in app.routes if isinstance(r, Route)} - {r.path for r in tenant_routes} <= public
+    async with api.client(tenant=None) as anonymous, api.client(token="not-a-token") as stranger:
+        for route in tenant_routes:
+            path = re.sub(r"\{[^}]+\}", "x", route.path)
+            for client in (anonymous, stranger):
+                response = await client.get(path)
+                assert response.status_code == 401, (route.path, response.text)
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")

@@ -94,8 +94,7 @@ def create_app(
         return OrjsonResponse(document)
 
     routes = [
-        Route("/v1/cdr", cdr.list_cdrs, methods=["GET"]),
-        Route("/v1/cdr/{key:path}", cdr.get_cdr, methods=["GET"]),
+        *cdr.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
         *(ops_routes(metrics, ready) if ops_routes_here else []),
     ]

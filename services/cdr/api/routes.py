@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +13,7 @@ from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from cdr.api.auth import TokenAuthority
 from cdr.api.cursor import CursorCodec, Position
@@ -45,6 +46,7 @@ _FIELD_OF = {
     "end_date_ended": "end_ended",
     "phone": "phones",
 }
+TenantHandler = Callable[[Request, str], Awaitable[Response]]
 _MAX_KEY = 1024
 _WINDOW = timedelta(days=31)
 _EDGE_TTL_S = 300.0
@@ -83,21 +85,34 @@ class CdrRoutes:
         request.scope.setdefault(EXTRA_HEADERS, []).extend(state.items())
         return tenant
 
-    async def list_cdrs(self, request: Request) -> Response:
-        tenant = self._tenant(request)
-        wanted = parse_list_request(request.query_params, self._params, self._context, self._limits)
-        with self._slot(tenant):
-            if wanted.mode == "page":
-                return OrjsonResponse(await self._page(tenant, wanted))
-            return OrjsonResponse(await self._scroll(tenant, wanted))
+    def routes(self) -> list[Route]:
+        """Every /v1 route, each built by ``_tenant_route``: authentication, the tenant's
+        rate limit and its concurrency slot come with the route, not with each handler."""
+        return [
+            self._tenant_route("/v1/cdr", self.list_cdrs),
+            self._tenant_route("/v1/cdr/{key:path}", self.get_cdr),
+        ]
 
-    async def get_cdr(self, request: Request) -> Response:
-        tenant = self._tenant(request)
+    def _tenant_route(self, path: str, handler: TenantHandler) -> Route:
+        async def endpoint(request: Request) -> Response:
+            tenant = self._tenant(request)
+            with self._slot(tenant):
+                return await handler(request, tenant)
+
+        endpoint.__name__ = handler.__name__
+        return Route(path, endpoint, methods=["GET"])
+
+    async def list_cdrs(self, request: Request, tenant: str) -> Response:
+        wanted = parse_list_request(request.query_params, self._params, self._context, self._limits)
+        if wanted.mode == "page":
+            return OrjsonResponse(await self._page(tenant, wanted))
+        return OrjsonResponse(await self._scroll(tenant, wanted))
+
+    async def get_cdr(self, request: Request, tenant: str) -> Response:
         key = request.path_params["key"]
         if not key or len(key) > _MAX_KEY:
             raise NotFound("no such CDR")
-        with self._slot(tenant):
-            return OrjsonResponse(record(await self._lookup(tenant, key)))
+        return OrjsonResponse(record(await self._lookup(tenant, key)))
 
     async def _lookup(self, tenant: str, key: str) -> list[Any]:
         tz = self._settings.timezone
