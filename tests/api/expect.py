@@ -53,6 +53,15 @@ def _e164(number: str) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+def _starts(prefix: str) -> set[str]:
+    """The written forms of a Vietnamese number prefix: 09.. = 849.. = +849..."""
+    if prefix.startswith("0") and len(prefix) > 1:
+        return {prefix, "84" + prefix[1:], "+84" + prefix[1:]}
+    if prefix.startswith("+84") and len(prefix) > 3:
+        return {prefix, prefix[1:], "0" + prefix[3:]}
+    return {prefix}
+
+
 def _bound(text: str) -> datetime:
     if len(text) == 10:
         return datetime.fromisoformat(text + " 00:00:00").replace(tzinfo=HCM)
@@ -68,6 +77,9 @@ def matches(e: dict[str, Any], params: dict[str, str]) -> bool:
         "end_date_ended": lambda v: ended <= _bound(v),
         "duration": lambda v: e["duration"] == int(v),
         "min_duration": lambda v: e["duration"] > int(v),
+        "max_duration": lambda v: e["duration"] <= int(v),
+        "cause": lambda v: e["cause"] == v,
+        "phone_prefix": lambda v: any(n.startswith(f) for n in (e["from_number"], e["to_number"]) for f in _starts(v)),
         "extension": lambda v: (e.get("extension") or "") == v,
         "recordingfile": lambda v: bool(e.get("recording_url")) and e["recording_url"].rsplit("/", 1)[-1] == v,
         "status": lambda v: e["status"].upper() == v.upper(),

@@ -39,6 +39,12 @@ FILTER_CASES: list[tuple[str, Any]] = [
     ("ended range", lambda api: {"start_date_ended": "2024-05-05", "end_date_ended": "2024-05-06 11:00:00"}),
     ("duration", lambda api: {"duration": str(_pick(api, "duration"))}),
     ("min_duration", lambda api: {"min_duration": "600"}),
+    ("max_duration", lambda api: {"max_duration": "40"}),
+    ("duration range", lambda api: {"min_duration": "30", "max_duration": "300"}),
+    ("cause", lambda api: {"cause": "USER_BUSY"}),
+    ("phone_prefix national", lambda api: {"phone_prefix": "09"}),
+    ("phone_prefix international", lambda api: {"phone_prefix": "+849"}),
+    ("phone_prefix hotline", lambda api: {"phone_prefix": "1900"}),
     ("extension", lambda api: {"extension": "105"}),
     (
         "recordingfile",
@@ -182,3 +188,25 @@ async def test_a_uuid_key_names_an_id_first_then_a_call_id(api: Api) -> None:
     assert by_id["id"] == a["id"] and by_id["sip_call_id"] == "renamed@test"
     assert by_uuid_call_id["id"] == c["id"]
     assert old_call_id.status_code == 404, old_call_id.json()
+
+
+async def test_a_duration_range_that_holds_nothing_is_refused(api: Api) -> None:
+    async with api.client() as client:
+        r = await client.get("/v1/cdr", params={"min_duration": "60", "max_duration": "60"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_duration"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "forms"),
+    [
+        ("09", ("+849", "09", "849")),
+        ("+8428", ("+8428", "028", "8428")),
+        ("1900", ("1900",)),
+        ("84", ("84",)),
+        ("0", ("0",)),
+    ],
+)
+def test_prefix_forms(prefix: str, forms: tuple[str, ...]) -> None:
+    from cdr.api.params import prefix_variants
+
+    assert prefix_variants(prefix, "VN") == forms

@@ -127,7 +127,7 @@ SQLISH = [
     "1 OR 1=1",
     "t1.example' UNION SELECT * FROM system.tables --",
 ]
-TEXT_PARAMS = ["extension", "recordingfile", "status"]
+TEXT_PARAMS = ["extension", "recordingfile", "status", "cause"]
 TYPED_PARAMS = [p for p in FILTER_PARAMS if p not in TEXT_PARAMS] + [
     "limit",
     "page",
@@ -161,6 +161,8 @@ async def test_bad_values_name_the_parameter(api: Api) -> None:
         "end_date": "yesterday",
         "duration": "-1",
         "min_duration": "1.5",
+        "max_duration": "ten",
+        "phone_prefix": "09x",
         "limit": "0",
         "page": "0",
         "offset": "-5",

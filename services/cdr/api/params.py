@@ -29,10 +29,13 @@ FILTER_PARAMS: tuple[str, ...] = (
     "end_date_ended",
     "duration",
     "min_duration",
+    "max_duration",
+    "cause",
     "extension",
     "recordingfile",
     "status",
     "phone",
+    "phone_prefix",
     "direction",
 )
 
@@ -161,6 +164,25 @@ def _phone(text: str, context: Context) -> tuple[str, ...]:
     return phone_variants(text, context.region)
 
 
+def _phone_prefix(text: str, context: Context) -> tuple[str, ...]:
+    return prefix_variants(text, context.region)
+
+
+def prefix_variants(prefix: str, region: str) -> tuple[str, ...]:
+    """The forms the start of one number may be logged in, like ``phone_variants``: a
+    national prefix (trunk 0) and the international ones with the region's country code
+    match each other; any other prefix (a hotline's 1900, a bare 84...) only itself."""
+    code = str(phonenumbers.country_code_for_region(region))
+    digits = prefix.removeprefix("+")
+    if prefix.startswith("+") and digits.startswith(code) and len(digits) > len(code):
+        national = digits[len(code) :]
+    elif prefix.startswith("0") and len(prefix) > 1:
+        national = prefix[1:]
+    else:
+        return (prefix,)
+    return tuple(sorted({"0" + national, code + national, "+" + code + national}))
+
+
 def phone_variants(number: str, region: str) -> tuple[str, ...]:
     """The forms one number may be logged in: as given, national, international."""
     forms = {number}
@@ -229,6 +251,18 @@ def list_params(limits: Limits) -> tuple[Param, ...]:
             "Duration strictly greater than this many seconds.",
             _integer(0, _UINT32_MAX),
         ),
+        Param(
+            "max_duration",
+            _whole(0, _UINT32_MAX),
+            "Duration at most this many seconds.",
+            _integer(0, _UINT32_MAX),
+        ),
+        Param(
+            "cause",
+            _TEXT_SCHEMA,
+            "Hang-up cause, exact and case-sensitive as the PBX logs it, e.g. NORMAL_CLEARING, USER_BUSY.",
+            _text,
+        ),
         Param("extension", _TEXT_SCHEMA, "Extension that made or received the call (exact).", _text),
         Param("recordingfile", _TEXT_SCHEMA, "Recording file name, e.g. abcd.mp3 (exact).", _text),
         Param("status", _TEXT_SCHEMA, "Call status, case-insensitive, e.g. ANSWERED, NO ANSWER.", _status),
@@ -238,6 +272,13 @@ def list_params(limits: Limits) -> tuple[Param, ...]:
             "From or to this number: digits only, optional leading +. National and international forms of "
             "one number match each other (0899888999, 84899888999, +84899888999).",
             _phone,
+        ),
+        Param(
+            "phone_prefix",
+            _string(PHONE_PATTERN, "must be 1 to 20 digits (0-9) with an optional leading +"),
+            "From or to a number starting with these digits. A national prefix (0...) and the same prefix with "
+            "the country code (84..., +84...) match each other; other prefixes (e.g. 1900) only themselves.",
+            _phone_prefix,
         ),
         Param(
             "direction",
@@ -367,6 +408,9 @@ def _filters(given: dict[str, Any]) -> Filters:
         raise InvalidParameter("end_date is before start_date", param="end_date")
     if start_ended and end_ended and end_ended < start_ended:
         raise InvalidParameter("end_date_ended is before start_date_ended", param="end_date_ended")
+    shortest, longest = given.get("min_duration"), given.get("max_duration")
+    if shortest is not None and longest is not None and longest <= shortest:
+        raise InvalidParameter("max_duration must be above min_duration (min_duration excludes)", param="max_duration")
     return Filters(
         start=start,
         end=end,
@@ -374,9 +418,12 @@ def _filters(given: dict[str, Any]) -> Filters:
         end_ended=end_ended,
         duration=given.get("duration"),
         min_duration=given.get("min_duration"),
+        max_duration=given.get("max_duration"),
+        cause=given.get("cause"),
         extension=given.get("extension"),
         recordingfile=given.get("recordingfile"),
         status=given.get("status"),
         phones=given.get("phone"),
+        phone_prefixes=given.get("phone_prefix"),
         direction=given.get("direction"),
     )

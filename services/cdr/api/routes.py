@@ -45,6 +45,7 @@ _FIELD_OF = {
     "start_date_ended": "start_ended",
     "end_date_ended": "end_ended",
     "phone": "phones",
+    "phone_prefix": "phone_prefixes",
 }
 TenantHandler = Callable[[Request, str], Awaitable[Response]]
 _MAX_KEY = 1024

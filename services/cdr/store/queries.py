@@ -45,10 +45,13 @@ class SearchFilters:
     end_ended: datetime | None = None
     duration: int | None = None
     min_duration: int | None = None
+    max_duration: int | None = None
+    cause: str | None = None
     extension: str | None = None
     recordingfile: str | None = None
     status: str | None = None
     phones: tuple[str, ...] | None = None
+    phone_prefixes: tuple[str, ...] | None = None
     direction: int | None = None
 
     @classmethod
@@ -58,7 +61,7 @@ class SearchFilters:
         for name, value in data.items():
             if name in ("start", "end", "start_ended", "end_ended"):
                 values[name] = datetime.fromisoformat(value)
-            elif name == "phones":
+            elif isinstance(value, list):
                 values[name] = tuple(value)
             else:
                 values[name] = value
@@ -95,6 +98,8 @@ def _where(tenant: str, f: SearchFilters) -> tuple[list[str], dict[str, Param]]:
         ("end_ended", "time_ended <= {end_ended:DateTime64(3, 'UTC')}"),
         ("duration", "duration = {duration:UInt32}"),
         ("min_duration", "duration > {min_duration:UInt32}"),
+        ("max_duration", "duration <= {max_duration:UInt32}"),
+        ("cause", "cause = {cause:String}"),
         ("extension", "extension = {extension:String}"),
         ("recordingfile", "recording_file = {recordingfile:String}"),
         ("status", "status = {status:String}"),
@@ -112,6 +117,13 @@ def _where(tenant: str, f: SearchFilters) -> tuple[list[str], dict[str, Param]]:
             params[name] = phone
         listed = ", ".join("{" + n + ":String}" for n in names)
         clauses.append(f"(from_number IN ({listed}) OR to_number IN ({listed}))")
+    if f.phone_prefixes:
+        names = [f"prefix{i}" for i in range(len(f.phone_prefixes))]
+        for name, prefix in zip(names, f.phone_prefixes, strict=True):
+            params[name] = prefix
+        columns = ("from_number", "to_number")
+        tests = [f"startsWith({column}, {{{name}:String}})" for column in columns for name in names]
+        clauses.append("(" + " OR ".join(tests) + ")")
     return clauses, params
 
 
