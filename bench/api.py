@@ -39,6 +39,7 @@ from cdr.store.migrations import migrate
 TENANTS = 100
 SECRET = "bench-cursor-secret-0123456789abcdef"
 PORT = 18_123
+OPS_PORT = 18_124  # `cdr api` serves /readyz and /metrics here; `cdr run` on PORT
 STORE = OUT / "api-store"
 
 # Every row is a plausible call; fields derive from hashes of the row number.
@@ -103,6 +104,25 @@ async def bring_up_to_date() -> None:
         await store.close()
     if applied:
         print("migrated the reused store:", ", ".join(m.name for m in applied))
+
+
+def api_environment() -> tuple[list[str], dict[str, str]]:
+    """The bench tenants, and the environment of `cdr api` / `cdr run` on the bench store
+    (a token file with a token per tenant)."""
+    tenants = [f"tenant{n:03d}.pbx.vn" for n in range(TENANTS)]
+    tokens_file = OUT / "tokens.txt"
+    tokens_file.write_text("".join(f"{t}:{token_digest(token(t))}\n" for t in tenants))
+    env = {
+        **os.environ,
+        "CDR_DATA_DIR": str(STORE),
+        "CDR_API_PORT": str(PORT),
+        "CDR_OPS_PORT": str(OPS_PORT),
+        "CDR_API_TOKENS_FILE": str(tokens_file),
+        "CDR_CURSOR_SECRET": SECRET,
+        "CDR_LOG_LEVEL": "WARNING",
+    }
+    env.pop("CDR_CLICKHOUSE_URL", None)
+    return tenants, env
 
 
 async def sample(rows: int) -> dict[str, Any]:
@@ -204,18 +224,7 @@ async def main() -> None:
     else:
         await bring_up_to_date()
     samples = await sample(args.rows)
-    tenants = [f"tenant{n:03d}.pbx.vn" for n in range(TENANTS)]
-    tokens_file = OUT / "tokens.txt"
-    tokens_file.write_text("".join(f"{t}:{token_digest(token(t))}\n" for t in tenants))
-    env = {
-        **os.environ,
-        "CDR_DATA_DIR": str(STORE),
-        "CDR_API_PORT": str(PORT),
-        "CDR_API_TOKENS_FILE": str(tokens_file),
-        "CDR_CURSOR_SECRET": SECRET,
-        "CDR_LOG_LEVEL": "WARNING",
-    }
-    env.pop("CDR_CLICKHOUSE_URL", None)
+    tenants, env = api_environment()
     url = f"http://127.0.0.1:{PORT}"
     rng = random.Random(7)
     picks = samples["picks"]
@@ -248,7 +257,7 @@ async def main() -> None:
     if not args.only_ingest:
         server = start("api", env)
         try:
-            await wait_ready(url)
+            await wait_ready(f"http://127.0.0.1:{OPS_PORT}")
             for name, make in scenarios:
                 one[name] = await run_scenario(name + " [1 client]", make, args.requests, clients=1)
                 eight[name] = await run_scenario(name + " [8 clients]", make, args.requests, clients=8)

@@ -238,6 +238,15 @@ class Settings(BaseSettings):
             " cannot hold every ClickHouse reader."
         ),
     )
+    tenant_max_concurrent_exports: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description=(
+            "Exports (GET /v1/cdr/export) one tenant may run at once per replica; more get a 429. An export"
+            " reads in batches on the shared readers, so it never holds one for long."
+        ),
+    )
     clickhouse_password: SecretStr | None = Field(
         None, description="ClickHouse password (kept out of the URL and the logs)."
     )

@@ -37,6 +37,7 @@ schema.config.generation.update(allow_extra_parameters=False, with_security_para
 _RULES_BEYOND_SCHEMA = (
     ({"start_date", "end_date", "start_date_ended", "end_date_ended"}, ("calendar", "outside the range", "before")),
     ({"page"}, ("deepest pagination",)),
+    ({"max_duration"}, ("must be above min_duration",)),
     ({"scroll_id"}, ("not valid", "malformed", "expired")),
 )
 

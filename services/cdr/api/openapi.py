@@ -6,7 +6,7 @@ from typing import Any
 
 from cdr import __version__
 from cdr.api.errors import error_codes
-from cdr.api.params import Limits, Param, list_params
+from cdr.api.params import Limits, Param, export_params, list_params
 from cdr.settings import Settings
 
 OPENAPI_FILE = "openapi.json"
@@ -63,7 +63,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     common_errors = {
         "400": _error(
             "A parameter or scroll_id is invalid, repeated or empty; `param` names it. Also: end before"
-            " start, a date outside 1900-2299, pagination deeper than the offset limit, a filter beside a"
+            " start, max_duration not above min_duration, a date outside 1900-2299, pagination deeper than"
+            " the offset limit, a filter beside a"
             " scroll_id that differs from the one it was issued for, two Authorization headers."
         ),
         "401": _error("Missing, malformed or unknown bearer token."),
@@ -102,6 +103,31 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                         ]
                                     }
                                 }
+                            },
+                        },
+                        **common_errors,
+                    },
+                }
+            },
+            "/v1/cdr/export": {
+                "get": {
+                    "operationId": "exportCdrs",
+                    "summary": "Every CDR the filters select, in list order, streamed as CSV or NDJSON.",
+                    "description": (
+                        "Streams as it reads (constant memory at any size); fields in the document's order and"
+                        " formats. The first batch is read before the response starts; a failure after that cuts"
+                        " the stream, which the client sees as an incomplete chunked body. One export per tenant"
+                        " at a time (CDR_TENANT_MAX_CONCURRENT_EXPORTS), else 429. A CDR whose SIP Call-ID is"
+                        " the word export is reached by its id."
+                    ),
+                    "parameters": [_query_param(p) for p in export_params(limits)],
+                    "responses": {
+                        "200": {
+                            "description": "The file, with Content-Disposition: attachment and a file name.",
+                            "headers": {"Content-Disposition": {"schema": {"type": "string"}}},
+                            "content": {
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/x-ndjson": {"schema": {"type": "string"}},
                             },
                         },
                         **common_errors,

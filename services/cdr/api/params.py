@@ -331,6 +331,45 @@ def list_params(limits: Limits) -> tuple[Param, ...]:
     )
 
 
+def export_params(limits: Limits) -> tuple[Param, ...]:
+    """Every query parameter of GET /v1/cdr/export: the list's filters and order, the format."""
+    kept = tuple(p for p in list_params(limits) if p.name in FILTER_PARAMS or p.name == "order")
+    return (
+        *kept,
+        Param(
+            "format",
+            _string(_caseless("csv", "ndjson"), "must be csv or ndjson"),
+            "csv (a header row, then one line per CDR; default) or ndjson (one JSON object per line).",
+            _lower,
+        ),
+        Param(
+            "bom",
+            _string(_caseless("true", "false", "1", "0", "yes", "no"), "must be true or false"),
+            "true starts a CSV file with a UTF-8 byte order mark, so spreadsheet software shows Vietnamese "
+            "text correctly.",
+            _flag,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    filters: Filters
+    order: Literal["asc", "desc"]
+    format: Literal["csv", "ndjson"]
+    bom: bool
+
+
+def parse_export_request(query: MultiQuery, params: tuple[Param, ...], context: Context) -> ExportRequest:
+    given = read_query(query, params, context)
+    return ExportRequest(
+        filters=_filters(given),
+        order="desc" if given.get("order") == "desc" else "asc",
+        format="ndjson" if given.get("format") == "ndjson" else "csv",
+        bom=given.get("bom") is True,
+    )
+
+
 class MultiQuery(Protocol):
     def getlist(self, key: str) -> list[str]: ...
 

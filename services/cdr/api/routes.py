@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from cdr.api.auth import TokenAuthority
 from cdr.api.cursor import CursorCodec, Position
 from cdr.api.errors import InvalidParameter, InvalidScrollId, NotFound, QueryBudgetExceeded, RateLimited, Unavailable
 from cdr.api.middleware import EXTRA_HEADERS
-from cdr.api.params import FILTER_PARAMS, Context, Limits, ListRequest, list_params, parse_list_request
+from cdr.api.params import (
+    FILTER_PARAMS,
+    Context,
+    ExportRequest,
+    Limits,
+    ListRequest,
+    export_params,
+    list_params,
+    parse_export_request,
+    parse_list_request,
+)
 from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
+from cdr.model.record import API_FIELDS
 from cdr.settings import Settings
 from cdr.store import Store, StoreError, StoreUnavailable
 from cdr.store.errors import BUDGET
@@ -49,6 +63,8 @@ _FIELD_OF = {
 }
 TenantHandler = Callable[[Request, str], Awaitable[Response]]
 _MAX_KEY = 1024
+_EXPORT_BATCH = 5_000
+_BOM = "\ufeff".encode()
 _WINDOW = timedelta(days=31)
 _EDGE_TTL_S = 300.0
 
@@ -79,6 +95,8 @@ class CdrRoutes:
         # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
         self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
         self._busy: dict[str, int] = {}  # tenant -> requests in progress
+        self._exports: dict[str, int] = {}  # tenant -> exports streaming
+        self._export_params = export_params(self._limits)
 
     def _tenant(self, request: Request) -> str:
         tenant = self._auth.tenant_for(request.headers.get("authorization"))
@@ -91,6 +109,8 @@ class CdrRoutes:
         rate limit and its concurrency slot come with the route, not with each handler."""
         return [
             self._tenant_route("/v1/cdr", self.list_cdrs),
+            # Before the lookup route, whose {key:path} would take the word as a Call-ID.
+            self._tenant_route("/v1/cdr/export", self.export_cdrs),
             self._tenant_route("/v1/cdr/{key:path}", self.get_cdr),
         ]
 
@@ -108,6 +128,59 @@ class CdrRoutes:
         if wanted.mode == "page":
             return OrjsonResponse(await self._page(tenant, wanted))
         return OrjsonResponse(await self._scroll(tenant, wanted))
+
+    async def export_cdrs(self, request: Request, tenant: str) -> Response:
+        """Every record the filters select, in list order, streamed as it is read: keyset
+        batches on the sort key, so memory stays flat whatever the size. The first batch
+        is read before the response starts, so an unavailable store is still a 503; a
+        failure later cuts the stream (the client sees an incomplete chunked body). A
+        client that goes away stops the reads (the generator is closed)."""
+        wanted = parse_export_request(request.query_params, self._export_params, self._context)
+        release = self._export_slot(tenant)
+        try:
+            first = await self._export_batch(tenant, wanted, None)
+        except BaseException:
+            release()
+            raise
+        encode = _csv_lines if wanted.format == "csv" else _ndjson_lines
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                if wanted.format == "csv":
+                    yield (_BOM if wanted.bom else b"") + _csv_lines([list(API_FIELDS)], header=True)
+                rows, more = first
+                while True:
+                    if rows:
+                        yield encode(rows)
+                    if not more:
+                        break
+                    last = rows[-1]
+                    after = (datetime.fromtimestamp(int(last[-1]) / 1000, tz=UTC), UUID(str(last[0])))
+                    rows, more = await self._export_batch(tenant, wanted, after)
+            finally:
+                release()
+
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        media = "text/csv; charset=utf-8" if wanted.format == "csv" else "application/x-ndjson"
+        disposition = f'attachment; filename="cdr-{tenant}-{stamp}.{wanted.format}"'
+        return StreamingResponse(body(), media_type=media, headers={"Content-Disposition": disposition})
+
+    async def _export_batch(
+        self, tenant: str, wanted: ExportRequest, after: tuple[datetime, UUID] | None
+    ) -> tuple[list[list[Any]], bool]:
+        rows = await self._scroll_rows(
+            tenant, wanted.filters, limit=_EXPORT_BATCH, desc=wanted.order == "desc", after=after
+        )
+        return rows[:_EXPORT_BATCH], len(rows) > _EXPORT_BATCH
+
+    def _export_slot(self, tenant: str) -> Callable[[], None]:
+        """One of the tenant's export slots (429 when all are taken); returns its release."""
+        return _claim(
+            self._exports,
+            tenant,
+            self._settings.tenant_max_concurrent_exports,
+            RateLimited("this tenant already runs an export; retry when it finishes", headers={"Retry-After": "5"}),
+        )
 
     async def get_cdr(self, request: Request, tenant: str) -> Response:
         key = request.path_params["key"]
@@ -263,21 +336,41 @@ class CdrRoutes:
     def _slot(self, tenant: str) -> Iterator[None]:
         """One of the tenant's concurrent-request slots for the block, or a 429: a flood
         from one tenant holds at most this many of the shared ClickHouse readers."""
-        busy = self._busy.get(tenant, 0)
-        if busy >= self._settings.tenant_max_concurrent_requests:
-            raise RateLimited(
-                f"this tenant already has {busy} requests in progress; retry when one finishes",
-                headers={"Retry-After": "1"},
-            )
-        self._busy[tenant] = busy + 1
+        release = _claim(
+            self._busy,
+            tenant,
+            self._settings.tenant_max_concurrent_requests,
+            RateLimited(
+                "this tenant has too many requests in progress; retry when one finishes", headers={"Retry-After": "1"}
+            ),
+        )
         try:
             yield
         finally:
-            left = self._busy[tenant] - 1
-            if left:
-                self._busy[tenant] = left
-            else:
-                del self._busy[tenant]
+            release()
+
+
+def _claim(counts: dict[str, int], tenant: str, limit: int, refusal: RateLimited) -> Callable[[], None]:
+    """Count one more for the tenant, or raise ``refusal`` at ``limit``; returns the release
+    (idempotent: a stream's release may run from more than one place)."""
+    taken = counts.get(tenant, 0)
+    if taken >= limit:
+        raise refusal
+    counts[tenant] = taken + 1
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        left = counts[tenant] - 1
+        if left:
+            counts[tenant] = left
+        else:
+            del counts[tenant]
+
+    return release
 
 
 def _same_filters(wanted: ListRequest, position: Position) -> None:
@@ -294,3 +387,19 @@ def _same_filters(wanted: ListRequest, position: Position) -> None:
             )
     if wanted.order_given and wanted.order != position.order:
         raise InvalidParameter("order differs from the order of this scroll_id", param="order")
+
+
+def _csv_lines(rows: list[list[Any]], *, header: bool = False) -> bytes:
+    """RFC 4180 lines: the header, or each row as the API's record (the document's
+    field order and formats)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    if header:
+        writer.writerows(rows)
+    else:
+        writer.writerows(list(record(row).values()) for row in rows)
+    return buffer.getvalue().encode()
+
+
+def _ndjson_lines(rows: list[list[Any]]) -> bytes:
+    return b"".join(orjson.dumps(record(row)) + b"\n" for row in rows)
