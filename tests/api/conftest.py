@@ -46,6 +46,17 @@ class Api:
     def __repr__(self) -> str:
         return f"Api({self.url}, {len(self.events)} events)"
 
+    async def scroll(self, tenant: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every record of a scroll of these filters, 1,000 per batch."""
+        records: list[dict[str, Any]] = []
+        async with self.client(tenant) as client:
+            answer = (await client.get("/v1/cdr", params={**params, "scroll": "true", "limit": "1000"})).json()
+            records.extend(answer["data"])
+            while answer["scroll_id"]:
+                answer = (await client.get("/v1/cdr", params={"scroll_id": answer["scroll_id"]})).json()
+                records.extend(answer["data"])
+        return records
+
     def client(self, tenant: str | None = "t1.example", token: str | None = None) -> httpx.AsyncClient:
         headers = {}
         if token is not None:

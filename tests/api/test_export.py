@@ -25,17 +25,6 @@ async def bulk(api: Api) -> Api:
     return api
 
 
-async def _scroll(api: Api, tenant: str, params: dict[str, str]) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    async with api.client(tenant) as client:
-        answer = (await client.get("/v1/cdr", params={**params, "scroll": "true", "limit": "1000"})).json()
-        records.extend(answer["data"])
-        while answer["scroll_id"]:
-            answer = (await client.get("/v1/cdr", params={"scroll_id": answer["scroll_id"]})).json()
-            records.extend(answer["data"])
-    return records
-
-
 async def _export(api: Api, tenant: str, params: dict[str, str]) -> tuple[bytes, dict[str, str]]:
     async with api.client(tenant) as client:
         response = await client.get("/v1/cdr/export", params=params)
@@ -49,7 +38,7 @@ def _as_csv_row(record: dict[str, Any]) -> dict[str, str]:
 
 @pytest.mark.parametrize("params", [{}, {"status": "ANSWERED", "order": "desc"}], ids=["all", "answered-desc"])
 async def test_an_export_is_the_scroll_record_for_record(bulk: Api, params: dict[str, str]) -> None:
-    want = await _scroll(bulk, BULK, params)
+    want = await bulk.scroll(BULK, params)
     assert len(want) >= (BULK_SIZE if not params else 10_000)
 
     body, headers = await _export(bulk, BULK, {**params, "format": "ndjson"})

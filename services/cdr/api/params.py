@@ -20,6 +20,7 @@ import phonenumbers
 
 from cdr.api.errors import InvalidParameter, InvalidScrollId
 from cdr.model.record import Direction
+from cdr.store.queries import GROUP_BY
 from cdr.store.queries import SearchFilters as Filters
 
 FILTER_PARAMS: tuple[str, ...] = (
@@ -350,6 +351,32 @@ def export_params(limits: Limits) -> tuple[Param, ...]:
             _flag,
         ),
     )
+
+
+def stats_params(limits: Limits) -> tuple[Param, ...]:
+    """Every query parameter of GET /v1/cdr/stats: the list's filters and group_by."""
+    kept = tuple(p for p in list_params(limits) if p.name in FILTER_PARAMS)
+    return (
+        *kept,
+        Param(
+            "group_by",
+            _string(_caseless(*GROUP_BY), "must be one of " + ", ".join(GROUP_BY)),
+            "Group by hour, day or month of time_started (in the tenant's timezone), or by extension, status,"
+            " direction or cause. Default day.",
+            _lower,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    filters: Filters
+    group_by: str
+
+
+def parse_stats_request(query: MultiQuery, params: tuple[Param, ...], context: Context) -> StatsRequest:
+    given = read_query(query, params, context)
+    return StatsRequest(filters=_filters(given), group_by=given.get("group_by", "day"))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from cdr.api.params import (
     list_params,
     parse_export_request,
     parse_list_request,
+    parse_stats_request,
+    stats_params,
 )
 from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
@@ -40,6 +42,8 @@ from cdr.settings import Settings
 from cdr.store import Store, StoreError, StoreUnavailable
 from cdr.store.errors import BUDGET
 from cdr.store.queries import (
+    MAX_GROUPS,
+    STAT_QUANTILES,
     SearchFilters,
     call_id_lookup_query,
     count_query,
@@ -47,6 +51,7 @@ from cdr.store.queries import (
     page_query,
     record,
     scroll_query,
+    stats_query,
     tenant_edge_query,
 )
 
@@ -97,6 +102,7 @@ class CdrRoutes:
         self._busy: dict[str, int] = {}  # tenant -> requests in progress
         self._exports: dict[str, int] = {}  # tenant -> exports streaming
         self._export_params = export_params(self._limits)
+        self._stats_params = stats_params(self._limits)
 
     def _tenant(self, request: Request) -> str:
         tenant = self._auth.tenant_for(request.headers.get("authorization"))
@@ -111,6 +117,7 @@ class CdrRoutes:
             self._tenant_route("/v1/cdr", self.list_cdrs),
             # Before the lookup route, whose {key:path} would take the word as a Call-ID.
             self._tenant_route("/v1/cdr/export", self.export_cdrs),
+            self._tenant_route("/v1/cdr/stats", self.cdr_stats),
             self._tenant_route("/v1/cdr/{key:path}", self.get_cdr),
         ]
 
@@ -181,6 +188,17 @@ class CdrRoutes:
             self._settings.tenant_max_concurrent_exports,
             RateLimited("this tenant already runs an export; retry when it finishes", headers={"Retry-After": "5"}),
         )
+
+    async def cdr_stats(self, request: Request, tenant: str) -> Response:
+        wanted = parse_stats_request(request.query_params, self._stats_params, self._context)
+        query = stats_query(self._table, tenant, wanted.filters, group_by=wanted.group_by, tz=self._settings.timezone)
+        rows = await self._run(query.sql, query.params)
+        if len(rows) > MAX_GROUPS:
+            raise InvalidParameter(
+                f"more than {MAX_GROUPS} groups; narrow the filters or group by something coarser",
+                param="group_by",
+            )
+        return OrjsonResponse({"group_by": wanted.group_by, "data": [_stat(row) for row in rows]})
 
     async def get_cdr(self, request: Request, tenant: str) -> Response:
         key = request.path_params["key"]
@@ -403,3 +421,21 @@ def _csv_lines(rows: list[list[Any]], *, header: bool = False) -> bytes:
 
 def _ndjson_lines(rows: list[list[Any]]) -> bytes:
     return b"".join(orjson.dumps(record(row)) + b"\n" for row in rows)
+
+
+def _stat(row: list[Any]) -> dict[str, Any]:
+    """One group's figures. ASR = answered / calls (4 decimals); ACD = mean billsec of the
+    answered calls (2 decimals; null when none was answered)."""
+    group, calls, answered, answered_billsec, billsec, quantiles = row
+    calls, answered = int(calls), int(answered)
+    figures: dict[str, Any] = {
+        "group": int(group) if isinstance(group, int) else str(group),
+        "calls": calls,
+        "answered": answered,
+        "asr": round(answered / calls, 4) if calls else 0.0,
+        "acd": round(int(answered_billsec) / answered, 2) if answered else None,
+        "total_billsec": int(billsec),
+    }
+    for level, value in zip(STAT_QUANTILES, quantiles, strict=True):
+        figures[f"duration_p{round(level * 100)}"] = int(value)
+    return figures

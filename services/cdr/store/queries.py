@@ -138,6 +138,36 @@ def page_query(table: str, tenant: str, f: SearchFilters, *, tz: str, limit: int
     return Query(sql, {**params, "tz": tz, "limit": limit, "offset": offset})
 
 
+# group_by -> the SQL of its key (fixed text chosen by name, never the caller's string).
+_GROUP_KEYS = {
+    "hour": "formatDateTime(toStartOfHour(time_started, {tz:String}), '%Y-%m-%d %H:00:00', {tz:String})",
+    "day": "formatDateTime(toDate(time_started, {tz:String}), '%Y-%m-%d')",
+    "month": "formatDateTime(toStartOfMonth(time_started, {tz:String}), '%Y-%m')",
+    "extension": "extension",
+    "status": "status",
+    "direction": "CAST(direction, 'UInt8')",
+    "cause": "cause",
+}
+GROUP_BY = tuple(_GROUP_KEYS)
+STAT_QUANTILES = (0.5, 0.9, 0.99)
+MAX_GROUPS = 10_000
+
+
+def stats_query(table: str, tenant: str, f: SearchFilters, *, group_by: str, tz: str) -> Query:
+    """Per group: calls, answered calls, their billsec, all billsec, exact duration
+    quantiles (quantileExact: the value at index floor(level x n) of the sorted durations).
+    FINAL, so re-sent and corrected events count once, as their newest version."""
+    clauses, params = _where(tenant, f)
+    levels = ", ".join(str(q) for q in STAT_QUANTILES)
+    sql = (
+        f"SELECT {_GROUP_KEYS[group_by]} AS grp, count(), countIf(status = 'ANSWERED'),"
+        f" sumIf(billsec, status = 'ANSWERED'), sum(billsec), quantilesExact({levels})(duration)"
+        f" FROM {table} FINAL WHERE {' AND '.join(clauses)} GROUP BY grp ORDER BY grp"
+        " LIMIT {max_groups:UInt32}" + _FINAL_SETTINGS
+    )
+    return Query(sql, {**params, "tz": tz, "max_groups": MAX_GROUPS + 1})
+
+
 def count_query(table: str, tenant: str, f: SearchFilters) -> Query:
     clauses, params = _where(tenant, f)
     return Query(f"SELECT count() FROM {table} FINAL WHERE {' AND '.join(clauses)}" + _FINAL_SETTINGS, params)
