@@ -1,4 +1,4 @@
-"""The ``cdr`` command: migrate, create-topics, ingest, api, run, simulate."""
+"""The ``cdr`` command: migrate, create-topics, ingest, api, run, import, simulate."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from cdr.logs import configure_logging
 from cdr.settings import Settings, SettingsError, load_settings
@@ -50,6 +51,18 @@ async def _create_topics(settings: Settings) -> int:
         log.info("topics ready", extra={"topics_created": wanted})
     finally:
         await admin.close()
+    return 0
+
+
+async def _import(settings: Settings, files: list[Path], rejects: Path, batch_size: int) -> int:
+    from cdr.importer import import_files
+
+    report = await import_files(settings, files, rejects, batch_size=max(batch_size, 1), tty=sys.stderr.isatty())
+    outcome = {"lines": report.lines, "stored": report.stored, "rejected": report.rejected, "files": report.files}
+    if report.rejected:
+        log.warning("import done; some lines were refused", extra={**outcome, "rejects": str(rejects)})
+    else:
+        log.info("import done", extra=outcome)
     return 0
 
 
@@ -114,6 +127,18 @@ def _parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("schemas", help="write the event JSON Schema and the OpenAPI document")
     sch.add_argument("--dir", default="schemas", help="folder to write to (default: schemas)")
     sch.add_argument("--check", action="store_true", help="only check the files are current")
+    imp = sub.add_parser(
+        "import",
+        help="load historical calls (NDJSON events or CSV with the event's field names; gzip accepted)",
+    )
+    imp.add_argument("files", nargs="+", type=Path, help="files to import, in order")
+    imp.add_argument(
+        "--rejects",
+        type=Path,
+        default=Path("import-rejects.ndjson"),
+        help="where refused lines go, with their reasons (default: import-rejects.ndjson)",
+    )
+    imp.add_argument("--batch-size", type=int, default=20_000, help="events per insert (default 20000)")
     sim = sub.add_parser("simulate", help="publish realistic call-ended events")
     sim.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     sim.add_argument("--count", type=int, default=0, help="stop after this many events (0: run until Ctrl-C)")
@@ -145,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run = {"api": runner.run_api, "run": runner.run_all, "ingest": runner.run_ingest}[args.command]
             return asyncio.run(run(settings))
+        if args.command == "import":
+            return asyncio.run(_import(settings, args.files, args.rejects, args.batch_size))
         if args.command == "simulate":
             from cdr.simulate import simulate
 

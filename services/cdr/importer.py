@@ -1,0 +1,178 @@
+"""`cdr import FILE...`: historical calls straight into the store, through the ingest's
+own validation (the same pydantic model, size limit and emitted_at skew) and the same
+columnar insert, so an imported call is stored exactly as if the PBX had published it.
+
+Files are NDJSON call-ended events or CSV with the event's field names as the header
+(empty cells are absent fields), plain or gzip. Rejected lines go to a rejects file
+(NDJSON: file, line, kind, error, value) and never stop the import. Importing the same
+file twice stores nothing twice: identical events collapse like re-delivered ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cdr.ingest.processor import Invalid, precheck, to_table, validate
+from cdr.model.event import CallEnded
+from cdr.settings import Settings, SettingsError
+from cdr.store import open_store
+from cdr.store.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+_INTEGER_FIELDS = frozenset({"duration", "billsec", "schema_version"})
+# An empty cell of these is an absent field (null); of any other, an empty string.
+_OPTIONAL_FIELDS = frozenset(name for name, spec in CallEnded.model_fields.items() if not spec.is_required())
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class ImportReport:
+    lines: int = 0
+    stored: int = 0
+    rejected: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+class _Source:
+    """One input file: its lines as event JSON, and how far through the file we are."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.raw = path.open("rb")
+        except OSError as exc:
+            raise SettingsError(f"cdr import: cannot read {path}: {exc.strerror or exc}") from exc
+        self.path = path
+        self.size = max(path.stat().st_size, 1)
+        compressed = self.raw.peek(2)[:2] == _GZIP_MAGIC
+        self.stream: gzip.GzipFile | io.BufferedReader = gzip.GzipFile(fileobj=self.raw) if compressed else self.raw
+
+    def position(self) -> int:
+        return self.raw.tell()
+
+    def events(self) -> Iterator[tuple[int, bytes]]:
+        """(line number, event JSON) for every non-empty line (CSV: every data row)."""
+        head = self.stream.peek(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head.startswith(b"{"):
+            for number, line in enumerate(self.stream, start=1):
+                if line.strip():
+                    yield number, line.strip()
+            return
+        text = io.TextIOWrapper(self.stream, encoding="utf-8-sig", newline="")
+        reader = csv.DictReader(text)
+        for row in reader:
+            yield reader.line_num, orjson.dumps(_csv_event(row))
+
+    def close(self) -> None:
+        self.stream.close()
+        self.raw.close()
+
+
+def _csv_event(row: dict[str | None, Any]) -> dict[str, Any]:
+    """A CSV row as the event's JSON object: empty optional cells absent, whole numbers as
+    numbers (anything else is left for the model to refuse with its own message)."""
+    event: dict[str, Any] = {}
+    for name, value in row.items():
+        if name is None or value is None or (value == "" and name in _OPTIONAL_FIELDS):
+            continue  # extra cells without a header, or an optional field left empty
+        if name in _INTEGER_FIELDS and value.isascii() and value.isdigit():
+            event[name] = int(value)
+        else:
+            event[name] = value
+    return event
+
+
+class Progress:
+    """A bar with rate and ETA on a terminal; a log line every few seconds otherwise."""
+
+    def __init__(self, total_bytes: int, *, tty: bool) -> None:
+        self.total = max(total_bytes, 1)
+        self.tty = tty
+        self.started = time.monotonic()
+        self.shown = 0.0
+
+    def update(self, done_bytes: int, lines: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.shown < (0.2 if self.tty else 5.0):
+            return
+        self.shown = now
+        elapsed = max(now - self.started, 1e-6)
+        share = min(done_bytes / self.total, 1.0)
+        rate = lines / elapsed
+        eta = elapsed * (1 - share) / share if share > 0 else 0.0
+        if self.tty:
+            bar = "#" * int(share * 30)
+            sys.stderr.write(
+                f"\r[{bar:<30}] {share:4.0%} {lines:,} lines {rate:,.0f}/s ETA {timedelta(seconds=round(eta))}"
+            )
+            if final:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        else:
+            log.info(
+                "import progress",
+                extra={
+                    "lines": lines,
+                    "percent": round(share * 100, 1),
+                    "lines_per_s": round(rate),
+                    "eta_s": round(eta),
+                },
+            )
+
+
+async def import_files(
+    settings: Settings, paths: list[Path], rejects: Path, *, batch_size: int = 20_000, tty: bool = False
+) -> ImportReport:
+    sources = [_Source(path) for path in paths]  # every file readable before anything is stored
+    report = ImportReport(files=[str(p) for p in paths])
+    store = open_store(settings)
+    progress = Progress(sum(s.size for s in sources), tty=tty)
+    latest = datetime.now(UTC) + timedelta(seconds=settings.max_future_skew_s)
+    try:
+        await migrate(store)
+        with rejects.open("wb") as rejected:
+            done_before = 0
+            for source in sources:
+                batch: list[CallEnded] = []
+                for number, value in source.events():
+                    report.lines += 1
+                    outcome = precheck(value, settings.max_event_bytes) or validate(value, settings.zone, latest)
+                    if isinstance(outcome, Invalid):
+                        report.rejected += 1
+                        rejected.write(_reject(source.path, number, outcome, value))
+                    else:
+                        batch.append(outcome)
+                    if len(batch) >= batch_size:
+                        await store.insert_arrow("cdr", to_table(batch))
+                        report.stored += len(batch)
+                        batch = []
+                    progress.update(done_before + source.position(), report.lines)
+                if batch:
+                    await store.insert_arrow("cdr", to_table(batch))
+                    report.stored += len(batch)
+                done_before += source.size
+                source.close()
+            progress.update(done_before, report.lines, final=True)
+    finally:
+        for source in sources:
+            source.close()
+        await store.close()
+    return report
+
+
+def _reject(path: Path, number: int, problem: Invalid, value: bytes) -> bytes:
+    shown = value[:2000].decode("utf-8", "replace")
+    entry = {"file": str(path), "line": number, "kind": problem.kind, "error": problem.reason, "value": shown}
+    return orjson.dumps(entry) + b"\n"
