@@ -71,17 +71,27 @@ def schema_files(settings: Settings) -> dict[str, bytes]:
     import orjson
 
     from cdr.api.openapi import OPENAPI_FILE, openapi_document
+    from cdr.ingest.asyncapi import ASYNCAPI_FILE, asyncapi_document
     from cdr.model.schema import EVENT_SCHEMA_FILE, event_json_schema
 
     dump = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+    documented = settings.model_copy(update=_DOC_DEFAULTS)
     return {
         EVENT_SCHEMA_FILE: orjson.dumps(event_json_schema(), option=dump) + b"\n",
-        OPENAPI_FILE: orjson.dumps(openapi_document(settings.model_copy(update=_DOC_DEFAULTS)), option=dump) + b"\n",
+        OPENAPI_FILE: orjson.dumps(openapi_document(documented), option=dump) + b"\n",
+        ASYNCAPI_FILE: orjson.dumps(asyncapi_document(documented), option=dump) + b"\n",
     }
 
 
-# The checked-in OpenAPI shows the defaults, whatever this machine's environment says.
-_DOC_DEFAULTS = {"default_limit": 10, "max_limit": 1_000}
+# The checked-in documents show the defaults, whatever this machine's environment says.
+_DOC_DEFAULTS = {
+    "default_limit": 10,
+    "max_limit": 1_000,
+    "kafka_bootstrap_servers": "kafka:9092",
+    "kafka_topic": "pbx.call-ended",
+    "kafka_dlq_topic": "pbx.call-ended.dlq",
+    "kafka_group_id": "cdr-ingest",
+}
 
 
 def _schemas(settings: Settings, folder: str, check: bool) -> int:

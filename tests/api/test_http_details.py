@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -203,3 +204,18 @@ async def test_response_headers(api: Api, caplog: pytest.LogCaptureFixture) -> N
     assert len(hostile.headers["X-Request-Id"]) == 32 and hostile.headers["X-Request-Id"] != "x" * 500
     assert "Cache-Control" not in ops.headers and ops.headers["X-Request-Id"]
     assert plain.headers["X-Request-Id"] != error.headers["X-Request-Id"]
+
+
+async def test_docs_render_the_openapi_document_from_packaged_assets(api: Api) -> None:
+    async with api.client(tenant=None) as client:
+        page = await client.get("/docs")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assets = re.findall(r'(?:src|href)="(/docs/[^"]+)"', page.text)
+        assert set(assets) >= {"/docs/static/swagger-ui.css", "/docs/static/swagger-ui-bundle.js", "/docs/init.js"}
+        assert "http" not in "".join(assets)  # nothing from a CDN
+        for asset in assets:
+            fetched = await client.get(asset)
+            assert fetched.status_code == 200 and len(fetched.content) > 0, asset
+        init = (await client.get("/docs/init.js")).text
+        assert "'/openapi.json'" in init
+        assert (await client.get("/openapi.json")).json()["paths"]["/v1/cdr/export"]

@@ -18,7 +18,7 @@ from cdr.simulate import make_event
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
-@pytest.mark.parametrize("name", ["call-ended.v1.schema.json", "openapi.json"])
+@pytest.mark.parametrize("name", ["call-ended.v1.schema.json", "openapi.json", "asyncapi.json"])
 def test_checked_in_file_matches_code(name: str) -> None:
     generated = schema_files(load_settings())[name]
     on_disk = (SCHEMAS / name).read_bytes()

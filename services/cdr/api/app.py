@@ -12,10 +12,11 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from cdr.api.auth import TokenAuthority
 from cdr.api.cursor import CursorCodec
+from cdr.api.docs import docs_routes
 from cdr.api.errors import ApiError, Internal, InvalidParameter, MethodNotAllowed, NotFound, error_response
 from cdr.api.middleware import REQUEST_ID, ObservedResponses, RequestLimits
 from cdr.api.openapi import openapi_document
@@ -93,9 +94,10 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return OrjsonResponse(document)
 
-    routes = [
+    routes: list[Route | Mount] = [
         *cdr.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *docs_routes(),
         *(ops_routes(metrics, ready) if ops_routes_here else []),
     ]
 

@@ -8,7 +8,7 @@ import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
-from starlette.routing import Match, Route
+from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cdr.api.errors import ApiError, HeadersTooLarge, InvalidParameter, UriTooLong, error_response
@@ -64,7 +64,7 @@ class ObservedResponses:
     left in the scope (rate-limit state); request count and latency by route template
     (never by raw path)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[Route]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[Route | Mount]) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
