@@ -289,6 +289,13 @@ class Settings(BaseSettings):
     api_tokens_file: Path | None = Field(
         None, description="File of tenant_id:sha256hex(token) lines, added to CDR_API_TOKENS."
     )
+    tenants_file: Path | None = Field(
+        None,
+        description=(
+            "The tenant directory (YAML, or JSON by its .json suffix): per tenant its token digests, timezone,"
+            " phone region and rate limit; re-read when it changes. Added to CDR_API_TOKENS(_FILE)."
+        ),
+    )
     cursor_secret: SecretStr | None = Field(
         None,
         description=(
@@ -358,11 +365,7 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {value!r}") from exc
-        return value
+        return known_timezone(value)
 
     @field_validator("clickhouse_url")
     @classmethod
@@ -459,6 +462,15 @@ class Settings(BaseSettings):
             return parse_token_entries(text)
         except ValueError as exc:
             raise SettingsError(f"CDR_API_TOKENS_FILE: {exc}") from exc
+
+
+def known_timezone(value: str) -> str:
+    """The IANA timezone name, or ValueError saying it is unknown."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {value!r}") from exc
+    return value
 
 
 def parse_token_entries(text: str) -> dict[str, str]:

@@ -104,3 +104,14 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
         server.should_exit = True
         await task
         await store.close()
+
+
+async def second_server(api: Api, store: object = None, **settings: object) -> tuple[Any, Any, str]:
+    """Another API server on the test store (or ``store``) with other settings."""
+    changed = api.settings.model_copy(update=settings)
+    port = free_port()
+    server = http_server(create_app(changed, store or api.store, Metrics()), "127.0.0.1", port, changed)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    return server, task, f"http://127.0.0.1:{port}"

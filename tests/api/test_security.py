@@ -14,7 +14,7 @@ from cdr.api.app import create_app
 from cdr.api.cursor import CursorCodec, Position
 from cdr.api.params import FILTER_PARAMS
 from cdr.metrics import Metrics
-from tests.api.conftest import SECRET, Api
+from tests.api.conftest import SECRET, Api, second_server
 
 
 async def test_missing_malformed_and_unknown_tokens_are_401(api: Api) -> None:
@@ -235,22 +235,6 @@ async def test_rate_limit_answers_429_over_http(api: Api) -> None:
     assert limited.headers["RateLimit-Remaining"] == "0"
 
 
-async def _second_server(api: Api, store: object = None, **settings: object) -> tuple[Any, Any, str]:
-    """Another API server on the test store (or ``store``) with other settings."""
-    from cdr.api.app import create_app
-    from cdr.metrics import Metrics
-    from cdr.serve import http_server
-    from tests.api.conftest import free_port
-
-    changed = api.settings.model_copy(update=settings)
-    port = free_port()
-    server = http_server(create_app(changed, store or api.store, Metrics()), "127.0.0.1", port, changed)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    return server, task, f"http://127.0.0.1:{port}"
-
-
 async def test_a_flood_from_one_tenant_leaves_others_and_readiness_answering(api: Api) -> None:
     """The most expensive valid request (a 1,000-row page with its total, newest first,
     over every month), 60 at once from one tenant: it holds at most its share of the
@@ -259,7 +243,7 @@ async def test_a_flood_from_one_tenant_leaves_others_and_readiness_answering(api
 
     from tests.api.conftest import TOKENS
 
-    server, task, url = await _second_server(api, tenant_max_concurrent_requests=2)
+    server, task, url = await second_server(api, tenant_max_concurrent_requests=2)
     expensive = {"page": "1", "limit": "1000", "order": "desc", "start_date": "1990-01-01"}
     try:
         async with (
@@ -291,7 +275,7 @@ async def test_a_read_over_its_budget_is_503_naming_the_budget(api: Api) -> None
     from tests.api.conftest import TOKENS
 
     tight = Store(api.store.dsn, database=api.store.database, read_budget=ReadBudget(max_rows_to_read=10))
-    server, task, url = await _second_server(api, tight)
+    server, task, url = await second_server(api, tight)
     try:
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS['t1.example']}"}) as c:
             over = await c.get("/v1/cdr", params={"page": "1", "limit": "100"})
@@ -312,7 +296,7 @@ async def test_a_changed_token_file_takes_effect_without_a_restart(api: Api, tmp
 
     tokens = tmp_path / "tokens"
     tokens.write_text(f"t1.example:{token_digest('old-token-' + 'o' * 20)}\n")
-    server, task, url = await _second_server(api, api_tokens="", api_tokens_file=tokens)
+    server, task, url = await second_server(api, api_tokens="", api_tokens_file=tokens)
 
     async def status(token: str) -> int:
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:

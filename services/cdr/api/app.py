@@ -23,6 +23,7 @@ from cdr.api.openapi import openapi_document
 from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import CdrRoutes
+from cdr.api.tenants import load_directory
 from cdr.metrics import Metrics
 from cdr.ops import ops_routes
 from cdr.settings import Settings, SettingsError
@@ -71,7 +72,8 @@ def create_app(
     public port and an Ingress in front of it expose the CDR routes only."""
     if settings.cursor_secret is None:
         raise SettingsError("CDR_CURSOR_SECRET is required by the API (at least 32 characters)")
-    tokens = TokenAuthority(settings.token_digests, settings.api_tokens_file)
+    watched = [path for path in (settings.api_tokens_file, settings.tenants_file) if path is not None]
+    tokens = TokenAuthority(lambda: load_directory(settings), watched)
     if not tokens.tenants:
         log.warning("no API tokens configured (CDR_API_TOKENS / CDR_API_TOKENS_FILE): every request gets 401")
     cdr = CdrRoutes(
@@ -85,7 +87,7 @@ def create_app(
                 settings.cursor_secret_previous.get_secret_value().encode() if settings.cursor_secret_previous else None
             ),
         ),
-        TenantRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        TenantRateLimiter(),
     )
     document = openapi_document(settings)
 

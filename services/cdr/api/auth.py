@@ -7,10 +7,11 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cdr.api.errors import Unauthorized
+from cdr.api.tenants import Directory, TenantProfile
 from cdr.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -24,36 +25,40 @@ def token_digest(token: str) -> str:
 
 
 class TokenAuthority:
-    """``load()`` gives digest (hex) -> tenant. With a ``watched`` file (a mounted
-    Secret), a change to it is picked up within seconds, without a restart: a revoked
-    token stops working, a new one starts. A file that no longer parses keeps the
-    previous tokens (and says so in the log) rather than locking every tenant out."""
+    """``load()`` gives the tenant directory (digest -> tenant, and each tenant's profile).
+    With ``watched`` files (mounted Secrets), a change to one is picked up within seconds,
+    without a restart: a revoked token stops working, a new one starts, a tenant's new
+    timezone or rate limit applies. A file that no longer parses keeps the previous
+    directory (and says so in the log) rather than locking every tenant out."""
 
     def __init__(
         self,
-        load: Callable[[], dict[str, str]],
-        watched: Path | None = None,
+        load: Callable[[], Directory],
+        watched: Sequence[Path] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load = load
-        self._watched = watched
+        self._watched = tuple(watched)
         self._clock = clock
         self._checked_at = clock()
         self._stamp = self._file_stamp()
-        self._entries = list(load().items())  # (sha256 hex, tenant)
+        self._directory = load()
+        self._entries = list(self._directory.digests.items())  # (sha256 hex, tenant)
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        if self._watched is None:
-            return None
-        try:
-            st = os.stat(self._watched)  # follows the symlink a Secret volume swaps
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def _file_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        stamps: list[tuple[int, int, int] | None] = []
+        for path in self._watched:
+            try:
+                st = os.stat(path)  # follows the symlink a Secret volume swaps
+            except OSError:
+                stamps.append(None)
+                continue
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
 
     def _reload_if_changed(self) -> None:
         now = self._clock()
-        if self._watched is None or now - self._checked_at < _RECHECK_S:
+        if not self._watched or now - self._checked_at < _RECHECK_S:
             return
         self._checked_at = now
         stamp = self._file_stamp()
@@ -61,12 +66,18 @@ class TokenAuthority:
             return
         self._stamp = stamp
         try:
-            entries = list(self._load().items())
+            directory = self._load()
         except SettingsError as exc:
             log.error("token file changed but cannot be used; keeping the previous tokens", extra={"error": str(exc)})
             return
-        self._entries = entries
-        log.info("token file reloaded", extra={"tokens": len(entries), "tenants": self.tenants})
+        self._directory = directory
+        self._entries = list(directory.digests.items())
+        log.info("token file reloaded", extra={"tokens": len(self._entries), "tenants": self.tenants})
+
+    def profile(self, tenant: str) -> TenantProfile:
+        """The tenant's timezone, phone region and rate limit (the service's defaults unless
+        the tenant directory says otherwise)."""
+        return self._directory.profile(tenant)
 
     @property
     def tenants(self) -> int:

@@ -10,33 +10,35 @@ from cdr.api.errors import RateLimited
 
 
 class TenantRateLimiter:
-    def __init__(self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = per_second
-        self._burst = float(burst)
+    """Each tenant's bucket refills at its own rate up to its own burst (the tenant
+    directory's, else the service's)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
 
-    def check(self, tenant: str) -> dict[str, str]:
+    def check(self, tenant: str, per_second: float, burst: int) -> dict[str, str]:
         """Take one token for the tenant, or raise RateLimited saying when to retry.
         Returns the state as ``RateLimit-*`` headers (IETF draft names); none when off."""
-        if self._rate <= 0:
+        if per_second <= 0:
             return {}
         now = self._clock()
-        tokens, at = self._buckets.get(tenant, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        tokens, at = self._buckets.get(tenant, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * per_second)
         if tokens < 1:
-            wait = math.ceil((1 - tokens) / self._rate)
+            wait = math.ceil((1 - tokens) / per_second)
             self._buckets[tenant] = (tokens, now)
             raise RateLimited(
                 f"too many requests for this tenant; retry in {wait} s",
-                headers={"Retry-After": str(wait), **self._state(tokens)},
+                headers={"Retry-After": str(wait), **_state(tokens, per_second, burst)},
             )
         self._buckets[tenant] = (tokens - 1, now)
-        return self._state(tokens - 1)
+        return _state(tokens - 1, per_second, burst)
 
-    def _state(self, tokens: float) -> dict[str, str]:
-        return {
-            "RateLimit-Limit": str(int(self._burst)),
-            "RateLimit-Remaining": str(max(int(tokens), 0)),
-            "RateLimit-Reset": str(math.ceil((self._burst - tokens) / self._rate)),
-        }
+
+def _state(tokens: float, per_second: float, burst: int) -> dict[str, str]:
+    return {
+        "RateLimit-Limit": str(burst),
+        "RateLimit-Remaining": str(max(int(tokens), 0)),
+        "RateLimit-Reset": str(math.ceil((burst - tokens) / per_second)),
+    }

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -66,7 +67,18 @@ _FIELD_OF = {
     "phone": "phones",
     "phone_prefix": "phone_prefixes",
 }
-TenantHandler = Callable[[Request, str], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The tenant a request acts for, and how its dates and phones are read and its times shown."""
+
+    tenant: str
+    timezone: str
+    context: Context
+
+
+TenantHandler = Callable[[Request, Caller], Awaitable[Response]]
 _MAX_KEY = 1024
 _EXPORT_BATCH = 5_000
 _BOM = "\ufeff".encode()
@@ -96,7 +108,6 @@ class CdrRoutes:
         self._table = store.qualified("cdr")
         self._limits = Limits(settings.default_limit, settings.max_limit, settings.max_offset)
         self._params = list_params(self._limits)
-        self._context = Context(settings.zone, settings.phone_region)
         # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
         self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
         self._busy: dict[str, int] = {}  # tenant -> requests in progress
@@ -104,11 +115,12 @@ class CdrRoutes:
         self._export_params = export_params(self._limits)
         self._stats_params = stats_params(self._limits)
 
-    def _tenant(self, request: Request) -> str:
+    def _caller(self, request: Request) -> Caller:
         tenant = self._auth.tenant_for(request.headers.get("authorization"))
-        state = self._limiter.check(tenant)
+        profile = self._auth.profile(tenant)
+        state = self._limiter.check(tenant, profile.rate_per_s, profile.burst)
         request.scope.setdefault(EXTRA_HEADERS, []).extend(state.items())
-        return tenant
+        return Caller(tenant, profile.timezone, Context(profile.zone, profile.phone_region))
 
     def routes(self) -> list[Route]:
         """Every /v1 route, each built by ``_tenant_route``: authentication, the tenant's
@@ -123,29 +135,30 @@ class CdrRoutes:
 
     def _tenant_route(self, path: str, handler: TenantHandler) -> Route:
         async def endpoint(request: Request) -> Response:
-            tenant = self._tenant(request)
-            with self._slot(tenant):
-                return await handler(request, tenant)
+            caller = self._caller(request)
+            with self._slot(caller.tenant):
+                return await handler(request, caller)
 
         endpoint.__name__ = handler.__name__
         return Route(path, endpoint, methods=["GET"])
 
-    async def list_cdrs(self, request: Request, tenant: str) -> Response:
-        wanted = parse_list_request(request.query_params, self._params, self._context, self._limits)
+    async def list_cdrs(self, request: Request, caller: Caller) -> Response:
+        wanted = parse_list_request(request.query_params, self._params, caller.context, self._limits)
         if wanted.mode == "page":
-            return OrjsonResponse(await self._page(tenant, wanted))
-        return OrjsonResponse(await self._scroll(tenant, wanted))
+            return OrjsonResponse(await self._page(caller, wanted))
+        return OrjsonResponse(await self._scroll(caller, wanted))
 
-    async def export_cdrs(self, request: Request, tenant: str) -> Response:
+    async def export_cdrs(self, request: Request, caller: Caller) -> Response:
         """Every record the filters select, in list order, streamed as it is read: keyset
         batches on the sort key, so memory stays flat whatever the size. The first batch
         is read before the response starts, so an unavailable store is still a 503; a
         failure later cuts the stream (the client sees an incomplete chunked body). A
         client that goes away stops the reads (the generator is closed)."""
-        wanted = parse_export_request(request.query_params, self._export_params, self._context)
+        wanted = parse_export_request(request.query_params, self._export_params, caller.context)
+        tenant = caller.tenant
         release = self._export_slot(tenant)
         try:
-            first = await self._export_batch(tenant, wanted, None)
+            first = await self._export_batch(caller, wanted, None)
         except BaseException:
             release()
             raise
@@ -163,7 +176,7 @@ class CdrRoutes:
                         break
                     last = rows[-1]
                     after = (datetime.fromtimestamp(int(last[-1]) / 1000, tz=UTC), UUID(str(last[0])))
-                    rows, more = await self._export_batch(tenant, wanted, after)
+                    rows, more = await self._export_batch(caller, wanted, after)
             finally:
                 release()
 
@@ -173,10 +186,10 @@ class CdrRoutes:
         return StreamingResponse(body(), media_type=media, headers={"Content-Disposition": disposition})
 
     async def _export_batch(
-        self, tenant: str, wanted: ExportRequest, after: tuple[datetime, UUID] | None
+        self, caller: Caller, wanted: ExportRequest, after: tuple[datetime, UUID] | None
     ) -> tuple[list[list[Any]], bool]:
         rows = await self._scroll_rows(
-            tenant, wanted.filters, limit=_EXPORT_BATCH, desc=wanted.order == "desc", after=after
+            caller, wanted.filters, limit=_EXPORT_BATCH, desc=wanted.order == "desc", after=after
         )
         return rows[:_EXPORT_BATCH], len(rows) > _EXPORT_BATCH
 
@@ -189,9 +202,9 @@ class CdrRoutes:
             RateLimited("this tenant already runs an export; retry when it finishes", headers={"Retry-After": "5"}),
         )
 
-    async def cdr_stats(self, request: Request, tenant: str) -> Response:
-        wanted = parse_stats_request(request.query_params, self._stats_params, self._context)
-        query = stats_query(self._table, tenant, wanted.filters, group_by=wanted.group_by, tz=self._settings.timezone)
+    async def cdr_stats(self, request: Request, caller: Caller) -> Response:
+        wanted = parse_stats_request(request.query_params, self._stats_params, caller.context)
+        query = stats_query(self._table, caller.tenant, wanted.filters, group_by=wanted.group_by, tz=caller.timezone)
         rows = await self._run(query.sql, query.params)
         if len(rows) > MAX_GROUPS:
             raise InvalidParameter(
@@ -200,14 +213,14 @@ class CdrRoutes:
             )
         return OrjsonResponse({"group_by": wanted.group_by, "data": [_stat(row) for row in rows]})
 
-    async def get_cdr(self, request: Request, tenant: str) -> Response:
+    async def get_cdr(self, request: Request, caller: Caller) -> Response:
         key = request.path_params["key"]
         if not key or len(key) > _MAX_KEY:
             raise NotFound("no such CDR")
-        return OrjsonResponse(record(await self._lookup(tenant, key)))
+        return OrjsonResponse(record(await self._lookup(caller, key)))
 
-    async def _lookup(self, tenant: str, key: str) -> list[Any]:
-        tz = self._settings.timezone
+    async def _lookup(self, caller: Caller, key: str) -> list[Any]:
+        tenant, tz = caller.tenant, caller.timezone
         rows: list[list[Any]] = []
         # A key that is a UUID names an id first; a Call-ID may look like a UUID too.
         try:
@@ -224,13 +237,14 @@ class CdrRoutes:
             raise NotFound("no such CDR")
         return rows[0]
 
-    async def _page(self, tenant: str, wanted: ListRequest) -> dict[str, Any]:
+    async def _page(self, caller: Caller, wanted: ListRequest) -> dict[str, Any]:
+        tenant = caller.tenant
         desc = wanted.order == "desc"
         page = page_query(
             self._table,
             tenant,
             wanted.filters,
-            tz=self._settings.timezone,
+            tz=caller.timezone,
             limit=wanted.limit,
             offset=wanted.offset,
             desc=desc,
@@ -245,7 +259,8 @@ class CdrRoutes:
             "total": int(total[0][0]),
         }
 
-    async def _scroll(self, tenant: str, wanted: ListRequest) -> dict[str, Any]:
+    async def _scroll(self, caller: Caller, wanted: ListRequest) -> dict[str, Any]:
+        tenant = caller.tenant
         filters, order, limit, after = wanted.filters, wanted.order, wanted.limit, None
         now = int(time.time())
         if wanted.scroll_id is not None:
@@ -268,7 +283,7 @@ class CdrRoutes:
                 )
             except (ValueError, OverflowError, OSError):
                 raise InvalidScrollId("scroll_id is malformed", param="scroll_id") from None
-        rows = await self._scroll_rows(tenant, filters, limit=limit, desc=order == "desc", after=after)
+        rows = await self._scroll_rows(caller, filters, limit=limit, desc=order == "desc", after=after)
         more = len(rows) > limit
         rows = rows[:limit]
         next_id = None
@@ -288,7 +303,7 @@ class CdrRoutes:
         return {"data": [record(row) for row in rows], "scroll_id": next_id}
 
     async def _scroll_rows(
-        self, tenant: str, filters: SearchFilters, *, limit: int, desc: bool, after: tuple[datetime, UUID] | None
+        self, caller: Caller, filters: SearchFilters, *, limit: int, desc: bool, after: tuple[datetime, UUID] | None
     ) -> list[list[Any]]:
         """Up to limit + 1 rows after the position, read one time window first.
 
@@ -297,7 +312,7 @@ class CdrRoutes:
         ~month after their starting edge, so that window is read first and the rest
         of the range only when it falls short. Both reads are in order, so the
         concatenation is too."""
-        tz = self._settings.timezone
+        tenant, tz = caller.tenant, caller.timezone
         edge = after[0] if after else (filters.end if desc else filters.start)
         far = filters.start if desc else filters.end
         if edge is None:

@@ -57,7 +57,7 @@ app.kubernetes.io/part-of: cdr
 {{- define "cdr.ownSecret" -}}
 {{- $v := .Values }}
 {{- $kafka := $v.kafka.security.sasl.password }}
-{{- if or (and $kafka.value (not $kafka.existingSecret)) (and $v.clickhouse.password.value (not $v.clickhouse.password.existingSecret)) (and $v.clickhouse.api.password.value (not $v.clickhouse.api.password.existingSecret)) (and $v.api.tokens.value (not $v.api.tokens.existingSecret)) (and $v.api.cursorSecret.value (not $v.api.cursorSecret.existingSecret)) }}true{{- end }}
+{{- if or (and $kafka.value (not $kafka.existingSecret)) (and $v.clickhouse.password.value (not $v.clickhouse.password.existingSecret)) (and $v.clickhouse.api.password.value (not $v.clickhouse.api.password.existingSecret)) (and $v.api.tokens.value (not $v.api.tokens.existingSecret)) (and $v.api.tenants.value (not $v.api.tenants.existingSecret)) (and $v.api.cursorSecret.value (not $v.api.cursorSecret.existingSecret)) }}true{{- end }}
 {{- end }}
 
 {{/* Environment shared by every container: non-secret settings inline, secrets by reference. */}}
