@@ -171,7 +171,8 @@ class CdrRoutes:
                 rows, more = first
                 while True:
                     if rows:
-                        yield encode(rows)
+                        # On a worker thread: the event loop keeps serving other requests.
+                        yield await asyncio.to_thread(encode, rows)
                     if not more:
                         break
                     last = rows[-1]
