@@ -1,0 +1,129 @@
+"""Runs the schema migrations and every kind of API query on whichever ClickHouse engine
+`import chdb` finds (an older chdb build on PYTHONPATH; see test_older_clickhouse.py),
+with the read settings the API sets, and prints one line per check. Exits non-zero on
+the first statement the engine refuses (a function, setting or syntax it lacks).
+
+Parameters are bound the way a server binds them (`SET param_<name>`), because the
+clickhouse-connect chdb transport needs chdb 4 and this runs on older builds too."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any, cast
+from uuid import UUID
+
+import chdb
+import orjson
+from chdb import session
+
+from cdr.ingest.processor import to_table
+from cdr.model.event import CallEnded
+from cdr.store import Store
+from cdr.store.client import _CLIENT_SETTINGS, ReadBudget
+from cdr.store.migrations import load_migrations, render
+from cdr.store.queries import (
+    GROUP_BY,
+    Query,
+    SearchFilters,
+    call_id_lookup_query,
+    count_query,
+    id_lookup_query,
+    page_query,
+    scroll_query,
+    stats_query,
+    tenant_edge_query,
+)
+from tests.helpers import encoded, events, parse_event
+
+TABLE = "cdr.cdr"
+TZ = "Asia/Ho_Chi_Minh"
+
+
+def _literal(value: Any) -> str:
+    text = _stamp(value.astimezone(UTC)) if isinstance(value, datetime) else str(value)
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def run(db: session.Session, what: str, query: Query) -> str:
+    for name, value in query.params.items():
+        db.query(f"SET param_{name} = {_literal(value)}")
+    result = db.query(query.sql, "CSV")
+    print(f"ok  {what}")
+    return str(result)
+
+
+def main() -> None:
+    db = session.Session(tempfile.mkdtemp(prefix="cdr-compat-"))
+    version = str(db.query("SELECT version()", "CSV")).strip().strip('"')
+    print(f"engine: ClickHouse {version} (chdb {'.'.join(chdb.chdb_version)})")
+    target = cast(Store, SimpleNamespace(database="cdr", cluster=None))
+    db.query("CREATE DATABASE IF NOT EXISTS cdr")
+    for migration in load_migrations():
+        for statement in render(migration, target):
+            db.query(statement)
+        print(f"ok  migration {migration.version:04d}_{migration.name}")
+    parsed = [parse_event(value, UTC, 65_536) for _, value in encoded(events(300, seed=5, tenants=("t.example",)))]
+    rows = to_table([p for p in parsed if isinstance(p, CallEnded)]).to_pylist()
+    lines = b"\n".join(orjson.dumps(_json_row(r)) for r in rows)
+    db.query("INSERT INTO cdr.cdr FORMAT JSONEachRow " + lines.decode())
+    print(f"ok  insert ({len(rows)} rows, through the migrations' materialized views)")
+    budget = ReadBudget(max_rows_to_read=10**9, max_memory_bytes=2**31)
+    for name, value in {**_CLIENT_SETTINGS, **budget.settings()}.items():
+        db.query(f"SET {name} = {value}")
+    print("ok  the API's read settings")
+    first = rows[10]
+    moment = first["time_started"]
+    every = SearchFilters(
+        start=moment,
+        end=moment,
+        start_ended=moment,
+        end_ended=moment,
+        duration=30,
+        min_duration=10,
+        max_duration=40,
+        cause="NORMAL_CLEARING",
+        extension="101",
+        recordingfile="x.wav",
+        status="ANSWERED",
+        phones=("0899888999", "+84899888999"),
+        phone_prefixes=("09", "+849"),
+        direction=1,
+    )
+    for label, filters in (("no filter", SearchFilters()), ("every filter", every)):
+        run(db, f"page ({label})", page_query(TABLE, "t.example", filters, tz=TZ, limit=10, offset=5, desc=True))
+        run(db, f"total ({label})", count_query(TABLE, "t.example", filters))
+        after = (moment, UUID(first["id"]))
+        forward = scroll_query(TABLE, "t.example", filters, tz=TZ, limit=10, desc=False, after=after)
+        run(db, f"scroll ({label})", forward)
+        window = (moment, datetime(2030, 1, 1, tzinfo=UTC))
+        run(
+            db,
+            f"scroll window ({label})",
+            scroll_query(TABLE, "t.example", filters, tz=TZ, limit=10, desc=True, after=after, window=window),
+        )
+        for group in GROUP_BY:
+            run(db, f"stats by {group} ({label})", stats_query(TABLE, "t.example", filters, group_by=group, tz=TZ))
+    run(db, "tenant edge", tenant_edge_query(TABLE, "t.example", latest=True))
+    found = run(db, "get by id", id_lookup_query(TABLE, "t.example", UUID(first["id"]), tz=TZ))
+    by_call = run(db, "get by Call-ID", call_id_lookup_query(TABLE, "t.example", first["sip_call_id"], tz=TZ))
+    if first["id"] not in found or first["id"] not in by_call:
+        sys.exit("lookups did not find the inserted CDR")
+    print("all checks passed")
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        out[key] = _stamp(value) if isinstance(value, datetime) else value
+    return out
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+if __name__ == "__main__":
+    main()
