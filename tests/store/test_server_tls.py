@@ -111,6 +111,7 @@ async def test_a_certificate_for_another_host_is_refused(peer: TlsPeer, certs: C
     assert isinstance(failure, SettingsError) and "CDR_CLICKHOUSE_CA_FILE" in str(failure), failure
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # what this test asks for
 async def test_verification_can_be_turned_off(peer: TlsPeer, certs: Certificates) -> None:
     store = Store(f"https://127.0.0.1:{peer.port}", database="cdr", tls=ServerTls(verify=False))
     failure = await _first_query(store)
