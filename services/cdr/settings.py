@@ -20,8 +20,8 @@ from cdr.startup import masked_url
 
 # Matched with fullmatch: `$` would let a trailing newline through.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_TENANT = re.compile(TENANT_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+TENANT_ID = re.compile(TENANT_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
 _SECRET_NAMES = ("SECRET", "PASSWORD", "TOKENS")
 
 
@@ -482,18 +482,26 @@ def parse_token_entries(text: str) -> dict[str, str]:
             continue
         tenant, sep, digest = line.rpartition(":")
         digest = digest.strip().lower()
-        if not sep or not tenant.strip() or not _SHA256_HEX.fullmatch(digest):
+        if not sep or not tenant.strip() or not SHA256_HEX.fullmatch(digest):
             raise ValueError(f"entry {number} is not tenant_id:sha256hex(token) (64 hex digits after the last ':')")
         tenant = tenant.strip()
-        if not _TENANT.fullmatch(tenant):
+        if not TENANT_ID.fullmatch(tenant):
             raise ValueError(
                 f"entry {number}: tenant {tenant[:40]!r} is not a tenant id (ASCII letters, digits, '.', '-', '_')"
             )
-        if digests.get(digest, tenant) != tenant:
-            # Last-one-wins would silently hand one tenant's token to another.
-            raise ValueError(f"entry {number}: the same token digest is listed for {digests[digest]!r} and {tenant!r}")
-        digests[digest] = tenant
+        try:
+            claim_token(digests, digest, tenant)
+        except ValueError as exc:
+            raise ValueError(f"entry {number}: {exc}") from None
     return digests
+
+
+def claim_token(digests: dict[str, str], digest: str, tenant: str) -> None:
+    """Record ``digest`` as the tenant's; ValueError naming both tenants if another holds it
+    (last-one-wins would silently hand one tenant's token to another)."""
+    if digests.get(digest, tenant) != tenant:
+        raise ValueError(f"the same token digest is listed for {digests[digest]!r} and {tenant!r}")
+    digests[digest] = tenant
 
 
 def load_settings(**overrides: object) -> Settings:

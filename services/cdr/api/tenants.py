@@ -16,7 +16,6 @@ limit; anything left out falls back to the service-wide setting. ``CDR_API_TOKEN
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -25,11 +24,7 @@ import phonenumbers
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cdr.model.event import TENANT_PATTERN
-from cdr.settings import Settings, SettingsError, known_timezone
-
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_TENANT = re.compile(TENANT_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
+from cdr.settings import SHA256_HEX, TENANT_ID, Settings, SettingsError, claim_token, known_timezone
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ class _Entry(BaseModel):
     def _digests(cls, value: list[str]) -> list[str]:
         digests = [token.strip().lower() for token in value]
         for digest in digests:
-            if not _SHA256_HEX.fullmatch(digest):
+            if not SHA256_HEX.fullmatch(digest):
                 raise ValueError("each token is the SHA-256 hex digest of a token (64 hex digits), never the token")
         return digests
 
@@ -101,11 +96,10 @@ def load_directory(settings: Settings) -> Directory:
         return Directory(digests, profiles, default)
     for tenant, entry in _read(settings).items():
         for digest in entry.tokens:
-            if digests.get(digest, tenant) != tenant:
-                raise SettingsError(
-                    f"CDR_TENANTS_FILE: the same token digest is listed for {digests[digest]!r} and {tenant!r}"
-                )
-            digests[digest] = tenant
+            try:
+                claim_token(digests, digest, tenant)
+            except ValueError as exc:
+                raise SettingsError(f"CDR_TENANTS_FILE: {exc}") from exc
         profiles[tenant] = TenantProfile(
             entry.timezone or default.timezone,
             entry.phone_region or default.phone_region,
@@ -132,7 +126,7 @@ def _read(settings: Settings) -> dict[str, _Entry]:
         raise SettingsError("CDR_TENANTS_FILE: expected a mapping 'tenants:' of tenant id -> entry")
     entries: dict[str, _Entry] = {}
     for tenant, raw in tenants.items():
-        if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
+        if not isinstance(tenant, str) or not TENANT_ID.fullmatch(tenant):
             raise SettingsError(
                 f"CDR_TENANTS_FILE: {str(tenant)[:40]!r} is not a tenant id (ASCII letters, digits, '.', '-', '_')"
             )
