@@ -36,8 +36,9 @@ async def _create_topics(settings: Settings) -> int:
 
     from cdr.kafka_security import check_kafka_access, kafka_client_options
 
-    await check_kafka_access(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_client_options(settings))
+    security = kafka_client_options(settings)
+    await check_kafka_access(settings, security)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **security)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -51,7 +51,13 @@ def kafka_security(settings: Settings) -> BaseSecurity | None:
 
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
     """The same security as keyword arguments of aiokafka's producer, consumer and admin."""
-    return parse_security(kafka_security(settings))
+    return options_of(kafka_security(settings))
+
+
+def options_of(security: BaseSecurity | None) -> dict[str, Any]:
+    """aiokafka's keyword arguments for a security object already built (FastStream's mapping),
+    so a process with several clients reads its key files and password file once."""
+    return parse_security(security)
 
 
 def sasl_password(settings: Settings) -> str:
@@ -92,12 +98,12 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-async def check_kafka_access(settings: Settings) -> None:
-    """Connect and authenticate to one bootstrap server, as our clients will.
+async def check_kafka_access(settings: Settings, options: dict[str, Any]) -> None:
+    """Connect and authenticate to one bootstrap server, as our clients will (``options``:
+    their security, from ``kafka_client_options``).
 
     SettingsError for what retrying cannot fix (credentials, certificates, protocol);
     KafkaConnectionError when no server answered (the caller retries)."""
-    options = kafka_client_options(settings)
     if not options:
         return  # PLAINTEXT: nothing to get wrong but the address, which start-up retries
     failures: list[str] = []

@@ -23,7 +23,7 @@ from cdr.ingest.pipeline import Pipeline
 from cdr.ingest.sink import KafkaDeadLetters
 from cdr.ingest.sqlparse import SqlParser
 from cdr.ingest.writer import BatchWriter
-from cdr.kafka_security import check_kafka_access, kafka_client_options, kafka_security
+from cdr.kafka_security import check_kafka_access, kafka_security, options_of
 from cdr.metrics import Metrics
 from cdr.ops import ops_routes
 from cdr.settings import Settings
@@ -50,6 +50,7 @@ class Ingestor:
     dead_letters: KafkaDeadLetters
     health: IngestHealth
     stopping: asyncio.Event
+    kafka_options: dict[str, Any]  # the clients' security, as aiokafka keyword arguments
     _monitor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -77,7 +78,7 @@ class Ingestor:
         )
 
     async def _connect(self) -> None:
-        await check_kafka_access(self.settings)
+        await check_kafka_access(self.settings, self.kafka_options)
         await self.dead_letters.start()
         try:
             await self.dead_letters.require_topics(
@@ -132,10 +133,12 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
     initial_s, max_s = settings.insert_retry_initial_ms / 1000, settings.insert_retry_max_ms / 1000
     writer = BatchWriter(store, metrics, stopping, initial_backoff_s=initial_s, max_backoff_s=max_s)
     timeout_s = settings.kafka_request_timeout_ms / 1000
+    security = kafka_security(settings)  # key files and password file read once
+    options = options_of(security)
     dead_letters = KafkaDeadLetters(
         settings.kafka_bootstrap_servers,
         settings.kafka_dlq_topic,
-        security=kafka_client_options(settings),
+        security=options,
         metrics=metrics,
         stopping=stopping,
         timeout_s=timeout_s,
@@ -158,7 +161,7 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id="cdr-ingest",
-        security=kafka_security(settings),
+        security=security,
         request_timeout_ms=settings.kafka_request_timeout_ms,
         log_level=logging.DEBUG,  # FastStream logs every batch at this level
     )
@@ -172,7 +175,7 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         timeout_s=timeout_s,
         stall_after_s=settings.stall_after_ms / 1000,
     )
-    return Ingestor(settings, broker, subscriber, pipeline, dead_letters, health, stopping)
+    return Ingestor(settings, broker, subscriber, pipeline, dead_letters, health, stopping, options)
 
 
 def _sql_parser(settings: Settings, store: Store) -> SqlParser | None:
