@@ -220,6 +220,7 @@ _DATE_SCHEMA = _string(
     "must be YYYY-MM-DD, YYYY-MM-DD HH:MM:SS (tenant's timezone) or RFC 3339 with an offset, years 1900-2299",
     examples=["2021-02-18", "2021-02-18 17:20:58", "2021-02-18T17:20:58+07:00"],
 )
+_FLAG_SCHEMA = _string(_caseless("true", "false", "1", "0", "yes", "no"), "must be true or false")
 _TEXT_SCHEMA = _string(TEXT_PATTERN, f"must be 1 to {_MAX_TEXT} characters, no NUL", maxLength=_MAX_TEXT)
 _DATE_RULE = (
     " YYYY-MM-DD (= 00:00:00) or YYYY-MM-DD HH:MM:SS in the tenant's timezone, or RFC 3339 with an offset;"
@@ -319,7 +320,7 @@ def list_params(limits: Limits) -> tuple[Param, ...]:
         ),
         Param(
             "scroll",
-            _string(_caseless("true", "false", "1", "0", "yes", "no"), "must be true or false"),
+            _FLAG_SCHEMA,
             "true forces scroll mode even with limit (to choose the first batch size).",
             _flag,
         ),
@@ -345,7 +346,7 @@ def export_params(limits: Limits) -> tuple[Param, ...]:
         ),
         Param(
             "bom",
-            _string(_caseless("true", "false", "1", "0", "yes", "no"), "must be true or false"),
+            _FLAG_SCHEMA,
             "true starts a CSV file with a UTF-8 byte order mark, so spreadsheet software shows Vietnamese "
             "text correctly.",
             _flag,
