@@ -19,24 +19,65 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import OUT, PeakRss, kafka, machine
+from zoneinfo import ZoneInfo
 
-from cdr.simulate import make_event
+from common import OUT, ROOT, PeakRss, kafka, machine
 
-TOPIC = "bench.call-ended"
+from cdr.simulate import pbx_event
+
+TOPIC = "bench.call-ended.pbx"  # the PBX traffic mix (a new name: an older topic held other events)
+DLQ = TOPIC + ".dlq"
+MIX_FILE = OUT / "ingest-traffic-mix.txt"  # written by the preload, read when the topic is reused
+ZONE = ZoneInfo("Asia/Ho_Chi_Minh")  # the ingestor's default CDR_TIMEZONE
+
+
+def traffic_mix(events: list[dict[str, object]]) -> str:
+    """The shares of the shapes that matter to validation, as printed with the results."""
+    n = len(events)
+
+    def share(test: object) -> str:
+        return f"{100 * sum(1 for e in events if test(e)) / n:.0f} %"  # type: ignore[operator]
+
+    return ", ".join(
+        [
+            f"unanswered {share(lambda e: e.get('time_answered') is None)}",
+            f'recording_url "" {share(lambda e: e.get("recording_url") == "")}',
+            f"null {share(lambda e: 'recording_url' in e and e['recording_url'] is None)}",
+            f"absent {share(lambda e: 'recording_url' not in e)}",
+            f"some optional field absent {share(lambda e: len(e) < 19)}",
+            f"naive times {share(lambda e: str(e['time_ended'])[10] == ' ')}",
+            f"Z times {share(lambda e: str(e['time_ended']).endswith('Z'))}",
+            f"+07:00 times {share(lambda e: str(e['time_ended']).endswith('+07:00'))}",
+        ]
+    )
+
+
+def pbx_events(events: int) -> Iterator[dict[str, object]]:
+    """The benchmark's events, the same every run: 100 tenants, a call ending every 250 ms."""
+    rng = random.Random(42)
+    tenants = [f"tenant{n:03d}.pbx.vn" for n in range(100)]
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    for i in range(events):
+        yield pbx_event(rng, tenants[i % 100], start + timedelta(milliseconds=250 * i), ZONE)
 
 
 async def preload(bootstrap: str, events: int, partitions: int) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        if DLQ not in await admin.list_topics():
+            await admin.create_topics([NewTopic(DLQ, num_partitions=1, replication_factor=1)])
         if TOPIC in await admin.list_topics():
             consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
             await consumer.start()
@@ -45,6 +86,7 @@ async def preload(bootstrap: str, events: int, partitions: int) -> None:
             await consumer.stop()
             if sum(ends.values()) == events:
                 print(f"topic {TOPIC} already holds {events:,} events")
+                print(MIX_FILE.read_text() if MIX_FILE.exists() else "traffic mix: not recorded by the preload")
                 return
             await admin.delete_topics([TOPIC])
             await asyncio.sleep(2)
@@ -55,14 +97,13 @@ async def preload(bootstrap: str, events: int, partitions: int) -> None:
         bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1_048_576, compression_type=None, acks=1
     )
     await producer.start()
-    rng = random.Random(42)
-    tenants = [f"tenant{n:03d}.pbx.vn" for n in range(100)]
-    start = datetime(2024, 1, 1, tzinfo=UTC)
     began = time.perf_counter()
     pending = []
-    for i in range(events):
-        event = make_event(rng, tenants[i % 100], start + timedelta(milliseconds=250 * i))
-        pending.append(await producer.send(TOPIC, orjson.dumps(event), key=event["id"].encode()))
+    sample: list[dict[str, object]] = []
+    for i, event in enumerate(pbx_events(events)):
+        if i % 10 == 0:
+            sample.append(event)
+        pending.append(await producer.send(TOPIC, orjson.dumps(event), key=str(event["id"]).encode()))
         if len(pending) >= 20_000:
             await asyncio.gather(*pending)
             pending.clear()
@@ -71,6 +112,8 @@ async def preload(bootstrap: str, events: int, partitions: int) -> None:
     await asyncio.gather(*pending)
     await producer.stop()
     print(f"preloaded {events:,} events in {time.perf_counter() - began:.1f} s")
+    MIX_FILE.write_text(f"traffic mix (every 10th event): {traffic_mix(sample)}")
+    print(MIX_FILE.read_text())
 
 
 async def raw_fetch(bootstrap: str, events: int) -> float:
@@ -106,23 +149,60 @@ async def committed(bootstrap: str, group: str, partitions: int) -> int:
         await consumer.stop()
 
 
-async def our_ingestor(bootstrap: str, events: int, partitions: int) -> tuple[float, int, int]:
-    data = OUT / "ingest-store"
-    shutil.rmtree(data, ignore_errors=True)
-    group = f"bench-{time.time_ns()}"
+def ingest_environment(bootstrap: str, group: str, data: Path) -> dict[str, str]:
     env = {
         **os.environ,
         "CDR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "CDR_KAFKA_TOPIC": TOPIC,
-        "CDR_KAFKA_DLQ_TOPIC": TOPIC + ".dlq",
+        "CDR_KAFKA_DLQ_TOPIC": DLQ,
         "CDR_KAFKA_GROUP_ID": group,
         "CDR_DATA_DIR": str(data),
         "CDR_OPS_PORT": "0",
         "CDR_LOG_LEVEL": "WARNING",
     }
     env.pop("CDR_CLICKHOUSE_URL", None)
+    return env
+
+
+def consumers(bootstrap: str, group: str, data: Path) -> dict[str, list[str]]:
+    """The command line of each consumer under test, by name."""
+    return {
+        "cdr ingest": [sys.executable, "-m", "cdr.cli", "ingest"],
+        "arroyo peer": [sys.executable, str(ROOT / "bench" / "arroyo_peer.py"), bootstrap, TOPIC, group, str(data)],
+    }
+
+
+@dataclass
+class Run:
+    steady: float  # events/s from 10 % to 90 % committed
+    overall: float  # events/s from process start to all committed
+    idle_rss: int  # bytes, subscribed and caught up, before the run
+    peak_rss: int
+    stored: int  # distinct ids in the store afterwards
+
+
+async def run_consumer(name: str, bootstrap: str, events: int, partitions: int) -> Run:
+    """One consumer process over the whole topic, from its start to all offsets committed.
+
+    Idle RSS: the same command, first run for 15 s on a group that starts at the topic's
+    end (nothing to read), so the difference is what the traffic costs."""
+    data = OUT / "ingest-store"
+    idle_group = f"bench-idle-{time.time_ns()}"
+    shutil.rmtree(data, ignore_errors=True)
+    idle_env = {**ingest_environment(bootstrap, idle_group, data), "CDR_KAFKA_AUTO_OFFSET_RESET": "latest"}
+    argv = consumers(bootstrap, idle_group, data)[name]
+    if name == "arroyo peer":
+        argv = [*argv, "latest"]
+    idle = subprocess.Popen(argv, env=idle_env)
+    await asyncio.sleep(15)
+    idle_rss = psutil.Process(idle.pid).memory_info().rss
+    idle.terminate()
+    idle.wait(timeout=60)
+
+    shutil.rmtree(data, ignore_errors=True)
+    group = f"bench-{time.time_ns()}"
     began = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "cdr.cli", "ingest"], env=env)
+    process = subprocess.Popen(consumers(bootstrap, group, data)[name], env=ingest_environment(bootstrap, group, data))
     rss = PeakRss(process.pid)
     done = 0
     last_check = 0.0
@@ -133,17 +213,13 @@ async def our_ingestor(bootstrap: str, events: int, partitions: int) -> tuple[fl
         if time.perf_counter() - last_check > 0.5:
             last_check = time.perf_counter()
             done = await committed(bootstrap, group, partitions)
-            for name, share in (("p10", 0.1), ("p90", 0.9)):
-                if name not in marks and done >= share * events:
-                    marks[name] = (time.perf_counter(), done)
+            for mark, share in (("p10", 0.1), ("p90", 0.9)):
+                if mark not in marks and done >= share * events:
+                    marks[mark] = (time.perf_counter(), done)
         if process.poll() is not None:
-            raise SystemExit(f"cdr ingest exited with {process.returncode}")
+            raise SystemExit(f"{name} exited with {process.returncode}")
     elapsed = time.perf_counter() - began
     (t10, n10), (t90, n90) = marks["p10"], marks["p90"]
-    print(
-        f"    steady state (10%..90% committed): {(n90 - n10) / (t90 - t10):,.0f} events/s;"
-        f" start to finish incl. process start-up and group join: {events / elapsed:,.0f} events/s"
-    )
     process.terminate()
     process.wait(timeout=60)
     # Verify: every event stored once.
@@ -151,9 +227,15 @@ async def our_ingestor(bootstrap: str, events: int, partitions: int) -> tuple[fl
     from cdr.store import open_store
 
     store = open_store(load_settings(data_dir=data, clickhouse_url=None))
-    rows = await store.query("SELECT count(), uniqExact(id) FROM cdr.cdr FINAL")
+    rows = await store.query("SELECT uniqExact(id) FROM cdr.cdr FINAL")
     await store.close()
-    return events / elapsed, rss.peak, int(rows[0][1])
+    run = Run((n90 - n10) / (t90 - t10), events / elapsed, idle_rss, rss.peak, int(rows[0][0]))
+    print(
+        f"    {name}: steady (10%..90% committed) {run.steady:,.0f} events/s; start to finish {run.overall:,.0f}"
+        f" events/s; RSS idle {run.idle_rss / 2**20:.0f} MB, peak {run.peak_rss / 2**20:.0f} MB;"
+        f" {run.stored:,} distinct ids stored"
+    )
+    return run
 
 
 async def naive_faststream(bootstrap: str, seconds: float) -> float:
@@ -206,20 +288,32 @@ async def main() -> None:
         await preload(bootstrap, args.events, args.partitions)
         raw = await raw_fetch(bootstrap, args.events)
         print(f"(b) raw aiokafka fetch: {raw:,.0f} msg/s")
-        ours, peak, stored = await our_ingestor(bootstrap, args.events, args.partitions)
-        print(f"(a) cdr ingest: {ours:,.0f} events/s, peak RSS {peak / 2**20:.0f} MB, {stored:,} distinct ids stored")
+        runs = {
+            name: await run_consumer(name, bootstrap, args.events, args.partitions)
+            for name in ("cdr ingest", "arroyo peer")
+        }
         naive = await naive_faststream(bootstrap, args.baseline_seconds)
         print(f"(c) one-at-a-time FastStream handler: {naive:,.0f} events/s (over {args.baseline_seconds:.0f} s)")
     print()
-    print(f"machine: {machine()}")
-    print("| run | events/s | vs raw fetch (b) | vs one-at-a-time (c) | peak RSS |")
-    print("|---|---|---|---|---|")
-    run = f"(a) cdr ingest, {args.events:,} events, {args.partitions} partitions"
-    print(f"| {run} | {ours:,.0f} | {ours / raw:.2f}× | {ours / naive:.0f}× | {peak / 2**20:.0f} MB |")
-    print(f"| (b) raw aiokafka getmany, no processing | {raw:,.0f} | 1.00× | | |")
-    print(f"| (c) FastStream, validate + insert per message | {naive:,.0f} | {naive / raw:.3f}× | 1× | |")
-    if stored != args.events:
-        raise SystemExit(f"stored {stored:,} distinct ids, expected {args.events:,}")
+    print(f"machine: {machine()}; {args.events:,} events, {args.partitions} partitions, PBX traffic mix as above")
+    print(
+        "| run | steady events/s | vs raw fetch (b) | vs arroyo peer (d) | start to finish | RSS idle | peak"
+        " | peak − idle |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    peer = runs["arroyo peer"].steady
+    for label, name in (("(a) `cdr ingest`", "cdr ingest"), ("(d) arroyo peer, same batch step", "arroyo peer")):
+        r = runs[name]
+        print(
+            f"| {label} | {r.steady:,.0f} | {r.steady / raw:.2f}× | {r.steady / peer:.2f}× | {r.overall:,.0f}"
+            f" | {r.idle_rss / 2**20:.0f} MB | {r.peak_rss / 2**20:.0f} MB"
+            f" | {(r.peak_rss - r.idle_rss) / 2**20:.0f} MB |"
+        )
+    print(f"| (b) raw aiokafka getmany, no processing | {raw:,.0f} | 1.00× | | | | | |")
+    print(f"| (c) FastStream, validate + insert per message | {naive:,.0f} | {naive / raw:.3f}× | | | | | |")
+    for name, r in runs.items():
+        if r.stored != args.events:
+            raise SystemExit(f"{name} stored {r.stored:,} distinct ids, expected {args.events:,}")
 
 
 if __name__ == "__main__":

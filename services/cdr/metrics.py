@@ -20,7 +20,7 @@ class Metrics:
         )
         self.events_parsed = Counter(
             "cdr_events_parsed_total",
-            "Messages validated, by parser: clickhouse (batch fast path) or pydantic (the rest).",
+            "Messages validated, by parser: lean (the batch fast path) or pydantic (the rest).",
             ["parser"],
             registry=r,
         )

@@ -136,14 +136,6 @@ class Settings(BaseSettings):
 
     # --- Batching and failure handling -----------------------------------------
     batch_size: int = Field(20_000, ge=1, le=1_000_000, description="Most events in one ClickHouse insert.")
-    sql_parse_min_batch: int = Field(
-        2_000,
-        ge=0,
-        description=(
-            "Batches of at least this many messages are parsed inside ClickHouse (embedded store), the rest"
-            " by pydantic; 0 turns the ClickHouse parse off."
-        ),
-    )
     batch_time_ms: int = Field(
         1_000,
         ge=10,

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import orjson
@@ -87,6 +87,45 @@ def make_event(rng: random.Random, tenant: str, ended: datetime, *, emitted: dat
     }
 
 
+# How a PBX writes its events (shares of all events). The document's own two examples
+# differ: naive local times and a null receive_dest in one; an offset or UTC time, "" for
+# a missing recording and receive_dest in the other. Absent optional fields are rarer.
+TIME_STYLES = (("naive local", 0.5), ("+07:00 offset", 0.4), ("UTC Z", 0.1))
+EMPTY_STYLES = (('""', 0.6), ("null", 0.25), ("absent", 0.15))
+
+
+def pbx_event(rng: random.Random, tenant: str, ended: datetime, zone: tzinfo) -> dict[str, Any]:
+    """``make_event`` written the ways real PBXs write it (``TIME_STYLES``, ``EMPTY_STYLES``
+    for each missing recording, receive_dest and extension)."""
+    event = make_event(rng, tenant, ended)
+    style = _pick(rng, TIME_STYLES)
+    for name in ("emitted_at", "time_started", "time_answered", "time_ended"):
+        value = event[name]
+        if value is None:
+            continue
+        moment = datetime.fromisoformat(value)
+        if style == "naive local":
+            event[name] = moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+        elif style == "UTC Z":
+            event[name] = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        else:
+            event[name] = moment.astimezone(zone).isoformat()
+    if event["direction"] == "inbound" and rng.random() < 0.05:
+        event["extension"] = None  # the call never reached an extension
+    for name in ("recording_url", "receive_dest", "extension"):
+        if event[name] is None:
+            empty = _pick(rng, EMPTY_STYLES)
+            if empty == '""':
+                event[name] = ""
+            elif empty == "absent":
+                del event[name]
+    return event
+
+
+def _pick(rng: random.Random, shares: tuple[tuple[str, float], ...]) -> str:
+    return rng.choices([name for name, _ in shares], weights=[share for _, share in shares])[0]
+
+
 def _pick_outcome(rng: random.Random) -> tuple[str, str]:
     roll = rng.random()
     for status, cause, share in _OUTCOMES:
@@ -114,7 +153,7 @@ async def simulate(settings: Settings, *, rate: float, count: int, tenants: list
     last_report = started
     try:
         while count == 0 or sent < count:
-            event = make_event(rng, rng.choice(tenants), datetime.now(UTC).replace(microsecond=0))
+            event = pbx_event(rng, rng.choice(tenants), datetime.now(UTC).replace(microsecond=0), settings.zone)
             await producer.send(settings.kafka_topic, orjson.dumps(event), key=event["id"].encode())
             sent += 1
             delay = started + sent / rate - time.monotonic()

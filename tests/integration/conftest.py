@@ -46,8 +46,6 @@ def make_settings(kafka_bootstrap: str, data_dir: Path, backend: dict[str, str],
         batch_time_ms=200,
         insert_retry_initial_ms=50,
         insert_retry_max_ms=500,
-        # Every batch through the ClickHouse parse, so both parsers see every kind of message.
-        sql_parse_min_batch=1,
         **extra,
     )
 

@@ -195,16 +195,6 @@ async def test_reads_run_within_their_budget(store: Store) -> None:
     assert too_many.value.code in BUDGET and too_long.value.code in BUDGET
 
 
-async def test_only_the_embedded_engine_reads_a_table_of_this_process() -> None:
-    server = Store("https://clickhouse.example:8443", database="cdr")
-    try:
-        assert not server.queries_process_tables
-        with pytest.raises(StoreError, match="embedded"):
-            await server.query_over_arrow("SELECT 1", pa.table({"n": [1]}))
-    finally:
-        await server.close()
-
-
 def test_errors_without_a_server_code() -> None:
     """Transport failures carry no ClickHouse code: a dropped connection or a full local
     disk is worth retrying, a client-side mistake is not."""

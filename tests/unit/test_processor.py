@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import random
+from contextlib import suppress
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import orjson
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cdr.ingest.processor import SCHEMA, Invalid, recording_file, to_table
 from cdr.model.event import CallEnded
@@ -66,6 +70,25 @@ def test_unknown_schema_version_kind() -> None:
 )
 def test_recording_file(url: str | None, name: str) -> None:
     assert recording_file(url) == name
+
+
+def _by_urlsplit(url: str) -> str:
+    path = url.split("?", 1)[0]
+    if "://" in url:
+        with suppress(ValueError):
+            path = urlsplit(url).path
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+@settings(max_examples=500)
+@given(
+    scheme=st.sampled_from(["https", "http", "s3", "HTTP", "a+b.c-d", "1x", "", "ht tp", "\x00http"]),
+    rest=st.text(alphabet=st.sampled_from(list("/ab.?#[]:@%\t\n é\x01")), max_size=20),
+)
+def test_recording_file_shortcut_is_urlsplit(scheme: str, rest: str) -> None:
+    # The plain-URL shortcut must name the same file urlsplit does, whatever the URL.
+    url = f"{scheme}://{rest}"
+    assert recording_file(url) == _by_urlsplit(url)
 
 
 def test_row_mapping() -> None:

@@ -21,7 +21,6 @@ from cdr.ingest.dlq import DlqLimit
 from cdr.ingest.health import IngestHealth
 from cdr.ingest.pipeline import Pipeline
 from cdr.ingest.sink import KafkaDeadLetters
-from cdr.ingest.sqlparse import SqlParser
 from cdr.ingest.writer import BatchWriter
 from cdr.kafka_security import check_kafka_access, kafka_security, options_of
 from cdr.metrics import Metrics
@@ -153,7 +152,6 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         dlq_limit=DlqLimit(settings.dlq_max_ratio, settings.dlq_window, settings.dlq_min_messages),
         metrics=metrics,
         stopping=stopping,
-        sql_parser=_sql_parser(settings, store),
         revoke_wait_s=settings.revoke_wait_ms / 1000,
         commit_timeout_s=timeout_s,
         max_future_skew_s=settings.max_future_skew_s,
@@ -176,12 +174,6 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         stall_after_s=settings.stall_after_ms / 1000,
     )
     return Ingestor(settings, broker, subscriber, pipeline, dead_letters, health, stopping, options)
-
-
-def _sql_parser(settings: Settings, store: Store) -> SqlParser | None:
-    if settings.sql_parse_min_batch == 0 or not store.queries_process_tables:
-        return None
-    return SqlParser(store, settings.zone, settings.sql_parse_min_batch)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

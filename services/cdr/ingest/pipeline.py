@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,7 +20,8 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from cdr.ingest.dlq import DeadLetter, DlqLimit, DlqLimitExceeded
-from cdr.ingest.processor import SCHEMA, Invalid, precheck, to_table, validate
+from cdr.ingest.lean import LeanParser
+from cdr.ingest.processor import Invalid, precheck, to_table, validate
 from cdr.ingest.retry import Abandoned
 from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-    from cdr.ingest.sqlparse import SqlParser
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +63,12 @@ class Pipeline:
         dlq_limit: DlqLimit,
         metrics: Metrics,
         stopping: asyncio.Event,
-        sql_parser: SqlParser | None = None,
         revoke_wait_s: float = 10.0,
         commit_timeout_s: float = 10.0,
         max_future_skew_s: float = 3600.0,
     ) -> None:
         self._zone = zone
-        self._sql_parser = sql_parser
+        self._lean = LeanParser(zone)
         self._max_bytes = max_event_bytes
         self._writer = writer
         self._dead_letters = dead_letters
@@ -230,51 +228,25 @@ class Pipeline:
     async def _validate(self, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> tuple[pa.Table, list[DeadLetter]]:
         """The batch's valid events as one table in Kafka order, and its dead letters.
 
-        Large batches are parsed in ClickHouse first; the rows it does not vouch for
-        (invalid or unusual) and small batches are validated by pydantic. The Python
-        work runs on a worker thread, not on the event loop: in `cdr run` the API
-        shares the loop, and a batch's tens of milliseconds of validation would hold
-        up every request waiting on it (the thread still takes the GIL, but hands it
-        back every switch interval)."""
-        latest = datetime.now(UTC) + self._skew
-        invalid = await asyncio.to_thread(self._prechecked, records)
-        candidates = [i for i, problem in enumerate(invalid) if problem is None]
-        parsed = None
-        parser = self._sql_parser
-        if parser is not None and len(candidates) >= parser.min_batch:
-            try:
-                parsed = await parser.parse([records[i].value for i in candidates], latest)
-            except StoreError as exc:
-                # The fast path is an optimisation: if ClickHouse cannot run it, pydantic
-                # validates the whole batch rather than the ingestor stopping.
-                log.warning(
-                    "ClickHouse parse failed, validating the batch with pydantic", extra={"error": str(exc)[:500]}
-                )
-        return await asyncio.to_thread(self._completed, records, invalid, candidates, parsed, latest)
+        Runs on a worker thread, not on the event loop: in `cdr run` the API shares the
+        loop, and a batch's tens of milliseconds of validation would hold up every request
+        waiting on it (the thread still takes the GIL, but hands it back every switch
+        interval)."""
+        return await asyncio.to_thread(self._validated, records, datetime.now(UTC) + self._skew)
 
-    def _prechecked(self, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> list[Invalid | None]:
-        return [precheck(r.value, self._max_bytes) for r in records]
-
-    def _completed(
-        self,
-        records: tuple[ConsumerRecord[bytes, bytes], ...],
-        invalid: list[Invalid | None],
-        candidates: list[int],
-        parsed: pa.Table | None,
-        latest: datetime,
+    def _validated(
+        self, records: tuple[ConsumerRecord[bytes, bytes], ...], latest: datetime
     ) -> tuple[pa.Table, list[DeadLetter]]:
-        """Joins the ClickHouse parse (if any) with pydantic's verdicts on the other rows."""
-        tables: list[pa.Table] = []
-        to_pydantic: Sequence[int] = range(len(candidates))
-        if parsed is not None:
-            ok = pc.equal(parsed.column("ok"), 1)
-            fast = parsed.filter(ok).drop_columns(["ok"])
-            tables.append(fast.select(_WITH_POSITION.names).cast(_WITH_POSITION))
-            to_pydantic = pc.indices_nonzero(pc.invert(ok)).to_pylist()
-            self._metrics.events_parsed.labels(parser="clickhouse").inc(fast.num_rows)
+        """The lean fast path over the whole batch; the model for the messages it leaves
+        (invalid ones, and valid ones in shapes it does not take)."""
+        invalid = [precheck(r.value, self._max_bytes) for r in records]
+        candidates = [i for i, problem in enumerate(invalid) if problem is None]
+        lean = self._lean.parse([records[i].value for i in candidates], latest)
+        tables = [lean.rows]
+        self._metrics.events_parsed.labels(parser="lean").inc(lean.rows.num_rows)
         events: list[CallEnded] = []
         positions: list[int] = []
-        for k in to_pydantic:
+        for k in lean.rest:
             i = candidates[k]
             outcome = validate(records[i].value, self._zone, latest)
             if isinstance(outcome, Invalid):
@@ -282,10 +254,10 @@ class Pipeline:
             else:
                 events.append(outcome)
                 positions.append(k)
-        self._metrics.events_parsed.labels(parser="pydantic").inc(len(to_pydantic))
+        self._metrics.events_parsed.labels(parser="pydantic").inc(len(lean.rest))
         if events:
             tables.append(to_table(events, positions))
-        rows = pa.concat_tables(tables) if tables else _WITH_POSITION.empty_table()
+        rows = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         if len(tables) > 1:
             rows = rows.take(pc.sort_indices(rows.column("n")))
         return rows.drop_columns(["n"]), self._dead_letters_of(records, invalid)
@@ -316,10 +288,10 @@ class Pipeline:
         return letters
 
     async def _commit(self, consumer: AIOKafkaConsumer, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> bool:
-        offsets: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        # A batch holds each partition's records in offset order (aiokafka fetches them so),
+        # so the last one seen per partition is its highest.
+        last = {(r.topic, r.partition): r.offset for r in records}
+        offsets = {TopicPartition(topic, partition): offset + 1 for (topic, partition), offset in last.items()}
         # Never commit for a partition this consumer no longer owns: its new owner
         # has started from the last committed offset and may be ahead or behind.
         owned = consumer.assignment() - self._given_up
@@ -345,6 +317,3 @@ class Pipeline:
         self.committed.update(offsets)
         self.last_commit = time.monotonic()
         return True
-
-
-_WITH_POSITION = pa.schema([pa.field("n", pa.uint32()), *SCHEMA])

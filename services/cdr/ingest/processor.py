@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,10 +89,21 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)[:2000]
 
 
+# A URL urlsplit would take apart without surprises: a scheme, "://", then printable
+# ASCII with no query, fragment, IPv6 bracket, space or control character (urlsplit
+# drops tabs and newlines and strips leading controls). Its path starts at the first "/"
+# after the host; taking it directly is ~30x cheaper than urlsplit.
+_PLAIN_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\x00-\x20\x7f-\U0010ffff#?\[\]]*")
+
+
 def recording_file(url: str | None) -> str:
     """The recording's file name: the last path segment of its URL (no query string)."""
     if not url:
         return ""
+    if _PLAIN_URL.fullmatch(url):
+        after_scheme = url[url.index("://") + 3 :]
+        slash = after_scheme.find("/")
+        return after_scheme[slash:].rstrip("/").rsplit("/", 1)[-1] if slash >= 0 else ""
     path = url.split("?", 1)[0]
     if "://" in url:
         # An unclosed IPv6 bracket makes urlsplit raise; the event is still valid.

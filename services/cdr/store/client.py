@@ -182,12 +182,6 @@ def _insert_arrow(client: Client, table: str, database: str, data: pa.Table) -> 
     client.insert_arrow(table, data, database=database)
 
 
-def _query_over_arrow(client: Client, sql: str, arrow_input: pa.Table, params: dict[str, Param]) -> pa.Table:
-    # The embedded engine's Python() table function finds `arrow_input` by name among
-    # the locals of the calling Python frames: this frame holds it.
-    return client.query_arrow(sql, parameters=params)
-
-
 class Store:
     """Async access to one ClickHouse database over either transport."""
 
@@ -242,20 +236,6 @@ class Store:
         """Insert an Arrow table whose column names match the table's (on a write worker)."""
         self._check_open()
         await self._writes.run(_insert_arrow, table, self.database, data)
-
-    @property
-    def queries_process_tables(self) -> bool:
-        """Whether ``query_over_arrow`` works: only the embedded engine can read a table
-        held by this process."""
-        return urlsplit(self.dsn).scheme == "chdb"
-
-    async def query_over_arrow(self, sql: str, data: pa.Table, params: Mapping[str, Param] | None = None) -> pa.Table:
-        """Run a SELECT that reads ``data`` as ``Python(arrow_input)``; its result as Arrow.
-        Runs on a write worker: it is part of ingesting a batch."""
-        self._check_open()
-        if not self.queries_process_tables:
-            raise StoreError("only the embedded engine can query a table held by this process")
-        return await self._writes.run(_query_over_arrow, sql, data, dict(params or {}))
 
     async def ping(self) -> bool:
         try:

@@ -1,0 +1,177 @@
+"""Freshness: how long after the PBX publishes a call it can be read through the API.
+
+Runs `cdr run` (ingest + API in one process, embedded store, default settings) against a
+topic fed by PBX traffic at each rate. A probe call of its own tenant is published
+every 1/PROBES_PER_S seconds among the traffic; a reader polls that tenant's newest
+calls through the API every POLL_S and notes when each probe first appears. Freshness
+is that moment minus the probe's publish (just before the producer's send).
+
+  python bench/freshness.py [--rates 1000 20000] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import OUT, kafka, machine, percentiles
+from ingest import ZONE
+
+from cdr.api.auth import token_digest
+from cdr.simulate import pbx_event
+
+PORT = 18_133
+PROBE_TENANT = "probe.bench.vn"
+PROBE_TOKEN = "bench-freshness-probe-token"
+PROBES_PER_S = 10
+POLL_S = 0.02
+WARM_UP_S = 5.0
+
+
+async def start_cdr(bootstrap: str, topic: str) -> subprocess.Popen[bytes]:
+    data = OUT / "freshness-store"
+    shutil.rmtree(data, ignore_errors=True)
+    tokens = OUT / "freshness-tokens.txt"
+    tokens.write_text(f"{PROBE_TENANT}:{token_digest(PROBE_TOKEN)}\n")
+    env = {
+        **os.environ,
+        "CDR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CDR_KAFKA_TOPIC": topic,
+        "CDR_KAFKA_DLQ_TOPIC": topic + ".dlq",
+        "CDR_KAFKA_GROUP_ID": f"freshness-{time.time_ns()}",
+        "CDR_KAFKA_AUTO_OFFSET_RESET": "latest",
+        "CDR_DATA_DIR": str(data),
+        "CDR_API_PORT": str(PORT),
+        "CDR_API_TOKENS_FILE": str(tokens),
+        "CDR_CURSOR_SECRET": "bench-freshness-cursor-secret-0123456789",
+        "CDR_LOG_LEVEL": "WARNING",
+    }
+    env.pop("CDR_CLICKHOUSE_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "cdr.cli", "run"], env=env)
+    async with httpx.AsyncClient() as client:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"cdr run exited with {process.returncode}")
+            try:
+                if (await client.get(f"http://127.0.0.1:{PORT}/readyz")).status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    process.terminate()
+    raise SystemExit("cdr run was not ready within 120 s")
+
+
+async def one_rate(bootstrap: str, topic: str, rate: int, seconds: float) -> dict[str, float]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    await producer.start()
+    published: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = asyncio.Event()
+
+    async def publish() -> int:
+        rng = random.Random(rate)
+        tenants = [f"tenant{n:03d}.pbx.vn" for n in range(100)]
+        began = time.monotonic()
+        sent = 0
+        next_probe = began + WARM_UP_S
+        while time.monotonic() - began < seconds:
+            now = time.monotonic()
+            due = int((now - began) * rate)
+            # The events due by now, with a probe among them when one is due.
+            for _ in range(min(due - sent, 2_000)):
+                event = pbx_event(rng, tenants[sent % 100], datetime.now(UTC), ZONE)
+                await producer.send(topic, orjson.dumps(event), key=str(event["id"]).encode())
+                sent += 1
+            if now >= next_probe:
+                next_probe += 1 / PROBES_PER_S
+                probe = pbx_event(rng, PROBE_TENANT, datetime.now(UTC), ZONE)
+                probe["id"] = str(uuid.uuid4())
+                published[probe["id"]] = time.monotonic()
+                await producer.send(topic, orjson.dumps(probe), key=probe["id"].encode())
+            await asyncio.sleep(0.001)
+        await producer.flush()
+        return sent
+
+    async def poll() -> None:
+        headers = {"Authorization": f"Bearer {PROBE_TOKEN}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", headers=headers, timeout=10) as client:
+            while not stop.is_set() or len(seen) < len(published):
+                response = await client.get("/v1/cdr", params={"limit": 100, "order": "desc"})
+                now = time.monotonic()
+                if response.status_code == 200:
+                    for row in response.json()["data"]:
+                        seen.setdefault(row["id"], now)
+                await asyncio.sleep(POLL_S)
+                if stop.is_set() and time.monotonic() > stopped_at + 30:
+                    break
+
+    stopped_at = 0.0
+    poller = asyncio.create_task(poll())
+    began = time.monotonic()
+    sent = await publish()
+    achieved = sent / (time.monotonic() - began)
+    stopped_at = time.monotonic()
+    stop.set()
+    await poller
+    await producer.stop()
+    delays = [(seen[i] - t) * 1000 for i, t in published.items() if i in seen]
+    missing = len(published) - len(delays)
+    stats = percentiles(delays)
+    return {"rate": achieved, "probes": len(delays), "missing": missing, **stats, "max": max(delays)}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", type=int, nargs="+", default=[1_000, 20_000])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = []
+    with kafka() as bootstrap:
+        for rate in args.rates:
+            topic = f"bench.freshness.{rate}.{time.time_ns()}"
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+            await admin.start()
+            await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+            await admin.close()
+            process = await start_cdr(bootstrap, topic)
+            try:
+                result = await one_rate(bootstrap, topic, rate, args.seconds)
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+            print(
+                f"target {rate:,} events/s (published {result['rate']:,.0f}/s): freshness p50 {result['p50']:.0f} ms,"
+                f" p99 {result['p99']:.0f} ms, max {result['max']:.0f} ms over {result['probes']:.0f} probes"
+                f" ({result['missing']:.0f} never seen)"
+            )
+            results.append((rate, result))
+    print()
+    print(f"machine: {machine()}")
+    print("| target rate | published | freshness p50 | p95 | p99 | max | probes (never seen) |")
+    print("|---|---|---|---|---|---|---|")
+    for rate, r in results:
+        print(
+            f"| {rate:,}/s | {r['rate']:,.0f}/s | {r['p50']:.0f} ms | {r['p95']:.0f} ms | {r['p99']:.0f} ms"
+            f" | {r['max']:.0f} ms | {r['probes']:.0f} ({r['missing']:.0f}) |"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,61 @@
+"""A batch's validation in the pipeline: the lean path, the model for what it leaves, the
+rows back in Kafka order and the dead letters with their reasons."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import orjson
+from aiokafka import ConsumerRecord
+
+from cdr.ingest.dlq import DeadLetter, DlqLimit
+from cdr.ingest.pipeline import Pipeline
+from cdr.ingest.writer import BatchWriter
+from cdr.metrics import Metrics
+from cdr.simulate import make_event
+from cdr.store import Store
+
+HCM = ZoneInfo("Asia/Ho_Chi_Minh")
+
+
+def event(seed: int, **changes: object) -> dict[str, object]:
+    data = make_event(random.Random(seed), "t.example", datetime(2024, 3, 9, 10, 11, 12, tzinfo=UTC))
+    return {**data, **changes}
+
+
+async def test_lean_and_model_rows_come_back_in_kafka_order(tmp_path: Path) -> None:
+    store = Store(f"chdb://{tmp_path}", database="cdr")  # the writer is not used by _validate
+    metrics = Metrics()
+    pipeline = Pipeline(
+        zone=HCM,
+        max_event_bytes=4_096,
+        writer=BatchWriter(store, metrics, asyncio.Event(), initial_backoff_s=0.01, max_backoff_s=0.01),
+        dead_letters=_NoDeadLetters(),
+        dlq_limit=DlqLimit(0.9, 100, 10),
+        metrics=metrics,
+        stopping=asyncio.Event(),
+    )
+    integer_times = event(1, time_started=1709979000, time_answered=None, time_ended=1709979072)
+    events = [event(0), integer_times, event(2, duration="x"), event(3), event(4, cause="x" * 5_000), event(5)]
+    records = tuple(
+        ConsumerRecord("calls", 0, offset, 0, 0, None, orjson.dumps(data), None, 0, 0, [])
+        for offset, data in enumerate(events)
+    )
+    try:
+        rows, letters = await pipeline._validate(records)
+    finally:
+        await store.close()
+    assert rows.column("id").to_pylist() == [events[n]["id"] for n in (0, 1, 3, 5)]
+    assert [(letter.offset, letter.invalid.kind) for letter in letters] == [(2, "invalid_event"), (4, "too_large")]
+    assert "duration" in letters[0].invalid.reason
+    parsed = {s.labels["parser"]: s.value for s in metrics.events_parsed.collect()[0].samples if "total" in s.name}
+    assert parsed == {"lean": 3.0, "pydantic": 2.0}  # integer times and the bad event went to the model
+
+
+class _NoDeadLetters:
+    async def send(self, letters: list[DeadLetter]) -> None:
+        raise AssertionError("not called by _validate")
