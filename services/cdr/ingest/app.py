@@ -189,10 +189,19 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._pipeline.on_assigned(assigned)  # FastStream logs the assignment
 
 
+_POLL_MS = 50  # FastStream's empty-poll wait (and sleep) between fetches: freshness' granularity
+
+
 def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> LogicSubscriber[Any]:
     """Batches by size and time: the broker holds each fetch until it has
     ``fetch_min_bytes`` or ``batch_time_ms`` passed; one handler call takes at most
-    ``batch_size`` records. Offsets are committed by the pipeline, never by FastStream."""
+    ``batch_size`` records. Offsets are committed by the pipeline, never by FastStream.
+
+    FastStream waits ``batch_timeout_ms`` for records and, when none came, sleeps as long
+    again before it asks: with the batch time there, a quiet topic's call waited up to
+    about three batch times (p50 2.2 s at 1,000 events/s with 1 s). Its wait is kept short
+    (records in aiokafka's buffer are returned at once whatever it is); the broker's hold
+    is the one bound."""
     min_bytes = min(settings.batch_size * 256, 16 * 1024 * 1024)
     subscriber = broker.subscriber(
         settings.kafka_topic,
@@ -201,7 +210,7 @@ def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipel
         session_timeout_ms=settings.kafka_session_timeout_ms,
         batch=True,
         max_records=settings.batch_size,
-        batch_timeout_ms=settings.batch_time_ms,
+        batch_timeout_ms=min(settings.batch_time_ms, _POLL_MS),
         fetch_min_bytes=min_bytes,
         fetch_max_wait_ms=settings.batch_time_ms,
         max_partition_fetch_bytes=8 * 1024 * 1024,
