@@ -31,7 +31,7 @@ lint: setup ## ruff, mypy and the dead-code finder
 	$(UV) run --frozen mypy
 	$(UV) run --frozen vulture
 
-bench: setup ## benchmarks (not part of test): ingest and API, each beside its baseline
+bench: setup ## benchmarks (not part of test): ingest, freshness and API, each beside its baseline
 	$(UV) run --frozen python bench/run.py
 
 kafka-start: ## start the local Kafka broker (prints CDR_KAFKA_BOOTSTRAP_SERVERS=...)

@@ -77,10 +77,12 @@ def _tune_interpreter() -> None:
     the event loop's time (py-spy). Start-up objects are frozen out of every later
     collection; cycles are still collected, in larger steps.
 
-    A shorter GIL switch interval: chdb's Python() table function takes the GIL back
-    many times while it reads a batch, and each time waits out the interval (5 ms by
-    default) while the event loop decodes Kafka records, so a parse ran ~5x slower
-    than alone. At 0.5 ms it runs at nearly its solo speed and the loop loses ~2 %."""
+    A shorter GIL switch interval (0.5 ms, default 5 ms): the batch validation thread and
+    the event loop (Kafka fetches, and the API in `cdr run`) take turns sooner. Chosen
+    for the former ClickHouse-side parse (which re-took the GIL many times per batch:
+    5x slower at 5 ms); with the lean path the two settings measured the same ingest
+    rate within noise (31-39 k vs 37 k events/s, bench/RESULTS.md), so it stays for the
+    loop's latency."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     sys.setswitchinterval(0.0005)
