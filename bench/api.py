@@ -176,9 +176,12 @@ async def run_scenario(name: str, make: Any, requests: int, clients: int = 8) ->
     return result
 
 
-async def wait_ready(url: str) -> None:
+async def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until ``url``/readyz answers 200 (at most 120 s); stops early if ``process`` exits."""
     async with httpx.AsyncClient() as probe:
         for _ in range(1200):
+            if process is not None and process.poll() is not None:
+                raise SystemExit(f"{process.args} exited with {process.returncode}")
             try:
                 if (await probe.get(f"{url}/readyz")).status_code == 200:
                     return

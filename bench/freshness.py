@@ -29,8 +29,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from confluent_kafka import Producer
 
 sys.path.insert(0, os.path.dirname(__file__))
+from api import start, stop, wait_ready
 from common import OUT, kafka, machine, percentiles
-from ingest import ZONE
+from ingest import ZONE, ingest_environment
 
 from cdr.api.auth import token_digest
 from cdr.simulate import make_event, pbx_event
@@ -75,33 +76,19 @@ async def start_cdr(bootstrap: str, topic: str) -> subprocess.Popen[bytes]:
     tokens = OUT / "freshness-tokens.txt"
     tokens.write_text(f"{PROBE_TENANT}:{token_digest(PROBE_TOKEN)}\n")
     env = {
-        **os.environ,
-        "CDR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "CDR_KAFKA_TOPIC": topic,
-        "CDR_KAFKA_DLQ_TOPIC": topic + ".dlq",
-        "CDR_KAFKA_GROUP_ID": f"freshness-{time.time_ns()}",
+        **ingest_environment(bootstrap, f"freshness-{time.time_ns()}", data, topic),
         "CDR_KAFKA_AUTO_OFFSET_RESET": "latest",
-        "CDR_DATA_DIR": str(data),
         "CDR_API_PORT": str(PORT),
         "CDR_API_TOKENS_FILE": str(tokens),
         "CDR_CURSOR_SECRET": "bench-freshness-cursor-secret-0123456789",
-        "CDR_LOG_LEVEL": "WARNING",
     }
-    env.pop("CDR_CLICKHOUSE_URL", None)
-    process = subprocess.Popen([sys.executable, "-m", "cdr.cli", "run"], env=env)
-    async with httpx.AsyncClient() as client:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"cdr run exited with {process.returncode}")
-            try:
-                if (await client.get(f"http://127.0.0.1:{PORT}/readyz")).status_code == 200:
-                    return process
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    process.terminate()
-    raise SystemExit("cdr run was not ready within 120 s")
+    process = start("run", env)
+    try:
+        await wait_ready(f"http://127.0.0.1:{PORT}", process)
+    except SystemExit:
+        stop(process)
+        raise
+    return process
 
 
 async def one_rate(bootstrap: str, topic: str, rate: int, seconds: float) -> dict[str, float]:
@@ -189,8 +176,7 @@ async def main() -> None:
             try:
                 result = await one_rate(bootstrap, topic, rate, args.seconds)
             finally:
-                process.terminate()
-                process.wait(timeout=60)
+                stop(process)
             print(
                 f"target {rate:,} events/s (published {result['rate']:,.0f}/s): freshness p50 {result['p50']:.0f} ms,"
                 f" p99 {result['p99']:.0f} ms, max {result['max']:.0f} ms over {result['probes']:.0f} probes"

@@ -149,12 +149,12 @@ async def committed(bootstrap: str, group: str, partitions: int) -> int:
         await consumer.stop()
 
 
-def ingest_environment(bootstrap: str, group: str, data: Path) -> dict[str, str]:
+def ingest_environment(bootstrap: str, group: str, data: Path, topic: str = TOPIC) -> dict[str, str]:
     env = {
         **os.environ,
         "CDR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "CDR_KAFKA_TOPIC": TOPIC,
-        "CDR_KAFKA_DLQ_TOPIC": DLQ,
+        "CDR_KAFKA_TOPIC": topic,
+        "CDR_KAFKA_DLQ_TOPIC": topic + ".dlq",
         "CDR_KAFKA_GROUP_ID": group,
         "CDR_DATA_DIR": str(data),
         "CDR_OPS_PORT": "0",

@@ -90,7 +90,7 @@ def make_event(rng: random.Random, tenant: str, ended: datetime, *, emitted: dat
 # How a PBX writes its events (shares of all events). The document's own two examples
 # differ: naive local times and a null receive_dest in one; an offset or UTC time, "" for
 # a missing recording and receive_dest in the other. Absent optional fields are rarer.
-TIME_STYLES = (("naive local", 0.5), ("+07:00 offset", 0.4), ("UTC Z", 0.1))
+TIME_STYLES = (("naive local", 0.5), ("local offset", 0.4), ("UTC Z", 0.1))
 EMPTY_STYLES = (('""', 0.6), ("null", 0.25), ("absent", 0.15))
 
 

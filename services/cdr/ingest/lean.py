@@ -27,14 +27,11 @@ import pyarrow.compute as pc
 from pydantic import Field, StrictStr, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from cdr.ingest.processor import SCHEMA, recording_file
+from cdr.ingest.processor import DIRECTION_CODE, PLAIN_URL, SCHEMA, TIME, URL_SCHEME, recording_file
 from cdr.model.event import CallEnded
-from cdr.model.record import Direction
 
 _US = pa.timestamp("us", tz="UTC")
 _NAIVE_US = pa.timestamp("us")
-_MS = pa.timestamp("ms", tz="UTC")
-_DIRECTION_CODE = {d.name.lower(): int(d) for d in Direction}
 
 
 def _pattern(regex: str) -> Any:
@@ -174,18 +171,18 @@ class LeanParser:
                 "cause": raw.column("cause"),
                 "duration": durations,
                 "billsec": billsecs,
-                "direction": pa.array([_DIRECTION_CODE[x["direction"].lower()] for x in e], pa.uint8()),
+                "direction": pa.array([DIRECTION_CODE[x["direction"].lower()] for x in e], pa.uint8()),
                 "recording_url": urls,
                 "recording_file": _recording_files(urls),
                 "extension": pc.fill_null(raw.column("extension"), ""),
                 "from_number": raw.column("from_number"),
                 "to_number": raw.column("to_number"),
                 "receive_dest": pc.fill_null(raw.column("receive_dest"), ""),
-                "time_started": started.cast(_MS, safe=False),
-                "time_answered": answered.cast(_MS, safe=False),
-                "time_ended": ended.cast(_MS, safe=False),
+                "time_started": started.cast(TIME, safe=False),
+                "time_answered": answered.cast(TIME, safe=False),
+                "time_ended": ended.cast(TIME, safe=False),
                 "status": [x["status"].strip().upper() for x in e],
-                "emitted_at": emitted.cast(_MS, safe=False),
+                "emitted_at": emitted.cast(TIME, safe=False),
             },
             schema=_WITH_POSITION,
         )
@@ -210,7 +207,7 @@ def _recording_files(column: pa.ChunkedArray) -> pa.Array:
     """``processor.recording_file`` of each URL: the plain ones in Arrow (the same rule:
     the path after the host, trailing slashes dropped, its last segment), the rest in Python."""
     urls = column.combine_chunks()
-    plain = pc.or_(pc.equal(urls, ""), pc.match_substring_regex(urls, _PLAIN_URL))
+    plain = pc.or_(pc.equal(urls, ""), pc.match_substring_regex(urls, PLAIN_URL))
     path = pc.replace_substring_regex(urls, _SCHEME_AND_HOST, "")
     files = pc.replace_substring_regex(pc.replace_substring_regex(path, "/+$", ""), "^.*/", "")
     if pc.all(plain).as_py():
@@ -237,14 +234,15 @@ def _parsed(strings: pa.ChunkedArray, to: pa.DataType, refusals: list[pa.Array])
 
 _UNPARSED = object()
 _TIMES = ("emitted_at", "time_started", "time_answered", "time_ended")
-# processor._PLAIN_URL in RE2's syntax.
-_PLAIN_URL = r"^[A-Za-z][A-Za-z0-9+.\-]*://[^\x00-\x20\x7f-\x{10ffff}#?\[\]]*$"
-_SCHEME_AND_HOST = r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/]*"
-# The validated dicts' fields as Arrow reads them; time strings are parsed per column.
-_STRINGS = ("tenant_id", "id", "sip_call_id", "cause", "recording_url", "extension", "from_number", "to_number")
+_SCHEME_AND_HOST = rf"^{URL_SCHEME}[^/]*"
+# The validated dicts' fields as Arrow reads them: the table's columns, times as the
+# strings they are parsed from; direction, status and recording_file are derived.
 _RAW = pa.schema(
-    [(name, pa.uint32()) for name in ("duration", "billsec")]
-    + [(name, pa.string()) for name in (*_STRINGS, "receive_dest", *_TIMES)]
+    [
+        (f.name, pa.string() if f.type == TIME else f.type)
+        for f in SCHEMA
+        if f.name not in ("direction", "status", "recording_file")
+    ]
 )
 _NO_STRING = pa.scalar(None, pa.string())
 _WITH_POSITION = pa.schema([pa.field("n", pa.uint32()), *SCHEMA])

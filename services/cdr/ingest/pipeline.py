@@ -257,8 +257,9 @@ class Pipeline:
         self._metrics.events_parsed.labels(parser="pydantic").inc(len(lean.rest))
         if events:
             tables.append(to_table(events, positions))
-        rows = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        rows = tables[0]
         if len(tables) > 1:
+            rows = pa.concat_tables(tables)
             rows = rows.take(pc.sort_indices(rows.column("n")))
         return rows.drop_columns(["n"]), self._dead_letters_of(records, invalid)
 

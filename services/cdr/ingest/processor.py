@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from cdr.model.event import CallEnded
 from cdr.model.record import Direction
 
-_TIME = pa.timestamp("ms", tz="UTC")
-_DIRECTION_CODE = {d.name.lower(): int(d) for d in Direction}
+TIME = pa.timestamp("ms", tz="UTC")
+DIRECTION_CODE = {d.name.lower(): int(d) for d in Direction}
 
 SCHEMA = pa.schema(
     [
@@ -33,11 +33,11 @@ SCHEMA = pa.schema(
         ("from_number", pa.string()),
         ("to_number", pa.string()),
         ("receive_dest", pa.string()),
-        ("time_started", _TIME),
-        ("time_answered", _TIME),
-        ("time_ended", _TIME),
+        ("time_started", TIME),
+        ("time_answered", TIME),
+        ("time_ended", TIME),
         ("status", pa.string()),
-        ("emitted_at", _TIME),
+        ("emitted_at", TIME),
     ]
 )
 
@@ -92,8 +92,12 @@ def describe(exc: ValidationError) -> str:
 # A URL urlsplit would take apart without surprises: a scheme, "://", then printable
 # ASCII with no query, fragment, IPv6 bracket, space or control character (urlsplit
 # drops tabs and newlines and strips leading controls). Its path starts at the first "/"
-# after the host; taking it directly is ~30x cheaper than urlsplit.
-_PLAIN_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\x00-\x20\x7f-\U0010ffff#?\[\]]*")
+# after the host; taking it directly is ~30x cheaper than urlsplit. Written so that
+# Python's re and Arrow's RE2 read it alike (lean.py matches it over whole columns):
+# the class is "!" to "~" less "#", "?", "[" and "]".
+URL_SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*://"
+PLAIN_URL = rf'^{URL_SCHEME}[!-"$->@-Z\\^-~]*$'
+_PLAIN_URL = re.compile(PLAIN_URL)
 
 
 def recording_file(url: str | None) -> str:
@@ -127,18 +131,18 @@ def to_table(events: list[CallEnded], positions: list[int] | None = None) -> pa.
             "cause": [x.cause for x in e],
             "duration": [x.duration for x in e],
             "billsec": [x.billsec for x in e],
-            "direction": [_DIRECTION_CODE[x.direction] for x in e],
+            "direction": [DIRECTION_CODE[x.direction] for x in e],
             "recording_url": [x.recording_url or "" for x in e],
             "recording_file": [recording_file(x.recording_url) for x in e],
             "extension": [x.extension or "" for x in e],
             "from_number": [x.from_number for x in e],
             "to_number": [x.to_number for x in e],
             "receive_dest": [x.receive_dest or "" for x in e],
-            "time_started": pa.array([x.time_started for x in e], _TIME),
-            "time_answered": pa.array([x.time_answered for x in e], _TIME),
-            "time_ended": pa.array([x.time_ended for x in e], _TIME),
+            "time_started": pa.array([x.time_started for x in e], TIME),
+            "time_answered": pa.array([x.time_answered for x in e], TIME),
+            "time_ended": pa.array([x.time_ended for x in e], TIME),
             "status": [x.status for x in e],
-            "emitted_at": pa.array([x.emitted_at for x in e], _TIME),
+            "emitted_at": pa.array([x.emitted_at for x in e], TIME),
         },
         schema=SCHEMA,
     )
