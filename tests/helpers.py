@@ -40,17 +40,28 @@ async def create_topics(bootstrap: str, *topics: str, partitions: int = 4) -> No
         await admin.close()
 
 
-async def produce(bootstrap: str, topic: str, values: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[tuple[bytes | None, bytes | None]],
+    *,
+    compression: str | None = None,
+    partition: int | None = None,
+) -> int:
     """Send (key, value) pairs with a plain producer; returns how many."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024, max_batch_size=1024 * 1024
+        bootstrap_servers=bootstrap,
+        linger_ms=5,
+        max_request_size=64 * 1024 * 1024,
+        max_batch_size=1024 * 1024,
+        compression_type=compression,
     )
     await producer.start()
     n = 0
     try:
         futures = []
         for key, value in values:
-            futures.append(await producer.send(topic, value=value, key=key))
+            futures.append(await producer.send(topic, value=value, key=key, partition=partition))
             n += 1
             if len(futures) >= 5000:
                 await asyncio.gather(*futures)

@@ -161,6 +161,15 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         65_536, ge=1_024, description="Larger messages are dead-lettered unread (a CDR is ~0.5 KB)."
     )
+    kafka_max_inflated_batch_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024 * 1024,
+        description=(
+            "Most bytes one gzip-compressed Kafka record batch may inflate to. A batch past it (a compression"
+            " bomb), a corrupt one or one in another codec is not read: it is dead-lettered as one reference"
+            " (its offsets and the reason) and ingest goes on."
+        ),
+    )
     max_future_skew_s: int = Field(
         3_600,
         ge=0,

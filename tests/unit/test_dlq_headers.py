@@ -30,3 +30,11 @@ def test_a_value_over_the_limit_is_cut_and_its_size_kept() -> None:
     assert dict(big.dlq_headers())[HEADER_ORIGINAL_SIZE] == b"100"
     small = DeadLetter("calls", 0, 8, 0, None, b"x" * 10, (), Invalid("not_json", "nope"), max_value_bytes=10)
     assert small.dlq_value == b"x" * 10 and HEADER_ORIGINAL_SIZE not in dict(small.dlq_headers())
+
+
+def test_a_message_without_key_or_value_goes_as_an_empty_value() -> None:
+    # aiokafka refuses to send a record with neither; that stopped ingest at the DLQ send.
+    keyless = DeadLetter("calls", 0, 9, 0, None, None, (), Invalid("empty", "message has no value (tombstone)"))
+    assert keyless.dlq_value == b""
+    keyed = DeadLetter("calls", 0, 10, 0, b"k", None, (), Invalid("empty", "message has no value (tombstone)"))
+    assert keyed.dlq_value is None

@@ -17,6 +17,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import LogicSubscriber
 from starlette.applications import Starlette
 
+from cdr.ingest import inflate
 from cdr.ingest.dlq import DlqLimit
 from cdr.ingest.health import IngestHealth
 from cdr.ingest.pipeline import Pipeline
@@ -128,6 +129,7 @@ async def _within(deadline: float, step: Awaitable[None], what: str) -> bool:
 
 
 def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingestor:
+    inflate.install(settings.kafka_max_inflated_batch_bytes)
     stopping = asyncio.Event()
     initial_s, max_s = settings.insert_retry_initial_ms / 1000, settings.insert_retry_max_ms / 1000
     writer = BatchWriter(store, metrics, stopping, initial_backoff_s=initial_s, max_backoff_s=max_s)

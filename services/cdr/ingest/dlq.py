@@ -34,7 +34,11 @@ class DeadLetter:
     def dlq_value(self) -> bytes | None:
         """The message as it came, or its first ``max_value_bytes`` when larger: a value
         the DLQ topic would refuse (brokers take 1 MB by default) would stall ingest on a
-        send that can never succeed. The original size is then in a header."""
+        send that can never succeed. The original size is then in a header. A message with
+        neither key nor value (a keyless tombstone, an unread batch) goes as an empty value:
+        a Kafka record needs one of them."""
+        if self.value is None and self.key is None:
+            return b""
         if self.value is None or len(self.value) <= self.max_value_bytes:
             return self.value
         return self.value[: self.max_value_bytes]

@@ -239,7 +239,7 @@ class Pipeline:
     ) -> tuple[pa.Table, list[DeadLetter]]:
         """The lean fast path over the whole batch; the model for the messages it leaves
         (invalid ones, and valid ones in shapes it does not take)."""
-        invalid = [precheck(r.value, self._max_bytes) for r in records]
+        invalid = [precheck(r.value, self._max_bytes, r.headers) for r in records]
         candidates = [i for i, problem in enumerate(invalid) if problem is None]
         lean = self._lean.parse([records[i].value for i in candidates], latest)
         tables = [lean.rows]
