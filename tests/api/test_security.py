@@ -332,3 +332,42 @@ async def test_every_tenant_route_refuses_a_request_without_a_token(api: Api) ->
                 response = await client.get(path)
                 assert response.status_code == 401, (route.path, response.text)
                 assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_a_client_that_leaves_frees_its_slot_and_its_waiting_read_never_runs(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One reader, busy for ~2 s; a tenant allowed one request at a time asks, gives up
+    after 0.4 s and closes the connection. Its request is cancelled then (logged 499),
+    so its read, still queued, is dropped and its slot is free at once: the same
+    tenant's next request is served, not refused with 429 as while the first one held
+    its slot until its read had run for nobody."""
+    import logging
+
+    import httpx
+
+    from cdr.store.client import Store
+    from tests.api.conftest import TOKENS
+
+    caplog.set_level(logging.INFO, logger="cdr.api.access")
+    one_reader = Store(api.store.dsn, database=api.store.database, read_workers=1)
+    server, task, url = await second_server(api, one_reader, tenant_max_concurrent_requests=1)
+    auth = {"Authorization": f"Bearer {TOKENS['t1.example']}"}
+    busy = asyncio.create_task(one_reader.query("SELECT sleepEachRow(0.5) FROM numbers(4) SETTINGS max_block_size = 1"))
+    try:
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=url, headers=auth) as leaving:
+            with pytest.raises(httpx.ReadTimeout):
+                await leaving.get("/v1/cdr", params={"limit": "5"}, timeout=0.4)
+        await asyncio.sleep(0.2)
+        assert not busy.done(), "the reader was not busy any more: the test proves nothing"
+        async with httpx.AsyncClient(base_url=url, headers=auth, timeout=30) as staying:
+            answer = await staying.get("/v1/cdr", params={"limit": "5"})
+        await busy
+    finally:
+        server.should_exit = True
+        await task
+        await one_reader.close()
+    assert answer.status_code == 200, answer.text
+    statuses = [getattr(r, "status", None) for r in caplog.records if r.name == "cdr.api.access"]
+    assert 499 in statuses, statuses

@@ -206,3 +206,18 @@ def test_errors_without_a_server_code() -> None:
     assert isinstance(classify(OSError(28, "No space left on device")), StoreUnavailable)
     wrong_use = classify(ProgrammingError("bad argument"))
     assert type(wrong_use) is StoreError and wrong_use.code is None
+
+
+async def test_a_cancelled_read_waits_for_its_worker_and_the_store_goes_on(store: Store) -> None:
+    """Cancelled while its query runs, a read asks the engine to kill it and waits for
+    its worker, so whoever counted it as running still does until the engine is done.
+    The embedded engine cannot stop a query: the wait is the query's whole time here
+    (a server kills it by its query id)."""
+    reading = asyncio.create_task(store.query("SELECT sleepEachRow(0.4) FROM numbers(3) SETTINGS max_block_size = 1"))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert time.monotonic() - started > 0.5  # it waited for the running query (1.2 s in all)
+    assert await store.query("SELECT 1") == [[1]]

@@ -18,7 +18,7 @@ from cdr.api.auth import TokenAuthority
 from cdr.api.cursor import CursorCodec
 from cdr.api.docs import docs_routes
 from cdr.api.errors import ApiError, Internal, InvalidParameter, MethodNotAllowed, NotFound, error_response
-from cdr.api.middleware import REQUEST_ID, ObservedResponses, RequestLimits
+from cdr.api.middleware import REQUEST_ID, CancelOnDisconnect, ObservedResponses, RequestLimits
 from cdr.api.openapi import openapi_document
 from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
@@ -143,6 +143,7 @@ def create_app(
                 RequestLimits, max_url_bytes=settings.api_max_url_bytes, max_header_bytes=settings.api_max_header_bytes
             ),
             Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5),
+            Middleware(CancelOnDisconnect),
         ],
         exception_handlers={HTTPException: on_http_error, ApiError: on_api_error, Exception: on_unexpected},
         lifespan=lifespan,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
+from contextlib import suppress
 
 from starlette.datastructures import MutableHeaders
 from starlette.routing import Match, Mount, Route
@@ -18,6 +20,9 @@ log = logging.getLogger("cdr.api.access")
 
 REQUEST_ID = "cdr.request_id"
 EXTRA_HEADERS = "cdr.response_headers"
+CLIENT_LEFT = "cdr.client_left"
+# nginx's code for a request whose client closed the connection before the answer.
+_CLIENT_CLOSED = 499
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
 
 
@@ -97,6 +102,8 @@ class ObservedResponses:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            if scope.get(CLIENT_LEFT):
+                status = _CLIENT_CLOSED
             elapsed = time.perf_counter() - started
             route = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "other")
             self.metrics.http_requests.labels(route=route, status=str(status)).inc()
@@ -112,3 +119,52 @@ class ObservedResponses:
                     "ms": round(elapsed * 1000, 1),
                 },
             )
+
+
+class CancelOnDisconnect:
+    """A client that goes away stops its request: the handler is cancelled, so a read
+    still waiting for a ClickHouse worker never runs, a running one is killed on a server
+    (``Store.query``), and the tenant's slot is free again. Without this the handler ran
+    to its end for nobody (the HTTP server only tells the app through ``receive``).
+
+    Messages from the client go to the app unchanged, through a queue this middleware
+    fills while it listens for the disconnect."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+        answered = False
+
+        async def sending(message: Message) -> None:
+            nonlocal answered
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+
+        async def listen() -> None:
+            while True:
+                message = await receive()
+                inbox.put_nowait(message)
+                if message["type"] == "http.disconnect":
+                    return
+
+        handling = asyncio.create_task(self.app(scope, inbox.get, sending))
+        listening = asyncio.create_task(listen())
+        try:
+            await asyncio.wait((handling, listening), return_when=asyncio.FIRST_COMPLETED)
+            # After the last byte the server reports a disconnect too; that one is no news.
+            if not handling.done() and not answered:
+                scope[CLIENT_LEFT] = True
+                handling.cancel()
+                with suppress(asyncio.CancelledError):
+                    await handling
+                return
+            await handling
+        finally:
+            listening.cancel()
+            handling.cancel()  # our own caller was cancelled (server shutdown)

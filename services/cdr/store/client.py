@@ -19,7 +19,8 @@ import math
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,8 @@ T = TypeVar("T")
 # per-call setting the embedded transport would apply and restore it with SET
 # statements around every query.
 _CLIENT_SETTINGS = {"output_format_arrow_string_as_string": 1}
+# ASYNC: the kill is asked for, not waited on; the read's own worker then ends.
+_KILL = "KILL QUERY WHERE query_id = {query_id:String} ASYNC"
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ class _Lane:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn, args)
 
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self._executor.submit(self._call, fn, args)
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         with self._lock:
@@ -170,8 +176,9 @@ class _Lane:
             client.close()
 
 
-def _rows(client: Client, sql: str, params: dict[str, Param]) -> list[Row]:
-    return [list(row) for row in client.query(sql, parameters=params).result_rows]
+def _rows(client: Client, sql: str, params: dict[str, Param], query_id: str) -> list[Row]:
+    # The query id is a transport setting: a server takes it, the embedded engine drops it.
+    return [list(row) for row in client.query(sql, parameters=params, settings={"query_id": query_id}).result_rows]
 
 
 def _command(client: Client, sql: str, params: dict[str, Param]) -> None:
@@ -223,9 +230,27 @@ class Store:
             raise StoreUnavailable("the store is closed")
 
     async def query(self, sql: str, params: Mapping[str, Param] | None = None, *, health: bool = False) -> list[Row]:
-        """Rows of a SELECT, on a read worker (``health``: on the health check's own worker)."""
+        """Rows of a SELECT, on a read worker (``health``: on the health check's own worker).
+
+        Cancelled (its client went away), a read that has not started never runs; one
+        that has is killed on a server and waited for, so the caller's slot stays taken
+        while the engine still works. The embedded engine cannot stop a query (chdb has no
+        cancel; its reads end at the read budget's time limit)."""
         self._check_open()
-        return await (self._health if health else self._reads).run(_rows, sql, dict(params or {}))
+        query_id = uuid.uuid4().hex
+        work = (self._health if health else self._reads).submit(_rows, sql, dict(params or {}), query_id)
+        try:
+            return await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            if not work.cancel():
+                await self._kill(query_id, work)
+            raise
+
+    async def _kill(self, query_id: str, work: Future[list[Row]]) -> None:
+        with suppress(StoreError):
+            await self._writes.run(_command, _KILL, {"query_id": query_id})
+        with suppress(StoreError):
+            await asyncio.wrap_future(work)
 
     async def command(self, sql: str, params: Mapping[str, Param] | None = None) -> None:
         """A statement that returns nothing: DDL, INSERT ... SELECT (on a write worker)."""
