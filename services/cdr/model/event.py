@@ -27,7 +27,9 @@ Seconds = Annotated[StrictInt, Field(ge=0, le=4_294_967_295)]
 # in their xn-- form). No control, space or invisible characters that would make two
 # tenants look the same in a log or a token file.
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|z|[+-][0-9]{2}:[0-9]{2})?$"
+TIMESTAMP_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|z|[+-][0-9]{2}:[0-9]{2})?$"
+)
 Timestamp = Annotated[
     datetime,
     WithJsonSchema(
