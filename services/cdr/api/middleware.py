@@ -153,7 +153,10 @@ class CancelOnDisconnect:
                 if message["type"] == "http.disconnect":
                     return
 
-        handling = asyncio.create_task(self.app(scope, inbox.get, sending))
+        async def handle() -> None:
+            await self.app(scope, inbox.get, sending)
+
+        handling = asyncio.create_task(handle())
         listening = asyncio.create_task(listen())
         try:
             await asyncio.wait((handling, listening), return_when=asyncio.FIRST_COMPLETED)
