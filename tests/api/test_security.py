@@ -371,3 +371,31 @@ async def test_a_client_that_leaves_frees_its_slot_and_its_waiting_read_never_ru
     assert answer.status_code == 200, answer.text
     statuses = [getattr(r, "status", None) for r in caplog.records if r.name == "cdr.api.access"]
     assert 499 in statuses, statuses
+
+
+async def test_readiness_answers_within_the_probe_timeout_when_clickhouse_does_not(api: Api) -> None:
+    """The health check's reader stuck for ~3 s: /readyz says not ready after 2 s, below
+    the chart's 3 s probe timeout, instead of leaving the probe without an answer."""
+    import httpx
+
+    from cdr.api.app import READY_TIMEOUT_S
+    from cdr.store.client import Store
+
+    stuck = Store(api.store.dsn, database=api.store.database)
+    server, task, url = await second_server(api, stuck)
+    sql = "SELECT sleepEachRow(0.5) FROM numbers(6) SETTINGS max_block_size = 1"
+    busy = asyncio.create_task(stuck.query(sql, health=True))
+    try:
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as probe:
+            started = time.monotonic()
+            ready = await probe.get("/readyz")
+            took = time.monotonic() - started
+        assert not busy.done(), "the health reader was not stuck: the test proves nothing"
+        await busy
+    finally:
+        server.should_exit = True
+        await task
+        await stuck.close()
+    assert ready.status_code == 503 and "no answer within" in ready.json()["checks"]["clickhouse"]
+    assert READY_TIMEOUT_S <= took < 2.8, took

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,11 +36,20 @@ log = logging.getLogger(__name__)
 ExtraReady = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
 
 
+# Below the chart's probe timeout (3 s): a stuck ClickHouse reads as "not ready", not as
+# a probe that timed out without an answer.
+READY_TIMEOUT_S = 2.0
+
+
 def _readiness(store: Store, extra_ready: ExtraReady | None) -> ExtraReady:
     async def ready() -> tuple[bool, dict[str, str]]:
         checks: dict[str, str] = {}
-        reachable = await store.ping()
-        checks["clickhouse"] = "ok" if reachable else "unreachable"
+        try:
+            reachable = await asyncio.wait_for(store.ping(), READY_TIMEOUT_S)
+            checks["clickhouse"] = "ok" if reachable else "unreachable"
+        except TimeoutError:
+            reachable = False
+            checks["clickhouse"] = f"no answer within {READY_TIMEOUT_S:g} s"
         current = reachable and await is_current(store)
         checks["schema"] = "current" if current else "not current (run `cdr migrate`)"
         ok = reachable and current

@@ -242,7 +242,8 @@ class Store:
         try:
             return await asyncio.wrap_future(work)
         except asyncio.CancelledError:
-            if not work.cancel():
+            # A health check gives up on its own time limit: it must not wait on a stuck engine.
+            if not work.cancel() and not health:
                 await self._kill(query_id, work)
             raise
 
