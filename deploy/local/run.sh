@@ -56,6 +56,7 @@ pids+=($!)
 cat <<MSG
 
   CDR API      http://127.0.0.1:$CDR_API_PORT/v1/cdr
+  console      http://127.0.0.1:$CDR_API_PORT/console  (sign in with the dev token)
   tenant       $tenant
   dev token    $token
   logs         .cache/cdr-run.log, .cache/cdr-simulate.log

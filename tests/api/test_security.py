@@ -321,6 +321,7 @@ async def test_every_tenant_route_refuses_a_request_without_a_token(api: Api) ->
     it is built, and nothing else but the documented operational routes is public."""
     app = create_app(api.settings, api.store, Metrics())
     public = {"/openapi.json", "/docs", "/docs/init.js", "/docs/static", "/healthz", "/readyz", "/metrics"}
+    public |= {"/console", "/console/", "/console/static"}  # the console's static page: data only with a token
     tenant_routes = [r for r in app.routes if isinstance(r, Route) and r.path.startswith("/v1/")]
     assert len(tenant_routes) >= 4
     every = {getattr(r, "path", "") for r in app.routes}
@@ -399,3 +400,16 @@ async def test_readiness_answers_within_the_probe_timeout_when_clickhouse_does_n
         await stuck.close()
     assert ready.status_code == 503 and "no answer within" in ready.json()["checks"]["clickhouse"]
     assert READY_TIMEOUT_S <= took < 2.8, took
+
+
+async def test_the_console_page_is_static_under_a_strict_content_security_policy(api: Api) -> None:
+    async with api.client(tenant=None) as anonymous:
+        page = await anonymous.get("/console")
+        script = await anonymous.get("/console/static/console.js")
+        slash = await anonymous.get("/console/")
+    policy = page.headers["Content-Security-Policy"]
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
+    assert "<script>" not in page.text and 'src="/console/static/console.js"' in page.text  # no inline script
+    assert script.status_code == 200 and "sessionStorage" in script.text
+    assert slash.status_code == 308 and slash.headers["location"] == "/console"

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from cdr.api.auth import TokenAuthority
+from cdr.api.console import console_routes
 from cdr.api.cursor import CursorCodec
 from cdr.api.docs import docs_routes
 from cdr.api.errors import ApiError, Internal, InvalidParameter, MethodNotAllowed, NotFound, error_response
@@ -110,6 +111,7 @@ def create_app(
         *cdr.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
         *docs_routes(),
+        *console_routes(),
         *(ops_routes(metrics, ready) if ops_routes_here else []),
     ]
 
