@@ -30,6 +30,8 @@ from cdr.store.queries import (
     SearchFilters,
     call_id_lookup_query,
     count_query,
+    export_hours_query,
+    export_query,
     id_lookup_query,
     page_query,
     scroll_query,
@@ -47,10 +49,10 @@ def _literal(value: Any) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def run(db: session.Session, what: str, query: Query) -> str:
+def run(db: session.Session, what: str, query: Query, fmt: str = "CSV") -> str:
     for name, value in query.params.items():
         db.query(f"SET param_{name} = {_literal(value)}")
-    result = db.query(query.sql, "CSV")
+    result = db.query(query.sql, fmt)
     print(f"ok  {what}")
     return str(result)
 
@@ -106,12 +108,26 @@ def main() -> None:
         )
         for group in GROUP_BY:
             run(db, f"stats by {group} ({label})", stats_query(TABLE, "t.example", filters, group_by=group, tz=TZ))
+        run(db, f"export hours ({label})", export_hours_query(TABLE, "t.example", filters))
+        exported = export_query(TABLE, "t.example", filters, tz=TZ, desc=True, window=window)
+        run(db, f"export window, CSV ({label})", exported)
+        run(db, f"export window, JSONEachRow ({label})", exported, "JSONEachRow")
+    everything = export_query(TABLE, "t.example", SearchFilters(), tz=TZ, desc=False, window=(None, None))
+    lines = run(db, "export, every record", everything, "JSONEachRow").splitlines()
+    if len(lines) != len(rows) or orjson.loads(lines[0])["id"] != min(rows, key=_sort_key)["id"]:
+        sys.exit("the export did not return every record in list order with the API's field names")
     run(db, "tenant edge", tenant_edge_query(TABLE, "t.example", latest=True))
     found = run(db, "get by id", id_lookup_query(TABLE, "t.example", UUID(first["id"]), tz=TZ))
     by_call = run(db, "get by Call-ID", call_id_lookup_query(TABLE, "t.example", first["sip_call_id"], tz=TZ))
     if first["id"] not in found or first["id"] not in by_call:
         sys.exit("lookups did not find the inserted CDR")
     print("all checks passed")
+
+
+def _sort_key(row: dict[str, Any]) -> tuple[datetime, int, int]:
+    # The list order: time_started, then the id as ClickHouse orders UUIDs (second half first).
+    number = UUID(row["id"]).int
+    return row["time_started"], number & (2**64 - 1), number >> 64
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -181,6 +181,10 @@ def _rows(client: Client, sql: str, params: dict[str, Param], query_id: str) -> 
     return [list(row) for row in client.query(sql, parameters=params, settings={"query_id": query_id}).result_rows]
 
 
+def _raw(client: Client, sql: str, params: dict[str, Param], query_id: str, fmt: str) -> bytes:
+    return bytes(client.raw_query(sql, parameters=params, settings={"query_id": query_id}, fmt=fmt))
+
+
 def _command(client: Client, sql: str, params: dict[str, Param]) -> None:
     client.command(sql, parameters=params)
 
@@ -239,15 +243,26 @@ class Store:
         self._check_open()
         query_id = uuid.uuid4().hex
         work = (self._health if health else self._reads).submit(_rows, sql, dict(params or {}), query_id)
+        return await self._outcome(work, query_id, wait_if_cancelled=not health)
+
+    async def query_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> bytes:
+        """A SELECT's result as ClickHouse formats it (``fmt``: CSV, JSONEachRow...), on a
+        read worker: no Python object per value."""
+        self._check_open()
+        query_id = uuid.uuid4().hex
+        work = self._reads.submit(_raw, sql, dict(params), query_id, fmt)
+        return await self._outcome(work, query_id, wait_if_cancelled=True)
+
+    async def _outcome(self, work: Future[T], query_id: str, *, wait_if_cancelled: bool) -> T:
         try:
             return await asyncio.wrap_future(work)
         except asyncio.CancelledError:
             # A health check gives up on its own time limit: it must not wait on a stuck engine.
-            if not work.cancel() and not health:
+            if not work.cancel() and wait_if_cancelled:
                 await self._kill(query_id, work)
             raise
 
-    async def _kill(self, query_id: str, work: Future[list[Row]]) -> None:
+    async def _kill(self, query_id: str, work: Future[Any]) -> None:
         with suppress(StoreError):
             await self._writes.run(_command, _KILL, {"query_id": query_id})
         with suppress(StoreError):

@@ -8,7 +8,8 @@ collapse to their newest version whatever the state of background merges.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 from uuid import UUID
 
@@ -18,16 +19,37 @@ from cdr.store.client import Param
 TIME_FORMAT = "%Y-%m-%d %H:%i:%S"
 
 # Columns of an API record, in the document's order, formatted by ClickHouse in the
-# tenant's timezone, then the sort key for the cursor.
-_RECORD_COLUMNS = f"""
-    toString(id), sip_call_id, cause, duration, billsec, CAST(direction, 'UInt8'),
-    recording_url, extension, from_number, to_number, receive_dest,
-    formatDateTime(time_started, '{TIME_FORMAT}', {{tz:String}}),
-    if(isNull(time_answered), '', formatDateTime(assumeNotNull(time_answered), '{TIME_FORMAT}', {{tz:String}})),
-    formatDateTime(time_ended, '{TIME_FORMAT}', {{tz:String}}),
-    status,
-    toUnixTimestamp64Milli(time_started)
-"""
+# tenant's timezone.
+_API_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "toString(id)"),
+    ("sip_call_id", "sip_call_id"),
+    ("cause", "cause"),
+    ("duration", "duration"),
+    ("billsec", "billsec"),
+    ("direction", "CAST(direction, 'UInt8')"),
+    ("recording_url", "recording_url"),
+    ("extension", "extension"),
+    ("from_number", "from_number"),
+    ("to_number", "to_number"),
+    ("receive_dest", "receive_dest"),
+    ("time_started", f"formatDateTime(time_started, '{TIME_FORMAT}', {{tz:String}})"),
+    (
+        "time_answered",
+        f"if(isNull(time_answered), '', formatDateTime(assumeNotNull(time_answered), '{TIME_FORMAT}', {{tz:String}}))",
+    ),
+    ("time_ended", f"formatDateTime(time_ended, '{TIME_FORMAT}', {{tz:String}})"),
+    ("status", "status"),
+)
+# Then the sort key, for the cursor.
+_RECORD_COLUMNS = ", ".join(expr for _, expr in _API_COLUMNS) + ", toUnixTimestamp64Milli(time_started)"
+# Named, for an export ClickHouse formats itself (JSONEachRow takes the names). The
+# names shadow columns (time_started...): prefer_column_name_to_alias keeps WHERE and
+# ORDER BY on the columns.
+_EXPORT_COLUMNS = ", ".join(f"{expr} AS {name}" for name, expr in _API_COLUMNS)
+_EXPORT_SETTINGS = (
+    ", prefer_column_name_to_alias = 1, output_format_csv_crlf_end_of_line = 1,"
+    " output_format_json_escape_forward_slashes = 0"
+)
 RECORD_WIDTH = 15  # the API fields; the last column is the cursor key
 
 # The partition key (month of time_started) derives from the sort key, so every version
@@ -256,3 +278,52 @@ def record(row: list[Any]) -> dict[str, Any]:
     for name in ("duration", "billsec", "direction"):
         out[name] = int(out[name])
     return out
+
+
+def export_hours_query(table: str, tenant: str, f: SearchFilters) -> Query:
+    """How many records the filters select per hour of time_started (Unix seconds of the
+    hour, UTC): where to cut an export into windows of about the same size."""
+    clauses, params = _where(tenant, f)
+    sql = (
+        f"SELECT toUnixTimestamp(toStartOfHour(time_started, 'UTC')) AS hour, count() FROM {table} FINAL"
+        f" WHERE {' AND '.join(clauses)} GROUP BY hour ORDER BY hour" + _FINAL_SETTINGS
+    )
+    return Query(sql, params)
+
+
+Window = tuple[datetime | None, datetime | None]
+
+
+def export_windows(hours: list[tuple[int, int]], target_rows: int) -> list[Window]:
+    """Consecutive half-open ranges [low, high) of time_started (None: unbounded) that
+    together cover all time, cut at hour starts so that each holds about ``target_rows``
+    of the counted records (an hour is never split: one busier than that is a window of
+    its own). Ascending; records that arrive later fall in one of them too."""
+    cuts: list[datetime] = []
+    held = 0
+    for hour, count in hours:
+        if held and held + count > target_rows:
+            cuts.append(datetime.fromtimestamp(hour, tz=UTC))
+            held = 0
+        held += count
+    bounds: list[datetime | None] = [None, *cuts, None]
+    return list(pairwise(bounds))
+
+
+def export_query(table: str, tenant: str, f: SearchFilters, *, tz: str, desc: bool, window: Window) -> Query:
+    """One window's records in list order, as API records for ClickHouse to format
+    (CSV or JSONEachRow, named by the caller)."""
+    clauses, params = _where(tenant, f)
+    low, high = window
+    if low is not None:
+        clauses.append("time_started >= {window_low:DateTime64(3, 'UTC')}")
+        params["window_low"] = low
+    if high is not None:
+        clauses.append("time_started < {window_high:DateTime64(3, 'UTC')}")
+        params["window_high"] = high
+    direction = "DESC" if desc else "ASC"
+    sql = (
+        f"SELECT {_EXPORT_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)}"
+        f" ORDER BY time_started {direction}, id {direction}" + _FINAL_SETTINGS + _EXPORT_SETTINGS
+    )
+    return Query(sql, {**params, "tz": tz})
