@@ -1,5 +1,6 @@
 """Export speed and memory, and call statistics: GET /v1/cdr/export of ten tenants one after another (~1 M
-CDRs of the 10 M-row store of `bench/api.py`), beside the baseline of the same run:
+CDRs of the 10 M-row store of `bench/api.py`), uncompressed and again with gzip (the
+client decompressing), beside the baseline of the same run:
 the same records read through the list API's scroll (1,000 per batch). Also the list
 API's p99 while an export streams, beside the same requests idle. Prints rows/s and
 the API process's RSS growth while exporting; then GET /v1/cdr/stats over one tenant's
@@ -25,9 +26,11 @@ from api import OPS_PORT, PORT, STORE, api_environment, bring_up_to_date, start,
 from common import machine, percentiles
 
 
-async def export_rows(client: httpx.AsyncClient, tenant: str, rss: list[int], process: psutil.Process) -> int:
+async def export_rows(
+    client: httpx.AsyncClient, tenant: str, rss: list[int], process: psutil.Process, encoding: str = "identity"
+) -> int:
     lines = 0
-    headers = {"Authorization": f"Bearer {token(tenant)}"}
+    headers = {"Authorization": f"Bearer {token(tenant)}", "Accept-Encoding": encoding}
     async with client.stream("GET", "/v1/cdr/export", params={"format": "ndjson"}, headers=headers) as response:
         response.raise_for_status()
         async for chunk in response.aiter_bytes():
@@ -81,6 +84,9 @@ async def main() -> None:
             began = time.perf_counter()
             exported = sum([await export_rows(client, t, rss, process) for t in chosen])
             export_s = time.perf_counter() - began
+            began = time.perf_counter()
+            packed = sum([await export_rows(client, t, rss, process, "gzip") for t in chosen])
+            packed_s = time.perf_counter() - began
             idle_list = await list_latencies(client, tenants[-2], 200)
             streaming = asyncio.create_task(export_rows(client, tenants[-1], [], process))
             busy_list = await list_latencies(client, tenants[-2], 200)
@@ -91,10 +97,11 @@ async def main() -> None:
             }
     finally:
         stop(api)
-    assert exported == scrolled, (exported, scrolled)
+    assert exported == scrolled == packed, (exported, scrolled, packed)
     print(f"{machine()}; {exported:,} CDRs of {len(chosen)} tenants")
     print(f"  scroll (baseline, 1,000 per batch) {scrolled / scroll_s:10,.0f} rows/s")
     print(f"  export, ndjson                     {exported / export_s:10,.0f} rows/s  x{scroll_s / export_s:.1f}")
+    print(f"  export, ndjson, gzip               {packed / packed_s:10,.0f} rows/s  x{scroll_s / packed_s:.1f}")
     print(
         f"  API RSS: {idle_rss / 2**20:.0f} MB before, peak {max(rss) / 2**20:.0f} MB while exporting "
         f"(+{(max(rss) - idle_rss) / 2**20:.0f} MB)"

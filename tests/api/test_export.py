@@ -92,3 +92,17 @@ async def test_one_export_per_tenant_and_the_slot_comes_back_when_the_client_lea
         assert again.status_code == 200
     async with bulk.client("t1.example") as other:
         assert (await other.get("/v1/cdr/export")).status_code == 200  # slots are per tenant
+
+
+async def test_an_export_is_gzip_compressed_only_for_a_client_that_asks(api: Api) -> None:
+    import gzip
+
+    async with api.client("t1.example") as client:
+        plain = await client.get("/v1/cdr/export", params={"format": "ndjson"}, headers={"Accept-Encoding": "identity"})
+        async with client.stream(
+            "GET", "/v1/cdr/export", params={"format": "ndjson"}, headers={"Accept-Encoding": "gzip"}
+        ) as packed:
+            raw = b"".join([chunk async for chunk in packed.aiter_raw()])
+    assert "content-encoding" not in plain.headers and plain.content.count(b"\n") > 100
+    assert packed.headers["content-encoding"] == "gzip" and packed.headers["vary"] == "Accept-Encoding"
+    assert gzip.decompress(raw) == plain.content and len(raw) < len(plain.content) / 3
