@@ -30,6 +30,7 @@ TENANT, OTHER = "console.example", "other.example"
 TOKEN = "console-token-" + "k" * 20
 CALLS = 480  # of TENANT: several scroll batches of 100 in the filtered view too
 BATCH = 100
+VIETNAMESE = "Phòng chăm sóc khách hàng, Hà Nội"
 
 
 @dataclass
@@ -54,7 +55,10 @@ async def console(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
         batch_time_ms=200,
         timezone="Asia/Ho_Chi_Minh",
     )
-    ours = events(CALLS * 2, seed=15, tenants=(TENANT, OTHER), spacing_s=450)
+    ours = [
+        {**e, "receive_dest": VIETNAMESE} if e["tenant_id"] == TENANT else e
+        for e in events(CALLS * 2, seed=15, tenants=(TENANT, OTHER), spacing_s=450)
+    ]
     with cdr_process("run", env, folder / "run.log"):
         await produce(kafka_bootstrap, topic, encoded(ours))
         url = f"http://127.0.0.1:{port}"
@@ -217,6 +221,7 @@ def test_a_row_opens_the_call_with_its_recording_link(browser: Any, console: Con
     shown = dict(zip(terms, values, strict=True))
     assert terms == list(record)
     assert shown["id"] == record["id"] and shown["sip_call_id"] == record["sip_call_id"]
+    assert shown["receive_dest"] == record["receive_dest"] == VIETNAMESE  # Vietnamese text as sent
     links = dialog.find_elements("css selector", "#detail-recording a")
     if record["recording_url"]:
         assert [link.get_attribute("href") for link in links] == [record["recording_url"]]

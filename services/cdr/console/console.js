@@ -193,6 +193,7 @@
         dt.textContent = name;
         const dd = document.createElement("dd");
         dd.textContent = value === null ? "—" : String(value);
+        if (name === "direction" && DIRECTIONS[value]) dd.textContent += ` (${DIRECTIONS[value]})`;
         list.append(dt, dd);
       }
       const recording = $("detail-recording");
