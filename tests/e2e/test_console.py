@@ -297,3 +297,14 @@ def test_an_api_error_is_shown_with_its_message(browser: Any, console: Console) 
     error = _wait(lambda: _shown(browser, "error"), "the API's error")
     assert "end_date" in error.text or "start_date" in error.text, error.text
     _shot(browser, "09-api-error")
+
+
+def test_filters_that_match_nothing_say_so(browser: Any, console: Console) -> None:
+    _sign_in(browser, console)
+    _wait(lambda: len(_rows(browser)) >= BATCH, "the first batch")
+    _by_id(browser, "f-phone").send_keys("0123456789")
+    _by_id(browser, "apply").click()
+    empty = _wait(lambda: _shown(browser, "empty"), "the empty state")
+    assert empty.text == "No calls match these filters." and not _rows(browser)
+    assert _by_id(browser, "count").text == "0 calls"
+    _shot(browser, "10-empty")
