@@ -88,9 +88,9 @@ _EXPORT_WINDOW_ROWS = 20_000
 _BOM = "\ufeff".encode()
 _CSV_HEADER = (",".join(API_FIELDS) + "\r\n").encode()
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
-
-
 _SEND_BYTES = 1 << 20
+_WINDOW = timedelta(days=31)
+_EDGE_TTL_S = 300.0
 
 
 def _pieces(chunk: bytes) -> Iterator[memoryview]:
@@ -104,10 +104,6 @@ def _pieces(chunk: bytes) -> Iterator[memoryview]:
 
 def _accepts_gzip(request: Request) -> bool:
     return "gzip" in request.headers.get("accept-encoding", "").lower()
-
-
-_WINDOW = timedelta(days=31)
-_EDGE_TTL_S = 300.0
 
 
 def _as_utc(value: datetime) -> datetime:

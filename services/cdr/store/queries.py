@@ -195,6 +195,20 @@ def count_query(table: str, tenant: str, f: SearchFilters) -> Query:
     return Query(f"SELECT count() FROM {table} FINAL WHERE {' AND '.join(clauses)}" + _FINAL_SETTINGS, params)
 
 
+Window = tuple[datetime | None, datetime | None]
+
+
+def _within(window: Window, clauses: list[str], params: dict[str, Param]) -> None:
+    """Bound time_started to ``low <= t < high`` (either may be None)."""
+    low, high = window
+    if low is not None:
+        clauses.append("time_started >= {window_low:DateTime64(3, 'UTC')}")
+        params["window_low"] = low
+    if high is not None:
+        clauses.append("time_started < {window_high:DateTime64(3, 'UTC')}")
+        params["window_high"] = high
+
+
 def scroll_query(
     table: str,
     tenant: str,
@@ -204,7 +218,7 @@ def scroll_query(
     limit: int,
     desc: bool,
     after: tuple[datetime, UUID] | None,
-    window: tuple[datetime | None, datetime | None] = (None, None),
+    window: Window = (None, None),
 ) -> Query:
     """The next ``limit`` records after a keyset position; fetches one extra to tell
     whether more remain. Seeks on the sort key, so depth costs nothing.
@@ -213,13 +227,7 @@ def scroll_query(
     (either may be None); the caller uses it to read one partition's worth first.
     """
     clauses, params = _where(tenant, f)
-    low, high = window
-    if low is not None:
-        clauses.append("time_started >= {window_low:DateTime64(3, 'UTC')}")
-        params["window_low"] = low
-    if high is not None:
-        clauses.append("time_started < {window_high:DateTime64(3, 'UTC')}")
-        params["window_high"] = high
+    _within(window, clauses, params)
     if after is not None:
         # The first clause alone selects an index range; the second breaks ties by id.
         if desc:
@@ -291,9 +299,6 @@ def export_hours_query(table: str, tenant: str, f: SearchFilters) -> Query:
     return Query(sql, params)
 
 
-Window = tuple[datetime | None, datetime | None]
-
-
 def export_windows(hours: list[tuple[int, int]], target_rows: int) -> list[Window]:
     """Consecutive half-open ranges [low, high) of time_started (None: unbounded) that
     together cover all time, cut at hour starts so that each holds about ``target_rows``
@@ -314,13 +319,7 @@ def export_query(table: str, tenant: str, f: SearchFilters, *, tz: str, desc: bo
     """One window's records in list order, as API records for ClickHouse to format
     (CSV or JSONEachRow, named by the caller)."""
     clauses, params = _where(tenant, f)
-    low, high = window
-    if low is not None:
-        clauses.append("time_started >= {window_low:DateTime64(3, 'UTC')}")
-        params["window_low"] = low
-    if high is not None:
-        clauses.append("time_started < {window_high:DateTime64(3, 'UTC')}")
-        params["window_high"] = high
+    _within(window, clauses, params)
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_EXPORT_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)}"
