@@ -146,7 +146,7 @@ def create_app(
         log.exception("unhandled error", extra={"path": request.url.path, "request_id": request_id})
         return error_response(Internal(f"internal error (request id {request_id})"))
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             # Outermost first. The request id and no-store reach every response, errors included.
@@ -160,3 +160,7 @@ def create_app(
         exception_handlers={HTTPException: on_http_error, ApiError: on_api_error, Exception: on_unexpected},
         lifespan=lifespan,
     )
+    # No 307 to the path without its trailing slash: a lookup key ending in a newline
+    # and "/" (path routes do not match a newline) was redirected instead of a 404.
+    app.router.redirect_slashes = False
+    return app
