@@ -47,4 +47,4 @@ def test_migrations_and_queries_run_on_the_oldest_stated_release() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"engine: ClickHouse {OLDEST_SERVER}." in done.stdout
-    assert "ok  migration 0002_key_by_call_id" in done.stdout and "all checks passed" in done.stdout
+    assert "ok  migration 0003_merge_closed_months" in done.stdout and "all checks passed" in done.stdout
