@@ -348,12 +348,17 @@ class CdrRoutes:
         read touches all of them even for ten rows. Most batches fill from the first
         ~month after their starting edge, so that window is read first and the rest
         of the range only when it falls short. Both reads are in order, so the
-        concatenation is too."""
+        concatenation is too. A range that ends within the first window (the filters'
+        other bound, else the tenant's other edge) is read at once: the second read
+        would only prove that nothing follows (the last batch of a scroll)."""
         tenant, tz = caller.tenant, caller.timezone
         edge = after[0] if after else (filters.end if desc else filters.start)
         far = filters.start if desc else filters.end
         if edge is None:
             edge = await self._tenant_edge(tenant, latest=desc)
+        if far is None and edge is not None:
+            # A stale edge only picks the slower shape: either shape reads every record.
+            far = await self._tenant_edge(tenant, latest=not desc)
         if edge is None or (far is not None and abs(far - edge) <= _WINDOW):
             query = scroll_query(self._table, tenant, filters, tz=tz, limit=limit, desc=desc, after=after)
             return await self._run(query.sql, query.params)
