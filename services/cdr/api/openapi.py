@@ -8,7 +8,7 @@ from cdr import __version__
 from cdr.api.errors import error_codes
 from cdr.api.params import Limits, Param, export_params, list_params, stats_params
 from cdr.settings import Settings
-from cdr.store.queries import GROUP_BY, STAT_QUANTILES
+from cdr.store.queries import GROUP_BY, STAT_QUANTILE_FIELDS, STAT_QUANTILES
 
 OPENAPI_FILE = "openapi.json"
 
@@ -264,12 +264,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                     },
                                     "total_billsec": {"type": "integer", "minimum": 0},
                                     **{
-                                        f"duration_p{round(q * 100)}": {
+                                        name: {
                                             "type": "integer",
                                             "description": f"Duration at index floor({q} x calls) of the sorted"
                                             " durations (exact).",
                                         }
-                                        for q in STAT_QUANTILES
+                                        for q, name in zip(STAT_QUANTILES, STAT_QUANTILE_FIELDS, strict=True)
                                     },
                                 },
                             },

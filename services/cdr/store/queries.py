@@ -172,6 +172,8 @@ _GROUP_KEYS = {
 }
 GROUP_BY = tuple(_GROUP_KEYS)
 STAT_QUANTILES = (0.5, 0.9, 0.99)
+# The response field of each quantile, in STAT_QUANTILES' order.
+STAT_QUANTILE_FIELDS = tuple(f"duration_p{round(level * 100)}" for level in STAT_QUANTILES)
 MAX_GROUPS = 10_000
 
 
