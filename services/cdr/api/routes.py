@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,23 +83,14 @@ class Caller:
 TenantHandler = Callable[[Request, Caller], Awaitable[Response]]
 T = TypeVar("T")
 _MAX_KEY = 1024
-# Records per export read: ~7 MB of CSV held at a time; bigger reads gained little.
-_EXPORT_WINDOW_ROWS = 20_000
+# Records per export read. A read is streamed, so its size sets how many reads an export
+# makes, not the memory it holds: 50,000 measured faster than 20,000 at the same RSS.
+_EXPORT_WINDOW_ROWS = 50_000
 _BOM = "\ufeff".encode()
 _CSV_HEADER = (",".join(API_FIELDS) + "\r\n").encode()
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
-_SEND_BYTES = 1 << 20
 _WINDOW = timedelta(days=31)
 _EDGE_TTL_S = 300.0
-
-
-def _pieces(chunk: bytes) -> Iterator[memoryview]:
-    """A window's bytes in sends of at most 1 MB (views, not copies): the server waits for
-    the client to take each before the next, so a slow reader holds about one send in the
-    server's buffer, not whole windows."""
-    view = memoryview(chunk)
-    for start in range(0, len(chunk), _SEND_BYTES):
-        yield view[start : start + _SEND_BYTES]
 
 
 def _accepts_gzip(request: Request) -> bool:
@@ -173,12 +164,13 @@ class CdrRoutes:
 
         One cheap count per hour of the selection cuts the time axis into consecutive
         windows of about ``_EXPORT_WINDOW_ROWS`` records; each window is one read that
-        ClickHouse formats itself (CSV or JSONEachRow: no Python object per value), so
-        memory stays flat whatever the size and every read stays within the read budget.
-        The windows cover all time, so a call stored meanwhile is still in one. The count
-        and the first window are read before the response starts, so an unavailable store
-        is still a 503; a failure later cuts the stream (the client sees an incomplete
-        chunked body). A client that goes away stops the reads."""
+        ClickHouse formats itself (CSV or JSONEachRow: no Python object per value) and
+        hands over in pieces as it reads (``Store.stream_formatted``), so memory stays flat
+        whatever the size and every read stays within the read budget. The windows cover
+        all time, so a call stored meanwhile is still in one. The count and the first
+        piece are read before the response starts, so an unavailable store is still a
+        503; a failure later cuts the stream (the client sees an incomplete chunked body).
+        A client that goes away stops the reads."""
         wanted = parse_export_request(request.query_params, self._export_params, caller.context)
         tenant = caller.tenant
         release = self._export_slot(tenant)
@@ -188,32 +180,37 @@ class CdrRoutes:
             windows = export_windows(counted, _EXPORT_WINDOW_ROWS)
             if wanted.order == "desc":
                 windows.reverse()
-            first = await self._export_window(caller, wanted, windows[0])
+            opening = self._export_window(caller, wanted, windows[0])
+            first = await self._guarded(anext(opening, b""))
         except BaseException:
             release()
             raise
 
-        # Compressed here, a window at a time on a worker thread, at the fastest level:
+        # Compressed here, a piece at a time on a worker thread, at the fastest level:
         # the app-wide gzip would compress megabytes per window on the event loop.
         packer = zlib.compressobj(1, zlib.DEFLATED, _GZIP_WBITS) if _accepts_gzip(request) else None
 
         async def packed(chunk: bytes) -> bytes:
             return chunk if packer is None else await asyncio.to_thread(packer.compress, chunk)
 
-        async def body() -> AsyncIterator[bytes | memoryview]:
+        async def pieces() -> AsyncIterator[bytes]:
+            yield first
+            async for piece in opening:
+                yield piece
+            for window in windows[1:]:
+                async for piece in self._export_window(caller, wanted, window):
+                    yield piece
+
+        async def body() -> AsyncIterator[bytes]:
             try:
                 if wanted.format == "csv":
                     yield await packed((_BOM if wanted.bom else b"") + _CSV_HEADER)
-                chunk = await packed(first)
-                for window in windows[1:]:
-                    for piece in _pieces(chunk):
-                        yield piece
-                    chunk = await packed(await self._export_window(caller, wanted, window))
-                for piece in _pieces(chunk):
-                    yield piece
+                async for piece in pieces():
+                    yield await packed(piece)
                 if packer is not None:
                     yield packer.flush()
             finally:
+                await opening.aclose()
                 release()
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -223,12 +220,12 @@ class CdrRoutes:
             headers |= {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
         return StreamingResponse(body(), media_type=media, headers=headers)
 
-    async def _export_window(self, caller: Caller, wanted: ExportRequest, window: Window) -> bytes:
+    def _export_window(self, caller: Caller, wanted: ExportRequest, window: Window) -> AsyncGenerator[bytes, None]:
         query = export_query(
             self._table, caller.tenant, wanted.filters, tz=caller.timezone, desc=wanted.order == "desc", window=window
         )
         fmt = "CSV" if wanted.format == "csv" else "JSONEachRow"
-        return await self._guarded(self._store.query_formatted(query.sql, query.params, fmt))
+        return self._store.stream_formatted(query.sql, query.params, fmt)
 
     def _export_slot(self, tenant: str) -> Callable[[], None]:
         """One of the tenant's export slots (429 when all are taken); returns its release."""

@@ -18,7 +18,7 @@ import asyncio
 import math
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -46,6 +46,10 @@ T = TypeVar("T")
 # per-call setting the embedded transport would apply and restore it with SET
 # statements around every query.
 _CLIENT_SETTINGS = {"output_format_arrow_string_as_string": 1}
+# A streamed result is handed over in pieces of at most this size, and at most
+# _STREAM_AHEAD pieces wait for the caller: what a stream holds in this process.
+_STREAM_READ_BYTES = 1 << 20
+_STREAM_AHEAD = 2
 # ASYNC: the kill is asked for, not waited on; the read's own worker then ends.
 _KILL = "KILL QUERY WHERE query_id = {query_id:String} ASYNC"
 
@@ -181,8 +185,16 @@ def _rows(client: Client, sql: str, params: dict[str, Param], query_id: str) -> 
     return [list(row) for row in client.query(sql, parameters=params, settings={"query_id": query_id}).result_rows]
 
 
-def _raw(client: Client, sql: str, params: dict[str, Param], query_id: str, fmt: str) -> bytes:
-    return bytes(client.raw_query(sql, parameters=params, settings={"query_id": query_id}, fmt=fmt))
+def _stream(
+    client: Client, sql: str, params: dict[str, Param], query_id: str, fmt: str, deliver: Callable[[bytes], bool]
+) -> None:
+    """Hand a formatted result to ``deliver`` as it is read, ``_STREAM_READ_BYTES`` at a
+    time, until it ends or ``deliver`` says the reader is gone (closing the stream ends the
+    query: a server's HTTP response is dropped, the embedded engine's stream is closed)."""
+    with client.raw_stream(sql, parameters=params, settings={"query_id": query_id}, fmt=fmt) as stream:
+        while chunk := stream.read(_STREAM_READ_BYTES):
+            if not deliver(chunk):
+                return
 
 
 def _command(client: Client, sql: str, params: dict[str, Param]) -> None:
@@ -245,13 +257,47 @@ class Store:
         work = (self._health if health else self._reads).submit(_rows, sql, dict(params or {}), query_id)
         return await self._outcome(work, query_id, wait_if_cancelled=not health)
 
-    async def query_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> bytes:
-        """A SELECT's result as ClickHouse formats it (``fmt``: CSV, JSONEachRow...), on a
-        read worker: no Python object per value."""
+    async def stream_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> AsyncGenerator[bytes, None]:
+        """A SELECT's result as ClickHouse formats it, in pieces as it is read (on a read
+        worker): neither the engine nor this process holds the whole result. The worker
+        reads at most ``_STREAM_AHEAD`` pieces ahead of the caller; a caller that stops
+        early (closes the iterator, or is cancelled) stops the read."""
         self._check_open()
-        query_id = uuid.uuid4().hex
-        work = self._reads.submit(_raw, sql, dict(params), query_id, fmt)
-        return await self._outcome(work, query_id, wait_if_cancelled=True)
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[bytes] = asyncio.Queue()  # b"": the end (the worker's error follows)
+        room = threading.Semaphore(_STREAM_AHEAD)
+        gone = threading.Event()
+
+        def hand_over(piece: bytes) -> None:
+            with suppress(RuntimeError):  # the loop already closed: nobody reads any more
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        def deliver(piece: bytes) -> bool:
+            while not room.acquire(timeout=0.5):
+                if gone.is_set():
+                    return False
+            if gone.is_set():
+                return False
+            hand_over(piece)
+            return True
+
+        def produce(client: Client) -> None:
+            try:
+                _stream(client, sql, dict(params), uuid.uuid4().hex, fmt, deliver)
+            finally:
+                hand_over(b"")
+
+        work = self._reads.submit(produce)
+        try:
+            while piece := await pieces.get():
+                room.release()
+                yield piece
+            await asyncio.wrap_future(work)  # the read's error, if it failed
+        finally:
+            if not work.done():
+                gone.set()
+                work.cancel()  # not started yet: never runs
+                room.release()  # a worker waiting for room sees that the caller is gone
 
     async def _outcome(self, work: Future[T], query_id: str, *, wait_if_cancelled: bool) -> T:
         try:
