@@ -7,7 +7,7 @@ import logging
 import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -193,20 +193,23 @@ class CdrRoutes:
         async def packed(chunk: bytes) -> bytes:
             return chunk if packer is None else await asyncio.to_thread(packer.compress, chunk)
 
-        async def pieces() -> AsyncIterator[bytes]:
+        async def pieces() -> AsyncGenerator[bytes, None]:
             yield first
             async for piece in opening:
                 yield piece
             for window in windows[1:]:
-                async for piece in self._export_window(caller, wanted, window):
-                    yield piece
+                # Closed at once when the client leaves: that stops the window's read.
+                async with aclosing(self._export_window(caller, wanted, window)) as read:
+                    async for piece in read:
+                        yield piece
 
         async def body() -> AsyncIterator[bytes]:
             try:
                 if wanted.format == "csv":
                     yield await packed((_BOM if wanted.bom else b"") + _CSV_HEADER)
-                async for piece in pieces():
-                    yield await packed(piece)
+                async with aclosing(pieces()) as stream:
+                    async for piece in stream:
+                        yield await packed(piece)
                 if packer is not None:
                     yield packer.flush()
             finally:

@@ -273,9 +273,7 @@ class Store:
                 loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
         def deliver(piece: bytes) -> bool:
-            while not room.acquire(timeout=0.5):
-                if gone.is_set():
-                    return False
+            room.acquire()  # the caller leaving releases it too, then sets gone first
             if gone.is_set():
                 return False
             hand_over(piece)
