@@ -83,8 +83,9 @@ class Caller:
 TenantHandler = Callable[[Request, Caller], Awaitable[Response]]
 T = TypeVar("T")
 _MAX_KEY = 1024
-# Records per export read. A read is streamed, so its size sets how many reads an export
-# makes, not the memory it holds: 50,000 measured faster than 20,000 at the same RSS.
+# Records per export read. A read is streamed from the engine and runs at its pace, so a
+# slow client holds at most one window's pieces (~22 MB of NDJSON at 50,000) while no
+# shared reader waits for it; 50,000 measured 236-256 k rows/s against 207-218 k for 20,000.
 _EXPORT_WINDOW_ROWS = 50_000
 _BOM = "\ufeff".encode()
 _CSV_HEADER = (",".join(API_FIELDS) + "\r\n").encode()

@@ -46,10 +46,8 @@ T = TypeVar("T")
 # per-call setting the embedded transport would apply and restore it with SET
 # statements around every query.
 _CLIENT_SETTINGS = {"output_format_arrow_string_as_string": 1}
-# A streamed result is handed over in pieces of at most this size, and at most
-# _STREAM_AHEAD pieces wait for the caller: what a stream holds in this process.
+# A streamed result is handed over in pieces of at most this size.
 _STREAM_READ_BYTES = 1 << 20
-_STREAM_AHEAD = 2
 # ASYNC: the kill is asked for, not waited on; the read's own worker then ends.
 _KILL = "KILL QUERY WHERE query_id = {query_id:String} ASYNC"
 
@@ -259,43 +257,38 @@ class Store:
 
     async def stream_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> AsyncGenerator[bytes, None]:
         """A SELECT's result as ClickHouse formats it, in pieces as it is read (on a read
-        worker): neither the engine nor this process holds the whole result. The worker
-        reads at most ``_STREAM_AHEAD`` pieces ahead of the caller; a caller that stops
-        early (closes the iterator, or is cancelled) stops the read."""
+        worker): the engine never materialises it, nor is it copied whole into Python.
+
+        The worker reads at the engine's pace, not the caller's: a slow caller holds the
+        pieces it has not taken (so callers bound the size of what they stream), but never
+        a shared reader, and the read ends within its time budget whatever the caller
+        does. A caller that stops early (closes the iterator, or is cancelled) stops the
+        read at the next piece."""
         self._check_open()
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[bytes] = asyncio.Queue()  # b"": the end (the worker's error follows)
-        room = threading.Semaphore(_STREAM_AHEAD)
         gone = threading.Event()
 
-        def hand_over(piece: bytes) -> None:
+        def hand_over(piece: bytes) -> bool:
             with suppress(RuntimeError):  # the loop already closed: nobody reads any more
                 loop.call_soon_threadsafe(pieces.put_nowait, piece)
-
-        def deliver(piece: bytes) -> bool:
-            room.acquire()  # the caller leaving releases it too, then sets gone first
-            if gone.is_set():
-                return False
-            hand_over(piece)
-            return True
+            return not gone.is_set()
 
         def produce(client: Client) -> None:
             try:
-                _stream(client, sql, dict(params), uuid.uuid4().hex, fmt, deliver)
+                _stream(client, sql, dict(params), uuid.uuid4().hex, fmt, hand_over)
             finally:
                 hand_over(b"")
 
         work = self._reads.submit(produce)
         try:
             while piece := await pieces.get():
-                room.release()
                 yield piece
             await asyncio.wrap_future(work)  # the read's error, if it failed
         finally:
             if not work.done():
                 gone.set()
                 work.cancel()  # not started yet: never runs
-                room.release()  # a worker waiting for room sees that the caller is gone
 
     async def _outcome(self, work: Future[T], query_id: str, *, wait_if_cancelled: bool) -> T:
         try:
