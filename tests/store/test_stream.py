@@ -1,6 +1,6 @@
 """Store.stream_formatted on the embedded engine: a result handed over in bounded pieces
-as it is read, a caller that leaves early frees the worker, a failure midway is an error.
-One read worker, so a worker that a stream kept would block the next read."""
+as it is read, a caller that leaves early or pauses frees the worker, a failure midway
+is an error. One read worker, so a worker that a stream kept would block the next read."""
 
 from __future__ import annotations
 
@@ -45,3 +45,15 @@ async def test_a_stream_that_fails_midway_raises_a_store_error(store: Store) -> 
             received += len(piece)
     assert received > 0  # pieces came before the failure
     assert await store.query("SELECT 2") == [[2]]
+
+
+async def test_a_caller_that_stops_taking_pieces_does_not_keep_the_reader(store: Store) -> None:
+    stream = store.stream_formatted(_BIG, {"n": 1_500_000}, "CSV")
+    try:
+        assert await anext(stream)
+        # The caller pauses here; the only read worker finishes the read all the same.
+        assert await asyncio.wait_for(store.query("SELECT 3"), timeout=20) == [[3]]
+        rest = [piece async for piece in stream]
+        assert len(rest) > 4
+    finally:
+        await stream.aclose()
