@@ -183,13 +183,11 @@ def _rows(client: Client, sql: str, params: dict[str, Param], query_id: str) -> 
     return [list(row) for row in client.query(sql, parameters=params, settings={"query_id": query_id}).result_rows]
 
 
-def _stream(
-    client: Client, sql: str, params: dict[str, Param], query_id: str, fmt: str, deliver: Callable[[bytes], bool]
-) -> None:
+def _stream(client: Client, sql: str, params: dict[str, Param], fmt: str, deliver: Callable[[bytes], bool]) -> None:
     """Hand a formatted result to ``deliver`` as it is read, ``_STREAM_READ_BYTES`` at a
     time, until it ends or ``deliver`` says the reader is gone (closing the stream ends the
     query: a server's HTTP response is dropped, the embedded engine's stream is closed)."""
-    with client.raw_stream(sql, parameters=params, settings={"query_id": query_id}, fmt=fmt) as stream:
+    with client.raw_stream(sql, parameters=params, fmt=fmt) as stream:
         while chunk := stream.read(_STREAM_READ_BYTES):
             if not deliver(chunk):
                 return
@@ -276,7 +274,7 @@ class Store:
 
         def produce(client: Client) -> None:
             try:
-                _stream(client, sql, dict(params), uuid.uuid4().hex, fmt, hand_over)
+                _stream(client, sql, dict(params), fmt, hand_over)
             finally:
                 hand_over(b"")
 
