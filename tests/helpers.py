@@ -21,7 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from cdr.ingest.processor import Invalid, precheck, validate
+from cdr.ingest.processor import Invalid, precheck, to_table, validate
 from cdr.model.event import CallEnded
 from cdr.simulate import make_event
 from cdr.store import Store
@@ -180,3 +180,13 @@ def parse_event(value: bytes | None, zone: ZoneInfo, max_bytes: int) -> CallEnde
     if problem is not None or value is None:
         return problem or Invalid("empty", "no value")
     return validate(value, zone)
+
+
+async def store_events(store: Store, evs: list[dict[str, Any]], zone: ZoneInfo | None = None) -> None:
+    """Insert events into the store's cdr table as the ingestor would (same checks, same
+    Arrow columns); test data that fails a check is a ValueError."""
+    parsed = [parse_event(value, zone or ZoneInfo("UTC"), 65_536) for _, value in encoded(evs)]
+    bad = [p for p in parsed if isinstance(p, Invalid)]
+    if bad:
+        raise ValueError(f"test data has invalid events: {bad[:3]}")
+    await store.insert_arrow("cdr", to_table([p for p in parsed if isinstance(p, CallEnded)]))

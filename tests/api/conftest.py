@@ -14,13 +14,12 @@ import pytest
 
 from cdr.api.app import create_app
 from cdr.api.auth import token_digest
-from cdr.ingest.processor import Invalid, to_table
 from cdr.metrics import Metrics
 from cdr.serve import http_server
 from cdr.settings import Settings, load_settings
 from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
-from tests.helpers import encoded, events, parse_event
+from tests.helpers import events, store_events
 
 TOKENS = {
     "t1.example": "token-one-" + "a" * 20,
@@ -66,11 +65,7 @@ class Api:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
 
     async def insert(self, evs: list[dict[str, Any]]) -> None:
-        parsed = [parse_event(value, self.settings.zone, 65_536) for _, value in encoded(evs)]
-        bad = [p for p in parsed if isinstance(p, Invalid)]
-        if bad:
-            raise ValueError(f"test data has invalid events: {bad[:3]}")
-        await self.store.insert_arrow("cdr", to_table(parsed))  # type: ignore[arg-type]
+        await store_events(self.store, evs, self.settings.zone)
         self.events.extend(evs)
 
 

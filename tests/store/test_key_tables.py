@@ -4,26 +4,16 @@ and only ever proposing candidates that reads check again on the newest version.
 
 from __future__ import annotations
 
-from datetime import UTC
 from uuid import UUID
 
 import pytest
 
-from cdr.ingest.processor import to_table
-from cdr.ingest.processor import validate as validate_event
-from cdr.model.event import CallEnded
 from cdr.store import Store
 from cdr.store.migrations import load_migrations, migrate
 from cdr.store.queries import call_id_lookup_query, id_lookup_query
-from tests.helpers import encoded, events
+from tests.helpers import events, store_events
 
 TENANT = "keys.example"
-
-
-async def _insert(store: Store, evs: list[dict[str, object]]) -> None:
-    parsed = [validate_event(value, UTC) for _, value in encoded(evs)]
-    assert all(isinstance(p, CallEnded) for p in parsed), parsed
-    await store.insert_arrow("cdr", to_table(parsed))  # type: ignore[arg-type]
 
 
 async def _by_id(store: Store, id_: str) -> list[list[object]]:
@@ -43,10 +33,10 @@ async def test_the_migration_backfills_what_was_stored_before_it(tmp_path_factor
         assert [m.version for m in later][:1] == [2]
         await migrate(store, [first])
         before = events(50, seed=61, tenants=(TENANT,))
-        await _insert(store, before)
+        await store_events(store, before)
         await migrate(store)  # 0002 on a store holding CDRs
         after = events(20, seed=62, tenants=(TENANT,))
-        await _insert(store, after)  # through the materialized views
+        await store_events(store, after)  # through the materialized views
         for event in before + after:
             found = await _by_id(store, str(event["id"]))
             assert found and found[0][0] == str(event["id"])
@@ -66,8 +56,8 @@ async def test_a_corrected_call_id_is_found_under_the_new_one_only(tmp_path_fact
         await migrate(store)
         original = events(1, seed=63, tenants=(TENANT,))[0]
         corrected = {**original, "sip_call_id": "fixed-call-id@pbx", "emitted_at": "2030-01-01T00:00:00+00:00"}
-        await _insert(store, [original])
-        await _insert(store, [corrected])
+        await store_events(store, [original])
+        await store_events(store, [corrected])
         assert await _by_call_id(store, str(original["sip_call_id"])) == []
         assert (await _by_call_id(store, "fixed-call-id@pbx"))[0][1] == "fixed-call-id@pbx"
         assert (await _by_id(store, str(original["id"])))[0][1] == "fixed-call-id@pbx"
