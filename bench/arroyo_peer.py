@@ -5,7 +5,8 @@ Arroyo's own building blocks, as Snuba uses them: a `StreamProcessor` over its
 confluent-kafka consumer, `Reduce` batching (the ingestor's batch size and time),
 `RunTaskInThreads` for the write (one batch in flight, like the ingestor), then
 `CommitOffsets`: offsets move only after the insert. The batch step is the ingestor's
-own: the lean validation with the model for the rest (`LeanParser`, `validate`) and one
+own: the lean validation with the model for the rest (`validate_batch`, on arroyo's
+write thread rather than the ingestor's worker process) and one
 insert of the Arrow table through the same store client into the same schema. Invalid
 events are counted, not dead-lettered (the benchmark's traffic has none).
 
@@ -23,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
 from arroyo.backends.kafka.configuration import build_kafka_consumer_configuration
 from arroyo.processing import StreamProcessor
@@ -36,8 +36,7 @@ from arroyo.processing.strategies import (
 )
 from arroyo.types import BaseValue, Commit, Message, Partition, Topic
 
-from cdr.ingest.lean import LeanParser
-from cdr.ingest.processor import Invalid, to_table, validate
+from cdr.ingest.validation import validate_batch
 from cdr.settings import load_settings
 from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
@@ -50,25 +49,13 @@ class Writer:
         self._store = store
         self._zone = zone
         self._skew = timedelta(seconds=max_future_skew_s)
-        self._lean = LeanParser(zone)
         self._loop = asyncio.new_event_loop()
         self.invalid = 0
 
     def __call__(self, message: Message[list[bytes]]) -> None:
-        values = message.payload
-        latest = datetime.now(UTC) + self._skew
-        parsed = self._lean.parse(values, latest)
-        tables = [parsed.rows.drop_columns(["n"])]
-        events = []
-        for n in parsed.rest:
-            outcome = validate(values[n], self._zone, latest)
-            if isinstance(outcome, Invalid):
-                self.invalid += 1
-            else:
-                events.append(outcome)
-        if events:
-            tables.append(to_table(events))
-        self._loop.run_until_complete(self._store.insert_arrow("cdr", pa.concat_tables(tables)))
+        verdicts = validate_batch(message.payload, self._zone, datetime.now(UTC) + self._skew)
+        self.invalid += len(verdicts.invalid)
+        self._loop.run_until_complete(self._store.insert_arrow("cdr", verdicts.rows))
 
 
 def _append(batch: list[bytes], value: BaseValue[KafkaPayload]) -> list[bytes]:

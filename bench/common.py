@@ -45,6 +45,11 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     return {"p50": q[49], "p95": q[94], "p99": q[98]}
 
 
+def tree_rss(process: psutil.Process) -> int:
+    """Resident bytes of a process and all its children (the ingestor's validation workers)."""
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+
+
 class PeakRss:
     """Peak resident memory of a process tree, sampled."""
 
@@ -54,7 +59,6 @@ class PeakRss:
 
     def sample(self) -> None:
         try:
-            procs = [self.process, *self.process.children(recursive=True)]
-            self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            self.peak = max(self.peak, tree_rss(self.process))
         except psutil.Error:
             pass

@@ -5,8 +5,11 @@
 (b) raw aiokafka getmany over the same topic, no processing (the ceiling)
 (c) a plain FastStream handler that validates and inserts one message at a time
     (what a first attempt looks like; measured on a prefix, it is too slow for all)
+(d) the same job on sentry-arroyo (`bench/arroyo_peer.py`), the peer
 
-  python bench/ingest.py [--events 1000000] [--partitions 4] [--baseline-seconds 20]
+Memory is the whole process tree's (the ingestor's validation worker included).
+
+  python bench/ingest.py [--events 1000000] [--partitions 4] [--baseline-seconds 20] [--only-ingest]
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 sys.path.insert(0, os.path.dirname(__file__))
 from zoneinfo import ZoneInfo
 
-from common import OUT, ROOT, PeakRss, kafka, machine
+from common import OUT, ROOT, PeakRss, kafka, machine, tree_rss
 
 from cdr.simulate import pbx_event
 
@@ -195,7 +198,7 @@ async def run_consumer(name: str, bootstrap: str, events: int, partitions: int) 
         argv = [*argv, "latest"]
     idle = subprocess.Popen(argv, env=idle_env)
     await asyncio.sleep(15)
-    idle_rss = psutil.Process(idle.pid).memory_info().rss
+    idle_rss = tree_rss(psutil.Process(idle.pid))
     idle.terminate()
     idle.wait(timeout=60)
 
@@ -282,6 +285,9 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--only-ingest", action="store_true", help="run (a) and (b) alone: a quick look while changing the ingestor"
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     with kafka() as bootstrap:
@@ -290,8 +296,10 @@ async def main() -> None:
         print(f"(b) raw aiokafka fetch: {raw:,.0f} msg/s")
         runs = {
             name: await run_consumer(name, bootstrap, args.events, args.partitions)
-            for name in ("cdr ingest", "arroyo peer")
+            for name in (("cdr ingest",) if args.only_ingest else ("cdr ingest", "arroyo peer"))
         }
+        if args.only_ingest:
+            return
         naive = await naive_faststream(bootstrap, args.baseline_seconds)
         print(f"(c) one-at-a-time FastStream handler: {naive:,.0f} events/s (over {args.baseline_seconds:.0f} s)")
     print()

@@ -18,12 +18,12 @@ import time
 
 import psutil
 
-from bench.common import OUT, kafka
+from bench.common import OUT, kafka, tree_rss
 from tests.helpers import create_topics
 
 
 def _rss_mb(process: psutil.Process) -> float:
-    return float(process.memory_info().rss) / 2**20
+    return tree_rss(process) / 2**20
 
 
 async def soak(bootstrap: str, rate: float, minutes: float) -> None:

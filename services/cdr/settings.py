@@ -145,6 +145,17 @@ class Settings(BaseSettings):
             " how long a quiet PBX's call waits, and at low traffic about the time between inserts."
         ),
     )
+    validation_processes: int = Field(
+        2,
+        ge=0,
+        le=16,
+        description=(
+            "Worker processes that validate batches beside the consumer (0: a thread of the consumer's"
+            " process, which holds its GIL). Each costs ~140 MB of memory; on 2 cores two ingest ~15 %"
+            " more than a thread and one no more (bench/RESULTS.md), and they keep validation off the"
+            " API's interpreter in `cdr run`."
+        ),
+    )
     revoke_wait_ms: int = Field(
         10_000,
         ge=0,

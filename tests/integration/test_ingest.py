@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from cdr.ingest.dlq import (
@@ -261,3 +263,35 @@ async def test_a_compression_bomb_is_dead_lettered_by_reference_and_ingest_goes_
 
 async def _committed_at_least(bootstrap: str, group: str, topic: str, offset: int) -> bool:
     return (await committed_offsets(bootstrap, group, topic))[0] >= offset
+
+
+async def test_overlapping_batches_on_two_workers_commit_in_order(ingest_env: IngestEnv) -> None:
+    """Small batches on two validation workers: several batches are in flight at once and
+    may be validated out of order; each is still stored once, and each batch's commit
+    comes after the one before it (per partition, offsets committed only grow)."""
+    sent = events(30_000, seed=11)
+    await produce(ingest_env.settings.kafka_bootstrap_servers, ingest_env.settings.kafka_topic, encoded(sent))
+    commits: list[dict[int, int]] = []
+    async with ingest_env.running(validation_processes=2, batch_size=1_500) as ingestor:
+        pipeline = ingestor.pipeline
+        commit = pipeline._commit
+
+        async def recorded(consumer: Any, records: Any) -> bool:
+            commits.append({r.partition: r.offset for r in records})
+            return await commit(consumer, records)
+
+        pipeline._commit = recorded  # type: ignore[method-assign]
+
+        async def all_committed() -> bool:
+            return sum(pipeline.committed.values()) >= len(sent)
+
+        await wait_for(all_committed, 120, "30,000 events committed")
+    assert sorted(await stored_ids(ingest_env.store)) == sorted(e["id"] for e in sent)
+    assert len(commits) > 10
+    last: dict[int, int] = {}
+    for batch in commits:
+        for partition, offset in batch.items():
+            assert offset > last.get(partition, -1), f"partition {partition} committed {offset} after {last}"
+            last[partition] = offset
+    stages = {s.labels["stage"] for s in ingest_env.metrics.stage_seconds.collect()[0].samples}
+    assert {"validate", "write", "commit"} <= stages

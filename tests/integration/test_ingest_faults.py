@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -20,6 +21,9 @@ from cdr.metrics import Metrics
 from cdr.store import open_store
 from tests.helpers import committed_offsets, create_topics, encoded, events, produce, stored_ids, wait_for
 from tests.integration.conftest import IngestEnv, make_settings
+
+
+STEP = timedelta(seconds=7 * 2_000)  # one chunk of events(2_000) 7 s apart: chunks do not overlap in time
 
 
 def _start_ingestor(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -48,16 +52,19 @@ async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp
     # spends its time ingesting rather than waiting out session timeouts.
     env["CDR_KAFKA_GROUP_INSTANCE_ID"] = "ingest-0"
     log_path = tmp_path / "ingest.log"
-    pairs = encoded(events(150_000, seed=5))
+    # Produced in chunks until the last kill (however long restarts take), so that every
+    # incarnation has something left to ingest when it is killed.
+    pairs: list[tuple[bytes, bytes]] = []
     rng = random.Random(5)
-    produced = 0
     kills_done = asyncio.Event()
 
     async def produce_until_kills_done() -> None:
-        nonlocal produced
-        while produced < len(pairs) and not kills_done.is_set():
-            await produce(kafka_bootstrap, settings.kafka_topic, pairs[produced : produced + 2_000])
-            produced += 2_000
+        chunk = 0
+        while not kills_done.is_set():
+            more = encoded(events(2_000, seed=5_000 + chunk, start=datetime(2024, 5, 1, tzinfo=UTC) + chunk * STEP))
+            await produce(kafka_bootstrap, settings.kafka_topic, more)
+            pairs.extend(more)
+            chunk += 1
             await asyncio.sleep(0.25)
 
     async def committed() -> int:
@@ -86,6 +93,8 @@ async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp
         kills_done.set()
         await producing
 
+        produced = len(pairs)
+
         async def all_committed() -> bool:
             return await committed() >= produced
 
@@ -97,7 +106,7 @@ async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp
         if process.poll() is None:
             process.kill()
             process.wait()
-    sent = [orjson.loads(value) for _, value in pairs[:produced]]
+    sent = [orjson.loads(value) for _, value in pairs]
 
     store = open_store(settings)
     try:

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from cdr.ingest.dlq import DeadLetter, DlqLimit
 from cdr.ingest.pipeline import Pipeline
+from cdr.ingest.validation import Validator
 from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
 from cdr.store import Store
@@ -52,7 +53,7 @@ class Rig:
         metrics = Metrics()
         writer = BatchWriter(self.store, metrics, self.stopping, initial_backoff_s=0.05, max_backoff_s=0.1)
         return Pipeline(
-            zone=ZoneInfo("Asia/Ho_Chi_Minh"),
+            validator=Validator(ZoneInfo("Asia/Ho_Chi_Minh"), processes=0),
             max_event_bytes=65_536,
             writer=writer,
             dead_letters=NoDeadLetters(),

@@ -109,6 +109,9 @@ STAMP = "2024-03-09T10:11:12"
         ({"duration": 5.0}, False),
         ({"duration": "5"}, False),
         ({"duration": True}, False),
+        ({"duration": 18446744073709551615}, False),
+        ({"status": 7}, False),
+        ({"event": None}, False),
         ({"extra_quality": 4.3}, True),
         ({"schema_version": 2}, False),
         ({"schema_version": "1"}, False),
@@ -178,6 +181,12 @@ def test_one_bad_date_leaves_the_rest_of_the_batch_fast() -> None:
     assert check([*good[:2], bad, *good[2:]]) == [True, True, False, True, True, True]
 
 
+def test_one_value_of_another_type_leaves_the_rest_of_the_batch_fast() -> None:
+    good = [orjson.dumps(event(seed)) for seed in range(4)]
+    numbers = [orjson.dumps(event(8, cause=17)), orjson.dumps(event(9, duration=3.0))]
+    assert check([good[0], numbers[0], *good[1:3], numbers[1], good[3]]) == [True, False, True, True, False, True]
+
+
 def test_message_shapes_agree() -> None:
     good = event()
     messages = [
@@ -190,6 +199,7 @@ def test_message_shapes_agree() -> None:
         b"{}",
         b"",
         orjson.dumps(good)[:-1] + b',"deep":' + b"[" * 300 + b"]" * 300 + b"}",
+        orjson.dumps(good)[:-1] + b',"deep":' + b'{"a":' * 250 + b"1" + b"}" * 250 + b"}",
         b"\xef\xbb\xbf" + orjson.dumps(good),
         orjson.dumps(good)[:-1] + b',"extra":1e999}',
         orjson.dumps(good).replace(b"NORMAL_CLEARING", b"NORMAL\x01CLEARING"),

@@ -1,5 +1,6 @@
 """A batch's validation in the pipeline: the lean path, the model for what it leaves, the
-rows back in Kafka order and the dead letters with their reasons."""
+rows back in Kafka order and the dead letters with their reasons; on a worker process
+(the default) as on a thread, and past a worker that dies."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
+import pytest
 from aiokafka import ConsumerRecord
 
 from cdr.ingest.dlq import DeadLetter, DlqLimit
 from cdr.ingest.pipeline import Pipeline
+from cdr.ingest.validation import Validator
 from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
 from cdr.simulate import make_event
@@ -27,11 +30,14 @@ def event(seed: int, **changes: object) -> dict[str, object]:
     return {**data, **changes}
 
 
-async def test_lean_and_model_rows_come_back_in_kafka_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 0])
+async def test_lean_and_model_rows_come_back_in_kafka_order(tmp_path: Path, processes: int) -> None:
     store = Store(f"chdb://{tmp_path}", database="cdr")  # the writer is not used by _validate
     metrics = Metrics()
+    validator = Validator(HCM, processes)
+    await validator.start()
     pipeline = Pipeline(
-        zone=HCM,
+        validator=validator,
         max_event_bytes=4_096,
         writer=BatchWriter(store, metrics, asyncio.Event(), initial_backoff_s=0.01, max_backoff_s=0.01),
         dead_letters=_NoDeadLetters(),
@@ -48,6 +54,7 @@ async def test_lean_and_model_rows_come_back_in_kafka_order(tmp_path: Path) -> N
     try:
         rows, letters = await pipeline._validate(records)
     finally:
+        validator.close()
         await store.close()
     assert rows.column("id").to_pylist() == [events[n]["id"] for n in (0, 1, 3, 5)]
     assert [(letter.offset, letter.invalid.kind) for letter in letters] == [(2, "invalid_event"), (4, "too_large")]

@@ -22,6 +22,7 @@ from cdr.ingest.dlq import DlqLimit
 from cdr.ingest.health import IngestHealth
 from cdr.ingest.pipeline import Pipeline
 from cdr.ingest.sink import KafkaDeadLetters
+from cdr.ingest.validation import Validator
 from cdr.ingest.writer import BatchWriter
 from cdr.kafka_security import check_kafka_access, kafka_security, options_of
 from cdr.metrics import Metrics
@@ -47,6 +48,7 @@ class Ingestor:
     broker: KafkaBroker
     subscriber: LogicSubscriber[Any]
     pipeline: Pipeline
+    validator: Validator
     dead_letters: KafkaDeadLetters
     health: IngestHealth
     stopping: asyncio.Event
@@ -65,6 +67,7 @@ class Ingestor:
             setting="CDR_KAFKA_BOOTSTRAP_SERVERS",
             value=s.kafka_bootstrap_servers,
         )
+        await self.validator.start()
         await self.broker.start()
         self._monitor = asyncio.create_task(self.health.run())
         log.info(
@@ -103,13 +106,14 @@ class Ingestor:
         deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
         if self._monitor is not None:
             self._monitor.cancel()
-        if not await _within(deadline, self.pipeline.drain(), "finishing the batch in flight"):
+        if not await _within(deadline, self.pipeline.drain(), "finishing the batches in flight"):
             self.pipeline.abandon()
         # Closing needs a share of the budget even when the batch took all of it.
         closing = max(deadline, time.monotonic() + 2.0)
         if self._monitor is not None:  # started: the broker is connected
             await _within(closing, self.broker.stop(), "leaving the consumer group")
         await _within(closing, self.dead_letters.stop(), "closing the dead-letter producer")
+        self.validator.close()
         log.info("ingest stopped", extra={"fatal": self.pipeline.fatal})
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
@@ -146,8 +150,9 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         initial_backoff_s=initial_s,
         max_backoff_s=max_s,
     )
+    validator = Validator(settings.zone, settings.validation_processes)
     pipeline = Pipeline(
-        zone=settings.zone,
+        validator=validator,
         max_event_bytes=settings.max_event_bytes,
         writer=writer,
         dead_letters=dead_letters,
@@ -175,11 +180,11 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         timeout_s=timeout_s,
         stall_after_s=settings.stall_after_ms / 1000,
     )
-    return Ingestor(settings, broker, subscriber, pipeline, dead_letters, health, stopping, options)
+    return Ingestor(settings, broker, subscriber, pipeline, validator, dead_letters, health, stopping, options)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Hands partition revocations to the pipeline (it drains or gives up the batch in flight)."""
+    """Hands partition revocations to the pipeline (it drains or gives up the batches in flight)."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline

@@ -12,25 +12,21 @@ import logging
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from cdr.ingest.dlq import DeadLetter, DlqLimit, DlqLimitExceeded
-from cdr.ingest.lean import LeanParser
-from cdr.ingest.processor import Invalid, precheck, to_table, validate
+from cdr.ingest.processor import Invalid, precheck
 from cdr.ingest.retry import Abandoned
+from cdr.ingest.validation import Validator
 from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
-from cdr.model.event import CallEnded
 from cdr.store import StoreError
 
 if TYPE_CHECKING:
-    from zoneinfo import ZoneInfo
-
     from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 
@@ -56,7 +52,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        zone: ZoneInfo,
+        validator: Validator,
         max_event_bytes: int,
         writer: BatchWriter,
         dead_letters: DeadLetterSink,
@@ -67,15 +63,21 @@ class Pipeline:
         commit_timeout_s: float = 10.0,
         max_future_skew_s: float = 3600.0,
     ) -> None:
-        self._zone = zone
-        self._lean = LeanParser(zone)
+        self._validator = validator
         self._max_bytes = max_event_bytes
         self._writer = writer
         self._dead_letters = dead_letters
         self._limit = dlq_limit
         self._metrics = metrics
         self._stopping = stopping
+        # The newest batch's task (it waits for the one before it, so awaiting it awaits
+        # them all), every unfinished one, and room for batches being validated.
         self._inflight: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._validating = asyncio.Semaphore(validator.depth)
+        # and for every batch held: those validating and the one being written, no more
+        # while an insert is retried (ClickHouse away), so memory stays bounded.
+        self._held = asyncio.Semaphore(validator.depth + 1)
         self._revoke_wait_s = revoke_wait_s
         self._commit_timeout_s = commit_timeout_s
         self._skew = timedelta(seconds=max_future_skew_s)
@@ -95,46 +97,57 @@ class Pipeline:
         return self.fatal is None and self._writer.healthy
 
     async def handle(self, message: BatchMessage) -> None:
-        """The FastStream batch handler. Returns once the batch before this one is
-        finished and this one is under way, so that FastStream fetches and decodes the
-        next batch (Python, holding the GIL) while this one is parsed and written (in
-        ClickHouse, off the GIL). Batches finish, and commit, in order; at most one is
-        in flight. Never raises: an escaped exception would let FastStream move on past
-        a batch that was not stored."""
-        await self._finish_inflight()
+        """The FastStream batch handler. Returns as soon as this batch is under way and
+        there is room for the next, so that FastStream fetches it while this one is
+        validated (``Validator``: on a worker process) and the one before is written (in
+        ClickHouse, off the GIL). Batches are stored, and commit, in order. Held at once:
+        ``validator.depth`` validating and one writing; while a write is retried, nothing
+        more. Never raises: an escaped exception would let FastStream move on past a batch
+        that was not stored."""
+        await self._held.acquire()
+        await self._validating.acquire()
         if self.halted.is_set() or self._stopping.is_set():
+            self._validating.release()
+            self._held.release()
+            await self._finish_inflight()
             await message.nack()
             self.halted.set()
             return
-        self._inflight = asyncio.create_task(self._guarded(message))
+        self._inflight = asyncio.create_task(self._guarded(message, self._inflight))
+        self._pending.add(self._inflight)
+        self._inflight.add_done_callback(self._release)
+
+    def _release(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        self._held.release()
 
     async def drain(self) -> None:
-        """Wait until the batch in flight (if any) is finished or abandoned."""
+        """Wait until the batches in flight (if any) are finished or abandoned."""
         await self._finish_inflight()
         self.halted.set()
 
     def abandon(self) -> None:
-        """Give up the batch in flight without committing it (a stop that cannot wait longer):
-        its messages are read again after restart, and their duplicates collapse."""
-        task = self._inflight
-        if task is not None and not task.done():
-            task.cancel()
-            log.warning("stop: abandoned the batch in flight uncommitted; it is re-read after restart")
+        """Give up the batches in flight without committing them (a stop that cannot wait
+        longer): their messages are read again after restart, and their duplicates collapse."""
+        if self._pending:
+            for task in self._pending:
+                task.cancel()
+            log.warning("stop: abandoned the batches in flight uncommitted; they are re-read after restart")
         self.halted.set()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """A rebalance takes partitions away. The batch in flight gets ``revoke_wait_s`` to
-        be stored and committed while they are still ours; past that it is left to
-        finish, and its commit skips partitions no longer assigned (their new owner reads
-        them again; the duplicates collapse). Their dead-letter windows start afresh
-        wherever they go next."""
+        """A rebalance takes partitions away. The batches in flight get ``revoke_wait_s`` to
+        be stored and committed while they are still ours (the newest waits for the ones
+        before it); past that they are left to finish, and their commits skip partitions
+        no longer assigned (their new owner reads them again; the duplicates collapse).
+        Their dead-letter windows start afresh wherever they go next."""
         task = self._inflight
         if task is not None and not task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout=self._revoke_wait_s)
             except TimeoutError:
                 log.warning(
-                    "batch still in flight when its partitions were revoked; its commit will skip them",
+                    "batches still in flight when their partitions were revoked; their commits will skip them",
                     extra={"revoked": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)},
                 )
         self._given_up |= revoked
@@ -152,9 +165,30 @@ class Pipeline:
             # Shielded: a cancelled caller must not interrupt an insert or a commit.
             await asyncio.shield(task)
 
-    async def _guarded(self, message: BatchMessage) -> None:
+    async def _guarded(self, message: BatchMessage, previous: asyncio.Task[None] | None) -> None:
+        records = message.raw_message
+        verdicts: tuple[pa.Table, list[DeadLetter]] | None = None
+        failure: Exception | None = None
+        started = time.perf_counter()
         try:
-            await self._process(message)
+            verdicts = await self._validate(records)
+            self._metrics.stage_seconds.labels(stage="validate").observe(time.perf_counter() - started)
+        except Exception as exc:  # acted on in order, after the batch before
+            failure = exc
+        finally:
+            self._validating.release()
+        validate_s = time.perf_counter() - started
+        if previous is not None:
+            await asyncio.shield(previous)  # never raises: it is a _guarded too
+        if self.halted.is_set():
+            # The batch before failed and rewound its partitions: this one is not stored or
+            # committed either, and is read again after the restart.
+            return
+        try:
+            if failure is not None:
+                raise failure
+            assert verdicts is not None
+            await self._store(message, *verdicts, validate_s=validate_s, started=started)
         except DlqLimitExceeded as exc:
             await self._stop(message, str(exc), fatal=True)
         except Abandoned as exc:
@@ -178,13 +212,13 @@ class Pipeline:
             log.info("batch abandoned: %s", why)
         self.halted.set()
 
-    async def _process(self, message: BatchMessage) -> None:
+    async def _store(
+        self, message: BatchMessage, rows: pa.Table, letters: list[DeadLetter], *, validate_s: float, started: float
+    ) -> None:
+        """Dead letters sent, rows written, offsets committed: after the batch before."""
         records = message.raw_message
-        started = time.perf_counter()
-        rows, letters = await self._validate(records)
         validated = time.perf_counter()
         stage = self._metrics.stage_seconds
-        stage.labels(stage="validate").observe(validated - started)
         self._metrics.events_consumed.inc(len(records))
         self._metrics.batch_size.observe(len(records))
 
@@ -219,7 +253,7 @@ class Pipeline:
                 "stored": rows.num_rows,
                 "dead_lettered": len(letters),
                 "committed": committed,
-                "validate_s": round(validated - started, 4),
+                "validate_s": round(validate_s, 4),
                 "write_s": round(written - validated, 4),
                 "seconds": round(time.perf_counter() - started, 4),
             },
@@ -228,40 +262,18 @@ class Pipeline:
     async def _validate(self, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> tuple[pa.Table, list[DeadLetter]]:
         """The batch's valid events as one table in Kafka order, and its dead letters.
 
-        Runs on a worker thread, not on the event loop: in `cdr run` the API shares the
-        loop, and a batch's tens of milliseconds of validation would hold up every request
-        waiting on it (the thread still takes the GIL, but hands it back every switch
-        interval)."""
-        return await asyncio.to_thread(self._validated, records, datetime.now(UTC) + self._skew)
-
-    def _validated(
-        self, records: tuple[ConsumerRecord[bytes, bytes], ...], latest: datetime
-    ) -> tuple[pa.Table, list[DeadLetter]]:
-        """The lean fast path over the whole batch; the model for the messages it leaves
-        (invalid ones, and valid ones in shapes it does not take)."""
+        The verdicts are made off the event loop (``Validator``: another process, or a
+        thread): in `cdr run` the API shares the loop, and a batch's tens of milliseconds
+        of validation would hold up every request waiting on it."""
         invalid = [precheck(r.value, self._max_bytes, r.headers) for r in records]
         candidates = [i for i, problem in enumerate(invalid) if problem is None]
-        lean = self._lean.parse([records[i].value for i in candidates], latest)
-        tables = [lean.rows]
-        self._metrics.events_parsed.labels(parser="lean").inc(lean.rows.num_rows)
-        events: list[CallEnded] = []
-        positions: list[int] = []
-        for k in lean.rest:
-            i = candidates[k]
-            outcome = validate(records[i].value, self._zone, latest)
-            if isinstance(outcome, Invalid):
-                invalid[i] = outcome
-            else:
-                events.append(outcome)
-                positions.append(k)
-        self._metrics.events_parsed.labels(parser="pydantic").inc(len(lean.rest))
-        if events:
-            tables.append(to_table(events, positions))
-        rows = tables[0]
-        if len(tables) > 1:
-            rows = pa.concat_tables(tables)
-            rows = rows.take(pc.sort_indices(rows.column("n")))
-        return rows.drop_columns(["n"]), self._dead_letters_of(records, invalid)
+        values = [cast(bytes, records[i].value) for i in candidates]
+        verdicts = await self._validator(values, datetime.now(UTC) + self._skew)
+        for k, problem in verdicts.invalid.items():
+            invalid[candidates[k]] = problem
+        self._metrics.events_parsed.labels(parser="lean").inc(verdicts.lean)
+        self._metrics.events_parsed.labels(parser="pydantic").inc(verdicts.model)
+        return verdicts.rows, self._dead_letters_of(records, invalid)
 
     def _dead_letters_of(
         self, records: tuple[ConsumerRecord[bytes, bytes], ...], invalid: list[Invalid | None]
