@@ -7,7 +7,7 @@ import platform
 import statistics
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
@@ -58,7 +58,5 @@ class PeakRss:
         self.peak = 0
 
     def sample(self) -> None:
-        try:
+        with suppress(psutil.Error):
             self.peak = max(self.peak, tree_rss(self.process))
-        except psutil.Error:
-            pass

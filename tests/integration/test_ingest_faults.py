@@ -22,7 +22,6 @@ from cdr.store import open_store
 from tests.helpers import committed_offsets, create_topics, encoded, events, produce, stored_ids, wait_for
 from tests.integration.conftest import IngestEnv, make_settings
 
-
 STEP = timedelta(seconds=7 * 2_000)  # one chunk of events(2_000) 7 s apart: chunks do not overlap in time
 
 

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -127,7 +127,7 @@ class Validator:
         return ProcessPoolExecutor(self._processes, mp_context=context, initializer=_worker_started)
 
     async def __call__(self, values: Sequence[bytes], latest_emitted_at: datetime) -> Verdicts:
-        pool: Executor | None = self._pool
+        pool = self._pool
         if pool is None:
             return await asyncio.to_thread(validate_batch, values, self._zone, latest_emitted_at)
         loop = asyncio.get_running_loop()
