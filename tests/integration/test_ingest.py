@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import psutil
 
 from cdr.ingest.dlq import (
     HEADER_ERROR,
@@ -286,6 +287,10 @@ async def test_overlapping_batches_on_two_workers_commit_in_order(ingest_env: In
             return sum(pipeline.committed.values()) >= len(sent)
 
         await wait_for(all_committed, 120, "30,000 events committed")
+        mine = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(mine) >= 2
+    _, alive = psutil.wait_procs(mine, timeout=10)
+    assert not alive, f"validation workers outlived the ingestor's stop: {alive}"
     assert sorted(await stored_ids(ingest_env.store)) == sorted(e["id"] for e in sent)
     assert len(commits) > 10
     last: dict[int, int] = {}

@@ -265,3 +265,4 @@ async def _abandon(ingestor: Ingestor) -> None:
     ingestor.stopping.set()
     await ingestor.broker.stop()
     await ingestor.dead_letters.stop()
+    ingestor.validator.close()  # a crashed process' workers exit with it

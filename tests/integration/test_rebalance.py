@@ -21,7 +21,7 @@ from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
 from cdr.store import Store
 from cdr.store.migrations import migrate
-from tests.helpers import create_topics, encoded, events, stored_ids, unique
+from tests.helpers import create_topics, encoded, events, stored_ids, unique, wait_for
 
 
 @dataclass
@@ -137,10 +137,13 @@ async def test_a_revoked_partition_is_not_committed_until_it_is_assigned_again(r
     await pipeline.on_revoked({p0})
     assert p0 in rig.consumer.assignment()  # the window: still listed
     await pipeline.handle(rig.batch([0, 1], seed=4))
-    pipeline.on_assigned({p1})  # the new generation: p0 went elsewhere
-    await pipeline.handle(rig.batch([0, 1], seed=5))  # waits for the first batch
+
+    async def p1_committed() -> bool:
+        return await rig.consumer.committed(p1) == 10
+
+    await wait_for(p1_committed, 30, "the first batch's commit")
     assert await rig.consumer.committed(p0) is None
-    assert await rig.consumer.committed(p1) == 10
-    pipeline.on_assigned({p0, p1})  # p0 back: its batches commit again
+    pipeline.on_assigned({p0, p1})  # the new generation: p0 back, its batches commit again
+    await pipeline.handle(rig.batch([0, 1], seed=5))
     await pipeline.drain()
     assert await rig.consumer.committed(p0) == 10  # (the rig's batches all hold offsets 0-9)

@@ -106,14 +106,16 @@ class Ingestor:
         deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
         if self._monitor is not None:
             self._monitor.cancel()
-        if not await _within(deadline, self.pipeline.drain(), "finishing the batches in flight"):
-            self.pipeline.abandon()
-        # Closing needs a share of the budget even when the batch took all of it.
-        closing = max(deadline, time.monotonic() + 2.0)
-        if self._monitor is not None:  # started: the broker is connected
-            await _within(closing, self.broker.stop(), "leaving the consumer group")
-        await _within(closing, self.dead_letters.stop(), "closing the dead-letter producer")
-        self.validator.close()
+        try:
+            if not await _within(deadline, self.pipeline.drain(), "finishing the batches in flight"):
+                self.pipeline.abandon()
+            # Closing needs a share of the budget even when the batch took all of it.
+            closing = max(deadline, time.monotonic() + 2.0)
+            if self._monitor is not None:  # started: the broker is connected
+                await _within(closing, self.broker.stop(), "leaving the consumer group")
+            await _within(closing, self.dead_letters.stop(), "closing the dead-letter producer")
+        finally:
+            self.validator.close()
         log.info("ingest stopped", extra={"fatal": self.pipeline.fatal})
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
