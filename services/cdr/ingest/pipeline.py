@@ -8,6 +8,7 @@ the partitions to the batch's first offsets and commits nothing.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import defaultdict
@@ -113,7 +114,10 @@ class Pipeline:
             await message.nack()
             self.halted.set()
             return
-        self._inflight = asyncio.create_task(self._guarded(message, self._inflight))
+        # In a context of its own: one copied from the handler's holds FastStream's message
+        # (and so the whole batch) in a context variable, and the copies outlived their
+        # batches until a full collection -- up to ~13 batches at full speed.
+        self._inflight = asyncio.create_task(self._guarded(message, self._inflight), context=contextvars.Context())
         self._pending.add(self._inflight)
         self._inflight.add_done_callback(self._release)
 
