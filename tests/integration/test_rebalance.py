@@ -147,3 +147,38 @@ async def test_a_revoked_partition_is_not_committed_until_it_is_assigned_again(r
     await pipeline.handle(rig.batch([0, 1], seed=5))
     await pipeline.drain()
     assert await rig.consumer.committed(p0) == 10  # (the rig's batches all hold offsets 0-9)
+
+
+async def test_batches_behind_a_failed_one_are_neither_stored_nor_committed(rig: Rig) -> None:
+    """Batches overlap: the next one is validated while the one before is written. When
+    that write fails for good, the next is not written or committed (the failed batch
+    rewound the partitions: both are read again after the restart), and a batch handed
+    over after the halt is rewound too."""
+    pipeline = rig.pipeline(revoke_wait_s=5)
+    await rig.store.command(f"ALTER TABLE {rig.store.qualified('cdr')} DROP COLUMN receive_dest")
+    first, second, third = (rig.batch([0, 1], seed=seed) for seed in (6, 7, 8))
+    await pipeline.handle(first)
+    await pipeline.handle(second)  # under way while the first one's insert fails
+    await asyncio.wait_for(pipeline.halted.wait(), 30)
+    await pipeline.handle(third)
+    await pipeline.drain()
+    assert pipeline.fatal is not None and "code 16" in pipeline.fatal, pipeline.fatal
+    assert first.nacked and not second.nacked and third.nacked
+    assert await stored_ids(rig.store) == []
+    for partition in (0, 1):
+        assert await rig.consumer.committed(TopicPartition(rig.topic, partition)) is None
+
+
+async def test_an_abandoned_stop_cancels_every_batch_in_flight_uncommitted(rig: Rig) -> None:
+    """A stop that cannot wait for an insert being retried (ClickHouse away) gives up the
+    batch being written and the one validated behind it: nothing is committed."""
+    pipeline = rig.pipeline(revoke_wait_s=5)
+    await rig.store.command(f"DETACH TABLE {rig.store.qualified('cdr')}")
+    await pipeline.handle(rig.batch([0, 1], seed=9))
+    await pipeline.handle(rig.batch([0, 1], seed=10))
+    await asyncio.sleep(0.3)  # the first insert is failing and being retried
+    pipeline.abandon()
+    await asyncio.wait_for(pipeline.drain(), 5)
+    assert pipeline.halted.is_set() and pipeline.fatal is None
+    for partition in (0, 1):
+        assert await rig.consumer.committed(TopicPartition(rig.topic, partition)) is None

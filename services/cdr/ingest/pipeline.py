@@ -147,9 +147,8 @@ class Pipeline:
         Their dead-letter windows start afresh wherever they go next."""
         task = self._inflight
         if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=self._revoke_wait_s)
-            except TimeoutError:
+            _, pending = await asyncio.wait({task}, timeout=self._revoke_wait_s)
+            if pending:
                 log.warning(
                     "batches still in flight when their partitions were revoked; their commits will skip them",
                     extra={"revoked": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)},
@@ -166,8 +165,7 @@ class Pipeline:
     async def _finish_inflight(self) -> None:
         task = self._inflight
         if task is not None:
-            # Shielded: a cancelled caller must not interrupt an insert or a commit.
-            await asyncio.shield(task)
+            await _settled(task)
 
     async def _guarded(self, message: BatchMessage, previous: asyncio.Task[None] | None) -> None:
         records = message.raw_message
@@ -183,7 +181,7 @@ class Pipeline:
             self._validating.release()
         validate_s = time.perf_counter() - started
         if previous is not None:
-            await asyncio.shield(previous)  # never raises: it is a _guarded too
+            await _settled(previous)
         if self.halted.is_set():
             # The batch before failed and rewound its partitions: this one is not stored or
             # committed either, and is read again after the restart.
@@ -334,3 +332,10 @@ class Pipeline:
         self.committed.update(offsets)
         self.last_commit = time.monotonic()
         return True
+
+
+async def _settled(task: asyncio.Task[None]) -> None:
+    """Until ``task`` ends, however it ends (abandoned batches end cancelled). Waiting is
+    not sharing its fate: a cancelled waiter leaves it running (an insert or a commit must
+    not be cut short), and its cancellation does not cancel the waiter."""
+    await asyncio.wait({task})
