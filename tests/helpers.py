@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -190,3 +191,9 @@ async def store_events(store: Store, evs: list[dict[str, Any]], zone: ZoneInfo |
     if bad:
         raise ValueError(f"test data has invalid events: {bad[:3]}")
     await store.insert_arrow("cdr", to_table([p for p in parsed if isinstance(p, CallEnded)]))
+
+
+def validation_workers(process: psutil.Process) -> list[psutil.Process]:
+    """The validation pool's spawned workers among a process' children (not its resource
+    tracker)."""
+    return [p for p in process.children() if "spawn_main" in " ".join(p.cmdline())]

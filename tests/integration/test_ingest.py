@@ -16,7 +16,16 @@ from cdr.ingest.dlq import (
     HEADER_PARTITION,
     HEADER_TOPIC,
 )
-from tests.helpers import committed_offsets, encoded, events, produce, read_all, stored_ids, wait_for
+from tests.helpers import (
+    committed_offsets,
+    encoded,
+    events,
+    produce,
+    read_all,
+    stored_ids,
+    validation_workers,
+    wait_for,
+)
 from tests.integration.conftest import IngestEnv
 
 FIELDS_SQL = """
@@ -288,7 +297,7 @@ async def test_overlapping_batches_on_two_workers_commit_in_order(ingest_env: In
             return sum(pipeline.committed.values()) >= len(sent)
 
         await wait_for(all_committed, 120, "30,000 events committed")
-        mine = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+        mine = validation_workers(psutil.Process())
     assert len(mine) >= 2
     _, alive = psutil.wait_procs(mine, timeout=10)
     assert not alive, f"validation workers outlived the ingestor's stop: {alive}"

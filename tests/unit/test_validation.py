@@ -17,6 +17,7 @@ import psutil
 
 from cdr.ingest.validation import Validator
 from cdr.simulate import make_event
+from tests.helpers import validation_workers
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 LATEST = datetime(2030, 1, 1, tzinfo=UTC)
@@ -28,11 +29,6 @@ def values(n: int) -> list[bytes]:
     return [orjson.dumps(make_event(rng, "t.example", start + timedelta(seconds=i))) for i in range(n)]
 
 
-def workers(pid: int) -> list[psutil.Process]:
-    """The pool's spawned workers among a process' children (not its resource tracker)."""
-    return [p for p in psutil.Process(pid).children() if "spawn_main" in " ".join(p.cmdline())]
-
-
 def gone(process: psutil.Process, within_s: float) -> bool:
     try:
         process.wait(timeout=within_s)
@@ -42,12 +38,12 @@ def gone(process: psutil.Process, within_s: float) -> bool:
 
 
 async def test_a_worker_that_dies_loses_no_batch_and_is_replaced() -> None:
-    others = {p.pid for p in workers(os.getpid())}  # another test's, still exiting
+    others = {p.pid for p in validation_workers(psutil.Process(os.getpid()))}  # another test's, still exiting
     validator = Validator(HCM, processes=1)
     await validator.start()
     try:
         batch = values(50)
-        first = [p for p in workers(os.getpid()) if p.pid not in others]
+        first = [p for p in validation_workers(psutil.Process(os.getpid())) if p.pid not in others]
         assert len(first) == 1
         assert (await validator(batch, LATEST)).rows.num_rows == 50
 
@@ -56,7 +52,7 @@ async def test_a_worker_that_dies_loses_no_batch_and_is_replaced() -> None:
         verdicts = await validator(batch, LATEST)  # validated here, in a thread
         assert verdicts.rows.column("id").to_pylist() == [orjson.loads(v)["id"] for v in batch]
         assert (await validator(batch, LATEST)).rows.num_rows == 50  # on the new worker
-        second = [p for p in workers(os.getpid()) if p.pid not in others and p.is_running()]
+        second = [p for p in validation_workers(psutil.Process(os.getpid())) if p.pid not in others and p.is_running()]
         assert len(second) == 1
         assert second[0].pid != first[0].pid
     finally:
@@ -83,7 +79,7 @@ def test_a_worker_exits_with_its_killed_consumer_and_ignores_ctrl_c() -> None:
     try:
         assert consumer.stdout is not None
         assert consumer.stdout.readline().strip() == "ready"
-        (worker,) = workers(consumer.pid)
+        (worker,) = validation_workers(psutil.Process(consumer.pid))
         worker.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the whole group
         time.sleep(0.5)
         assert worker.is_running()

@@ -174,7 +174,6 @@ class Pipeline:
         started = time.perf_counter()
         try:
             verdicts = await self._validate(records)
-            self._metrics.stage_seconds.labels(stage="validate").observe(time.perf_counter() - started)
         except Exception as exc:  # acted on in order, after the batch before
             failure = exc
         finally:
@@ -221,6 +220,7 @@ class Pipeline:
         records = message.raw_message
         validated = time.perf_counter()
         stage = self._metrics.stage_seconds
+        stage.labels(stage="validate").observe(validate_s)
         self._metrics.events_consumed.inc(len(records))
         self._metrics.batch_size.observe(len(records))
 

@@ -57,7 +57,6 @@ def validate_batch(values: Sequence[bytes], zone: ZoneInfo, latest_emitted_at: d
     """The lean fast path over the whole batch; the model for the messages it leaves
     (invalid ones, and valid ones in shapes it does not take)."""
     lean = _parser(zone).parse(list(values), latest_emitted_at)
-    tables = [lean.rows]
     invalid: dict[int, Invalid] = {}
     events: list[CallEnded] = []
     positions: list[int] = []
@@ -68,11 +67,9 @@ def validate_batch(values: Sequence[bytes], zone: ZoneInfo, latest_emitted_at: d
         else:
             events.append(outcome)
             positions.append(i)
+    rows = lean.rows
     if events:
-        tables.append(to_table(events, positions))
-    rows = tables[0]
-    if len(tables) > 1:
-        rows = pa.concat_tables(tables)
+        rows = pa.concat_tables([rows, to_table(events, positions)])
         rows = rows.take(pc.sort_indices(rows.column("n")))
     return Verdicts(rows.drop_columns(["n"]), invalid, lean.rows.num_rows, len(lean.rest))
 
@@ -128,17 +125,16 @@ class Validator:
 
     async def __call__(self, values: Sequence[bytes], latest_emitted_at: datetime) -> Verdicts:
         pool = self._pool
-        if pool is None:
-            return await asyncio.to_thread(validate_batch, values, self._zone, latest_emitted_at)
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(pool, validate_batch, values, self._zone, latest_emitted_at)
-        except BrokenProcessPool:
-            log.error("a validation worker died; this batch is validated in the consumer, the next on a new worker")
-            if self._pool is pool:  # the first of the batches it held to fail replaces it
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False, cancel_futures=True)
-            return await asyncio.to_thread(validate_batch, values, self._zone, latest_emitted_at)
+        if pool is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(pool, validate_batch, values, self._zone, latest_emitted_at)
+            except BrokenProcessPool:
+                log.error("a validation worker died; this batch is validated in the consumer, the next on a new worker")
+                if self._pool is pool:  # the first of the batches it held to fail replaces it
+                    self._pool = self._new_pool()
+                    pool.shutdown(wait=False, cancel_futures=True)
+        return await asyncio.to_thread(validate_batch, values, self._zone, latest_emitted_at)
 
     def close(self) -> None:
         if self._pool is not None:
