@@ -76,6 +76,12 @@ class Metrics:
         self.dlq_send_failures = Counter(
             "cdr_dlq_send_failures_total", "Failed dead-letter send attempts (retried).", registry=r
         )
+        self.store_up = Gauge(
+            "cdr_store_up",
+            "1 while ClickHouse answered this process's last health check (every /readyz), else 0."
+            " The API stays ready while it is 0: its requests answer 503 with Retry-After themselves.",
+            registry=r,
+        )
         # API
         self.http_requests = Counter(
             "cdr_http_requests_total", "API requests by route and status.", ["route", "status"], registry=r

@@ -10,16 +10,18 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from cdr.api.app import api_ops_app, create_app
-from cdr.ingest.app import Ingestor, build_ingestor, ops_app
+from cdr.api.app import READY_TIMEOUT_S, api_ops_app, create_app
+from cdr.ingest.app import Ingestor, build_ingestor
 from cdr.metrics import Metrics
+from cdr.ops import ops_routes
 from cdr.serve import http_server
 from cdr.settings import Settings
 from cdr.startup import masked_url, with_retries
 from cdr.store import Store, StoreUnavailable, open_store
-from cdr.store.migrations import migrate
+from cdr.store.migrations import SchemaGate, migrate, wait_until_current
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,41 @@ async def run_all(settings: Settings) -> int:
         settings,
         lambda ingestor, store, metrics: create_app(settings, store, metrics, extra_ready=ingestor.ready),
         settings.api_port,
+        migrate,
     )
 
 
 async def run_ingest(settings: Settings) -> int:
-    """The ingestor alone, with /healthz, /readyz and /metrics on CDR_OPS_PORT."""
-    return await _ingest_and_serve(
-        settings, lambda ingestor, store, metrics: ops_app(ingestor, metrics), settings.ops_port
-    )
+    """The ingestor alone, with /healthz, /readyz and /metrics on CDR_OPS_PORT. It does not
+    migrate (`cdr migrate`, the chart's Job, does): it waits for the schema to be current,
+    and its /readyz says so meanwhile."""
+    return await _ingest_and_serve(settings, _ingest_ops_app, settings.ops_port, schema_step(settings))
+
+
+def schema_step(settings: Settings) -> Callable[[Store], Awaitable[object]]:
+    """What `cdr ingest` does about the schema at start-up. On a server: wait for
+    `cdr migrate` (several replicas must not race DDL, and need no DDL grants). An
+    embedded store is owned by this one process, so nobody else could migrate it: it
+    migrates, as `cdr run` does."""
+    return migrate if settings.embedded else wait_until_current
+
+
+def _ingest_ops_app(ingestor: Ingestor, store: Store, metrics: Metrics) -> Starlette:
+    """/healthz, /readyz, /metrics of a standalone ingestor; /readyz names the missing
+    migrations while start-up waits for them."""
+    gate = SchemaGate(store)
+
+    async def ready() -> tuple[bool, dict[str, str]]:
+        if not gate.current:
+            try:
+                current, schema = await asyncio.wait_for(gate.check(), READY_TIMEOUT_S)
+            except TimeoutError:
+                current, schema = False, f"not checked yet: no answer within {READY_TIMEOUT_S:g} s"
+            if not current:
+                return False, {"schema": schema}
+        return await ingestor.ready()
+
+    return Starlette(routes=ops_routes(metrics, ready))
 
 
 def _tune_interpreter() -> None:
@@ -89,7 +118,10 @@ def _tune_interpreter() -> None:
 
 
 async def _ingest_and_serve(
-    settings: Settings, make_app: Callable[[Ingestor, Store, Metrics], ASGIApp], port: int
+    settings: Settings,
+    make_app: Callable[[Ingestor, Store, Metrics], ASGIApp],
+    port: int,
+    schema: Callable[[Store], Awaitable[object]],
 ) -> int:
     _tune_interpreter()
     metrics = Metrics()
@@ -103,7 +135,7 @@ async def _ingest_and_serve(
         loop.add_signal_handler(sig, ingestor.stopping.set)
     serving = asyncio.create_task(server.serve())
     try:
-        if await _unless_stopped(ingestor.stopping, _start(settings, store, ingestor)):
+        if await _unless_stopped(ingestor.stopping, _start(settings, store, ingestor, schema)):
             log.info("serving", extra={"url": f"http://{settings.api_host}:{port}/"})
             # Until a signal, a halted pipeline, or the HTTP server stopping (e.g. port taken).
             ingesting = asyncio.create_task(ingestor.wait())
@@ -119,10 +151,14 @@ async def _ingest_and_serve(
     return 1 if ingestor.pipeline.fatal else 0
 
 
-async def _start(settings: Settings, store: Store, ingestor: Ingestor) -> None:
+async def _start(
+    settings: Settings, store: Store, ingestor: Ingestor, schema: Callable[[Store], Awaitable[object]]
+) -> None:
+    """``schema``: migrate (`cdr run`) or wait until current (`cdr ingest`); an unreachable
+    ClickHouse is retried within the start-up budget either way."""
     await with_retries(
         "ClickHouse",
-        lambda: migrate(store),
+        lambda: schema(store),
         transient=(StoreUnavailable,),
         timeout_s=settings.startup_timeout_ms / 1000,
         setting="CDR_CLICKHOUSE_URL",

@@ -282,6 +282,16 @@ class Settings(BaseSettings):
         None,
         description=(
             "Cluster name: DDL runs ON CLUSTER and tables use ReplicatedReplacingMergeTree. Unset: a single server."
+            " One shard, any number of replicas (`cdr migrate` refuses more shards)."
+        ),
+    )
+    clickhouse_max_replica_delay_s: int = Field(
+        5,
+        ge=1,
+        le=3_600,
+        description=(
+            "Cluster mode: a replica further behind than this (system.replicas absolute_delay) refuses API reads"
+            " with a 503 and Retry-After, so a scroll never skips a record stored this long before it started."
         ),
     )
     data_dir: Path = Field(

@@ -30,30 +30,44 @@ from cdr.metrics import Metrics
 from cdr.ops import ops_routes
 from cdr.settings import Settings, SettingsError
 from cdr.store import Store
-from cdr.store.migrations import is_current
+from cdr.store.migrations import SchemaGate
 
 log = logging.getLogger(__name__)
 
 ExtraReady = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
 
 
-# Below the chart's probe timeout (3 s): a stuck ClickHouse reads as "not ready", not as
+# Below the chart's probe timeout (3 s): a stuck ClickHouse reads as "no answer", not as
 # a probe that timed out without an answer.
 READY_TIMEOUT_S = 2.0
 
 
-def _readiness(store: Store, extra_ready: ExtraReady | None) -> ExtraReady:
+def _readiness(store: Store, metrics: Metrics, extra_ready: ExtraReady | None) -> ExtraReady:
+    """Ready means this process can serve: once it has seen the schema current. ClickHouse
+    going away later leaves it ready: one blip would otherwise empty the Service of every
+    API pod at once and clients would get the ingress's own HTML 503, where each request
+    answers our JSON 503 with Retry-After itself. Store health goes to ``cdr_store_up``
+    (and its alert), and to the checks here for a person reading them."""
+    gate = SchemaGate(store)
+
+    async def check_store() -> tuple[bool, bool, str]:
+        reachable = await store.ping()
+        current, schema = await gate.check() if reachable else (gate.current, "current" if gate.current else "")
+        return reachable, current, schema
+
     async def ready() -> tuple[bool, dict[str, str]]:
         checks: dict[str, str] = {}
         try:
-            reachable = await asyncio.wait_for(store.ping(), READY_TIMEOUT_S)
+            reachable, current, schema = await asyncio.wait_for(check_store(), READY_TIMEOUT_S)
             checks["clickhouse"] = "ok" if reachable else "unreachable"
         except TimeoutError:
-            reachable = False
+            reachable, current, schema = False, gate.current, "current" if gate.current else ""
             checks["clickhouse"] = f"no answer within {READY_TIMEOUT_S:g} s"
-        current = reachable and await is_current(store)
-        checks["schema"] = "current" if current else "not current (run `cdr migrate`)"
-        ok = reachable and current
+        metrics.store_up.set(1 if reachable else 0)
+        if not reachable and current:
+            checks["clickhouse"] += " (requests answer 503 until it is back)"
+        checks["schema"] = schema or "not checked yet: ClickHouse did not answer"
+        ok = current
         if extra_ready is not None:
             extra_ok, extra_checks = await extra_ready()
             checks.update(extra_checks)
@@ -65,7 +79,7 @@ def _readiness(store: Store, extra_ready: ExtraReady | None) -> ExtraReady:
 
 def api_ops_app(store: Store, metrics: Metrics) -> Starlette:
     """/healthz, /readyz and /metrics of `cdr api`, for its ops port."""
-    return Starlette(routes=ops_routes(metrics, _readiness(store, None)))
+    return Starlette(routes=ops_routes(metrics, _readiness(store, metrics, None)))
 
 
 def create_app(
@@ -102,7 +116,7 @@ def create_app(
     )
     document = openapi_document(settings)
 
-    ready = _readiness(store, extra_ready)
+    ready = _readiness(store, metrics, extra_ready)
 
     async def openapi(request: Request) -> Response:
         return OrjsonResponse(document)

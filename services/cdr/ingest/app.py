@@ -15,7 +15,6 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import LogicSubscriber
-from starlette.applications import Starlette
 
 from cdr.ingest import inflate
 from cdr.ingest.dlq import DlqLimit
@@ -26,7 +25,6 @@ from cdr.ingest.validation import Validator
 from cdr.ingest.writer import BatchWriter
 from cdr.kafka_security import check_kafka_access, kafka_security, options_of
 from cdr.metrics import Metrics
-from cdr.ops import ops_routes
 from cdr.settings import Settings
 from cdr.startup import with_retries
 from cdr.store import Store
@@ -238,8 +236,3 @@ def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipel
         await pipeline.handle(message)
 
     return subscriber
-
-
-def ops_app(ingestor: Ingestor, metrics: Metrics) -> Starlette:
-    """Health, readiness and metrics of a standalone ingestor."""
-    return Starlette(routes=ops_routes(metrics, ingestor.ready))

@@ -49,7 +49,30 @@ _CLIENT_SETTINGS = {"output_format_arrow_string_as_string": 1}
 # A streamed result is handed over in pieces of at most this size.
 _STREAM_READ_BYTES = 1 << 20
 # ASYNC: the kill is asked for, not waited on; the read's own worker then ends.
-_KILL = "KILL QUERY WHERE query_id = {query_id:String} ASYNC"
+_KILL = "KILL QUERY {on_cluster}WHERE query_id = {{query_id:String}} ASYNC"
+
+
+def kill_statement(cluster: str | None) -> str:
+    """KILL QUERY for a read of ours. Behind a load balancer the kill reaches any replica,
+    not necessarily the one running the read: on a cluster it goes to every host."""
+    return _KILL.format(on_cluster=f"ON CLUSTER {cluster} " if cluster else "")
+
+
+def replica_lag_filter(database: str, max_delay_s: int, replicas: str = "system.replicas") -> str:
+    """A filter for ``additional_table_filters`` on the CDR table: a read answered by a
+    replica more than ``max_delay_s`` behind (``system.replicas.absolute_delay``, what it
+    has not yet fetched) fails with FUNCTION_THROW_IF_VALUE_IS_NON_ZERO (a 503 with
+    Retry-After) instead of answering without recent inserts. A scalar subquery is
+    computed before the read, so it fails even when no row matches: an empty last page of
+    a scroll is exactly how a lagging replica would skip records for good. It runs on the
+    replica that runs the read, in the same request, which a separate check behind a
+    load balancer would not. ``replicas``: the table to read delays from (tests)."""
+    quoted = "'" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return (
+        f"(SELECT throwIf(max(absolute_delay) > {int(max_delay_s)}, "
+        f"'this ClickHouse replica is more than {int(max_delay_s)} s behind its peers')"
+        f" FROM {replicas} WHERE database = {quoted}) = 0"
+    )
 
 
 @dataclass(frozen=True)
@@ -215,9 +238,11 @@ class Store:
         read_workers: int = 8,
         write_workers: int = 2,
         read_budget: ReadBudget | None = None,
+        max_replica_delay_s: int | None = None,
     ) -> None:
         self.database = database
         self.cluster = cluster
+        self._kill_sql = kill_statement(cluster)
         scheme = urlsplit(dsn).scheme
         if scheme not in ("chdb", "http", "https"):
             raise StoreError(f"CDR_CLICKHOUSE_URL must be chdb:///dir or http(s)://host[:port], not {scheme}://")
@@ -228,8 +253,13 @@ class Store:
 
         budget = read_budget or ReadBudget()
 
+        read_settings = budget.settings()
+        if max_replica_delay_s is not None:
+            lag = replica_lag_filter(database, max_replica_delay_s)
+            read_settings["additional_table_filters"] = {self.qualified("cdr"): lag}
+
         def make_read_client() -> Client:
-            return connect(dsn, password, budget.settings(), timeout_s=budget.seconds + 1, tls=tls)
+            return connect(dsn, password, read_settings, timeout_s=budget.seconds + 1, tls=tls)
 
         self._reads = _Lane("read", read_workers, make_read_client)
         self._writes = _Lane("write", write_workers, make_client)
@@ -299,7 +329,7 @@ class Store:
 
     async def _kill(self, query_id: str, work: Future[Any]) -> None:
         with suppress(StoreError):
-            await self._writes.run(_command, _KILL, {"query_id": query_id})
+            await self._writes.run(_command, self._kill_sql, {"query_id": query_id})
         with suppress(StoreError):
             await asyncio.wrap_future(work)
 
@@ -365,6 +395,8 @@ def open_store(settings: Settings) -> Store:
             max_rows_to_read=settings.query_max_rows_to_read,
             max_memory_bytes=settings.query_max_memory_bytes,
         ),
+        # Replicas exist only in cluster mode; one server is never behind itself.
+        max_replica_delay_s=settings.clickhouse_max_replica_delay_s if settings.clickhouse_cluster else None,
     )
 
 

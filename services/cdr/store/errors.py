@@ -45,6 +45,8 @@ class Code(IntEnum):
     UNKNOWN_STATUS_OF_INSERT = 319
     ALL_REPLICAS_ARE_STALE = 369
     QUERY_WAS_CANCELLED = 394
+    # Raised by the service's own throwIf only: a replica too far behind (client.replica_lag_filter).
+    FUNCTION_THROW_IF_VALUE_IS_NON_ZERO = 395
     SYSTEM_ERROR = 425
     CANNOT_SCHEDULE_TASK = 439
     CANNOT_CREATE_FILE = 586
@@ -82,6 +84,7 @@ TRANSIENT = frozenset(
         Code.UNKNOWN_STATUS_OF_INSERT,
         Code.ALL_REPLICAS_ARE_STALE,
         Code.QUERY_WAS_CANCELLED,
+        Code.FUNCTION_THROW_IF_VALUE_IS_NON_ZERO,
         Code.SYSTEM_ERROR,
         Code.CANNOT_SCHEDULE_TASK,
         Code.CANNOT_CREATE_FILE,

@@ -3,23 +3,42 @@
 Each file ``NNNN_name.sql`` under ``schemas/clickhouse`` is one migration. Its text is
 a template: ``${db}``, ``${on_cluster}``, ``${replacing_engine}`` and ``${plain_engine}``
 are filled from the settings, so cluster mode is a setting, not a second schema.
+
+Only ``cdr migrate`` (the chart's Job) and ``cdr run`` migrate; ``cdr ingest`` and
+``cdr api`` wait until the schema is current (``wait_until_current``, ``SchemaGate``), so
+they need no DDL grants and restart while a ClickHouse replica is down.
+
+Two runs at once are safe without a lock (ClickHouse has none to offer): every
+statement is idempotent (``IF NOT EXISTS``; a backfill into a table whose sort key is
+the whole row, so a second copy of a row collapses), the applied versions are read
+again before each migration (a run skips what another one finished meanwhile), and a
+version is recorded only after all its statements succeeded. A version recorded twice
+is one version. New migrations must keep to this: ``test_migrations`` applies each one
+twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from cdr.settings import SettingsError
 from cdr.store.client import Store
-from cdr.store.errors import StoreError
+from cdr.store.errors import Code, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# How often a process waiting for `cdr migrate` looks again, and reminds the log.
+_SCHEMA_POLL_S = 2.0
+_REMIND_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -86,13 +105,47 @@ async def applied_versions(store: Store, *, health: bool = False) -> dict[int, s
     return {int(version): str(checksum) for version, checksum in rows}
 
 
+def shard_problem(cluster: str, rows: Sequence[Sequence[object]]) -> str | None:
+    """Why ``cluster`` cannot hold the CDR tables, from its ``system.clusters`` rows
+    (shard_num first), or None. The tables are replicated, not distributed: with two
+    shards an insert lands on the shard the load balancer picked and a read sees one
+    shard only, so every answer would be silently partial."""
+    if not rows:
+        return f"cluster {cluster!r} is not in system.clusters of the server we reached"
+    shards = len({row[0] for row in rows})
+    if shards > 1:
+        return (
+            f"cluster {cluster!r} has {shards} shards; the CDR tables need one shard with any number of"
+            " replicas (a sharded layout needs a Distributed table: README, Scaling)"
+        )
+    return None
+
+
+async def check_one_shard(store: Store) -> None:
+    """Refuse a cluster of more than one shard (SettingsError naming the setting)."""
+    if store.cluster is None:
+        return
+    rows = await store.query(
+        "SELECT shard_num, replica_num, host_name FROM system.clusters WHERE cluster = {cluster:String}",
+        {"cluster": store.cluster},
+    )
+    problem = shard_problem(store.cluster, rows)
+    if problem is not None:
+        raise SettingsError(
+            f"CDR_CLICKHOUSE_CLUSTER: {problem}",
+            [{"setting": "CDR_CLICKHOUSE_CLUSTER", "value": store.cluster, "error": problem}],
+        )
+
+
 async def migrate(store: Store, migrations: list[Migration] | None = None) -> list[Migration]:
-    """Apply the migrations not yet recorded, in order; returns those applied."""
+    """Apply the migrations not yet recorded, in order; returns those applied (by this run)."""
     migrations = migrations if migrations is not None else load_migrations()
+    await check_one_shard(store)
     await _bootstrap(store)
-    done = await applied_versions(store)
     applied = []
     for migration in migrations:
+        # Again before each one: another `cdr migrate` may have applied it meanwhile.
+        done = await applied_versions(store)
         if migration.version in done:
             if done[migration.version] != migration.checksum:
                 log.warning(
@@ -113,10 +166,58 @@ async def migrate(store: Store, migrations: list[Migration] | None = None) -> li
     return applied
 
 
-async def is_current(store: Store) -> bool:
-    """True when every known migration is recorded (the API's readiness check)."""
+async def missing_migrations(store: Store, *, health: bool = False) -> list[Migration]:
+    """The known migrations not recorded in the store ([]: the schema is current). A
+    database or table not there yet means nothing is applied; StoreUnavailable when
+    ClickHouse cannot answer."""
     try:
-        done = await applied_versions(store, health=True)
-    except StoreError:
-        return False
-    return all(m.version in done for m in load_migrations())
+        done = await applied_versions(store, health=health)
+    except StoreUnavailable as exc:
+        if exc.code not in (Code.UNKNOWN_DATABASE, Code.UNKNOWN_TABLE):
+            raise
+        done = {}
+    return [m for m in load_migrations() if m.version not in done]
+
+
+def describe(missing: Sequence[Migration]) -> str:
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+    return f"waiting for `cdr migrate` (missing {names})"
+
+
+async def wait_until_current(store: Store) -> None:
+    """Until every known migration is recorded: how `cdr ingest` starts. An unreachable
+    ClickHouse raises StoreUnavailable (the caller retries within its start-up budget);
+    a schema behind this release is waited for as long as it takes (the migration Job
+    runs before the workloads change; readiness says what is missing meanwhile)."""
+    reminded_at: float | None = None
+    while missing := await missing_migrations(store):
+        now = time.monotonic()
+        if reminded_at is None or now - reminded_at >= _REMIND_EVERY_S:
+            reminded_at = now
+            log.warning("schema not current: %s", describe(missing))
+        await asyncio.sleep(_SCHEMA_POLL_S)
+    if reminded_at is not None:
+        log.info("schema current")
+
+
+class SchemaGate:
+    """Whether this process has seen the schema current yet, for readiness.
+
+    Once seen, it stays so: a schema does not go back, and a ClickHouse outage later is
+    no reason to take the process out of service (its requests answer 503 themselves)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.current = False
+
+    async def check(self) -> tuple[bool, str]:
+        """(current, what readiness reports), asking the store until it is current."""
+        if not self.current:
+            try:
+                missing = await missing_migrations(self._store, health=True)
+            except StoreError as exc:
+                return False, f"not checked yet: {str(exc)[:200]}"
+            if missing:
+                return False, describe(missing)
+            self.current = True
+        return True, "current"
