@@ -7,7 +7,7 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 PYTEST_ARGS ?=
 
-.PHONY: help setup test run lint bench kafka-start kafka-stop clean
+.PHONY: help setup browser test run lint bench kafka-start kafka-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,7 +19,21 @@ $(UV):
 setup: $(UV) ## create .venv with the locked dependencies
 	$(UV) sync --frozen
 
-test: setup ## run the whole test suite (starts its own Kafka unless CDR_KAFKA_BOOTSTRAP_SERVERS is set)
+# The console's browser tests drive Debian's Chromium through its driver: installed here,
+# as uv and the Kafka jars are, so `make test` passes on a fresh machine by itself.
+browser: ## install Debian's chromium and chromium-driver when missing (the console's browser tests)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  sudo_=""; [ "$$(id -u)" = 0 ] || sudo_="sudo"; \
+	  if ! command -v apt-get >/dev/null || { [ -n "$$sudo_" ] && ! command -v sudo >/dev/null; }; then \
+	    echo "the console's browser tests need chromium and chromedriver on PATH; install them" \
+	      "(Debian: apt-get install chromium chromium-driver) and run make test again" >&2; exit 1; \
+	  fi; \
+	  echo "installing chromium and chromium-driver (apt-get$${sudo_:+ with sudo})"; \
+	  $$sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo_ apt-get install -y -qq chromium chromium-driver >/dev/null \
+	    || { echo "could not install chromium and chromium-driver with apt-get; install them and run make test again" >&2; exit 1; }; \
+	fi
+
+test: setup browser ## run the whole test suite (starts its own Kafka unless CDR_KAFKA_BOOTSTRAP_SERVERS is set)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 run: setup ## local Kafka + ingest + API + PBX simulator; prints a curl line (Ctrl-C stops all)

@@ -12,10 +12,16 @@ from cdr.store.queries import GROUP_BY, STAT_QUANTILE_FIELDS, STAT_QUANTILES
 
 OPENAPI_FILE = "openapi.json"
 
-_TIME = {
+_CLOCK_TIME = "[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"
+_TIME = {"type": "string", "pattern": f"^{_CLOCK_TIME}$", "example": "2021-02-17 17:30:35"}
+# A plain string whose pattern admits "", not anyOf [time, const ""]: generated clients
+# (openapi-python-client) try the const branch of such a union first and raise on a time
+# instead of falling back, so their list call failed on the first answered call.
+_TIME_OR_EMPTY = {
     "type": "string",
-    "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$",
-    "example": "2021-02-17 17:30:35",
+    "pattern": f"^({_CLOCK_TIME})?$",
+    "example": "2021-02-17 17:30:40",
+    "description": "Empty if unanswered.",
 }
 
 
@@ -55,9 +61,31 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "to_number": {"type": "string"},
         "receive_dest": {"type": "string", "description": "Ring group or queue; empty when none."},
         "time_started": _TIME,
-        "time_answered": {"anyOf": [_TIME, {"type": "string", "const": ""}], "description": "Empty if unanswered."},
+        "time_answered": _TIME_OR_EMPTY,
         "time_ended": _TIME,
         "status": {"type": "string", "example": "ANSWERED"},
+    }
+    stat_properties: dict[str, Any] = {
+        "group": {
+            "type": ["string", "integer"],
+            "description": "YYYY-MM-DD HH:00:00, YYYY-MM-DD or YYYY-MM in the tenant's"
+            " timezone; the extension, status or cause; the direction code 1-3.",
+        },
+        "calls": {"type": "integer", "minimum": 1},
+        "answered": {"type": "integer", "minimum": 0},
+        "asr": {"type": "number", "description": "answered / calls, 4 decimals."},
+        "acd": {
+            "type": ["number", "null"],
+            "description": "Mean billsec of the answered calls, 2 decimals; null if none.",
+        },
+        "total_billsec": {"type": "integer", "minimum": 0},
+        **{
+            name: {
+                "type": "integer",
+                "description": f"Duration at index floor({q} x calls) of the sorted durations (exact).",
+            }
+            for q, name in zip(STAT_QUANTILES, STAT_QUANTILE_FIELDS, strict=True)
+        },
     }
     limits = Limits(settings.default_limit, settings.max_limit, settings.max_offset)
     query_params = [_query_param(p) for p in list_params(limits)]
@@ -249,29 +277,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "type": "array",
                             "items": {
                                 "type": "object",
-                                "properties": {
-                                    "group": {
-                                        "type": ["string", "integer"],
-                                        "description": "YYYY-MM-DD HH:00:00, YYYY-MM-DD or YYYY-MM in the tenant's"
-                                        " timezone; the extension, status or cause; the direction code 1-3.",
-                                    },
-                                    "calls": {"type": "integer", "minimum": 1},
-                                    "answered": {"type": "integer", "minimum": 0},
-                                    "asr": {"type": "number", "description": "answered / calls, 4 decimals."},
-                                    "acd": {
-                                        "type": ["number", "null"],
-                                        "description": "Mean billsec of the answered calls, 2 decimals; null if none.",
-                                    },
-                                    "total_billsec": {"type": "integer", "minimum": 0},
-                                    **{
-                                        name: {
-                                            "type": "integer",
-                                            "description": f"Duration at index floor({q} x calls) of the sorted"
-                                            " durations (exact).",
-                                        }
-                                        for q, name in zip(STAT_QUANTILES, STAT_QUANTILE_FIELDS, strict=True)
-                                    },
-                                },
+                                "properties": stat_properties,
+                                "required": list(stat_properties),
                             },
                         },
                     },
