@@ -78,7 +78,7 @@ class Metrics:
         )
         self.store_up = Gauge(
             "cdr_store_up",
-            "1 while ClickHouse answered this process's last health check (every /readyz), else 0."
+            "API (and `cdr run`): 1 while ClickHouse answered the last health check (every /readyz), else 0."
             " The API stays ready while it is 0: its requests answer 503 with Retry-After themselves.",
             registry=r,
         )

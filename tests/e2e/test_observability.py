@@ -106,6 +106,7 @@ def test_every_alert_is_documented_and_links_to_its_runbook_section() -> None:
         "CdrIngestUnhealthy",
         "CdrApiErrorRatioHigh",
         "CdrApiLatencyHigh",
+        "CdrStoreUnreachable",
         "CdrPodNotReady",
         "CdrScrapeDown",
     }
