@@ -19,7 +19,16 @@ import pytest
 from cdr.ingest.app import Ingestor, build_ingestor
 from cdr.metrics import Metrics
 from cdr.store import open_store
-from tests.helpers import committed_offsets, create_topics, encoded, events, produce, stored_ids, wait_for
+from tests.helpers import (
+    committed_offsets,
+    create_topics,
+    encoded,
+    events,
+    produce,
+    read_all,
+    stored_ids,
+    wait_for,
+)
 from tests.integration.conftest import IngestEnv, make_settings
 
 STEP = timedelta(seconds=7 * 2_000)  # one chunk of events(2_000) 7 s apart: chunks do not overlap in time
@@ -189,6 +198,60 @@ async def test_a_schema_mismatch_halts_ingest_instead_of_retrying(ingest_env: In
     assert fatal is not None and "code 16" in fatal, fatal  # NO_SUCH_COLUMN_IN_TABLE
     assert not ready and "halted" in checks["pipeline"]
     assert ingest_env.metrics.insert_failures._value.get() == 0, "a permanent error was retried"
+    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    assert sum(offsets.values()) == 0
+
+
+async def test_rows_clickhouse_refuses_are_dead_lettered_and_the_rest_stored(ingest_env: IngestEnv) -> None:
+    """A value that passes validation but the table refuses (here: an operator's CHECK
+    constraint; in the wild a value out of a column's range) is about those rows, not the
+    batch: they are found by splitting the batch, dead-lettered unchanged with the server's
+    reason, the batch's other rows stored and the group committed past them, no halt."""
+    settings, store = ingest_env.settings, ingest_env.store
+    await store.command(
+        f"ALTER TABLE {store.qualified('cdr')} ADD CONSTRAINT no_test_calls CHECK sip_call_id NOT LIKE 'refuse-me%'"
+    )
+    sent = events(600, seed=31)
+    bad_at = {0, 217, 218, 599}
+    for n in bad_at:
+        sent[n]["sip_call_id"] = f"refuse-me-{n}@t1.example"
+    produced = encoded(sent)
+    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, produced)
+    bootstrap = settings.kafka_bootstrap_servers
+    async with ingest_env.running() as ingestor:
+
+        async def all_committed() -> bool:
+            offsets = await committed_offsets(bootstrap, settings.kafka_group_id, settings.kafka_topic)
+            return sum(offsets.values()) == len(sent) or ingestor.pipeline.halted.is_set()
+
+        await wait_for(all_committed, 60, "the batch committed (or a halt)")
+        assert ingestor.pipeline.fatal is None, ingestor.pipeline.fatal
+        assert not ingestor.pipeline.halted.is_set()
+        dead = await read_all(bootstrap, settings.kafka_dlq_topic, len(bad_at))
+
+    good_ids = {e["id"] for n, e in enumerate(sent) if n not in bad_at}
+    assert set(await stored_ids(store)) == good_ids
+    assert sorted(record.value for record in dead) == sorted(produced[n][1] for n in bad_at)
+    for record in dead:
+        headers = {k: v.decode() for k, v in record.headers}
+        assert headers["x-dlq-kind"] == "refused_by_clickhouse"
+        assert "VIOLATED_CONSTRAINT" in headers["x-dlq-error"] and "no_test_calls" in headers["x-dlq-error"]
+    refused = ingest_env.metrics.events_dead_lettered.labels(reason="refused_by_clickhouse")._value.get()
+    assert refused == len(bad_at)
+    assert ingest_env.metrics.insert_failures._value.get() == 0, "a refused value was retried as an outage"
+
+
+async def test_clickhouse_refusing_most_rows_halts_instead_of_dead_lettering_them(ingest_env: IngestEnv) -> None:
+    """A constraint no event meets is systematic, not a bad row here and there: past the
+    dead-letter limit's share of a batch the search stops and ingest halts, committing nothing."""
+    settings, store = ingest_env.settings, ingest_env.store
+    await store.command(f"ALTER TABLE {store.qualified('cdr')} ADD CONSTRAINT never CHECK sip_call_id = 'none'")
+    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(events(400, seed=32)))
+    async with ingest_env.running(dlq_min_messages=1) as ingestor:
+        await asyncio.wait_for(ingestor.pipeline.halted.wait(), 60)
+        fatal = ingestor.pipeline.fatal
+    assert fatal is not None and "VIOLATED_CONSTRAINT" in fatal and "refused more than" in fatal, fatal
+    assert ingest_env.metrics.events_dead_lettered.labels(reason="refused_by_clickhouse")._value.get() == 0
     offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
     assert sum(offsets.values()) == 0
 

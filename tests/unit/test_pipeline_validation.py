@@ -1,5 +1,5 @@
 """A batch's validation in the pipeline: the lean path, the model for what it leaves, the
-rows back in Kafka order and the dead letters with their reasons; on a worker process
+rows back in Kafka order and the refused ones with their reasons; on a worker process
 (the default) as on a thread, and past a worker that dies."""
 
 from __future__ import annotations
@@ -52,13 +52,14 @@ async def test_lean_and_model_rows_come_back_in_kafka_order(tmp_path: Path, proc
         for offset, data in enumerate(events)
     )
     try:
-        rows, letters = await pipeline._validate(records)
+        rows, invalid = await pipeline._validate(records)
     finally:
         validator.close()
         await store.close()
     assert rows.column("id").to_pylist() == [events[n]["id"] for n in (0, 1, 3, 5)]
-    assert [(letter.offset, letter.invalid.kind) for letter in letters] == [(2, "invalid_event"), (4, "too_large")]
-    assert "duration" in letters[0].invalid.reason
+    refused = [(n, problem) for n, problem in enumerate(invalid) if problem is not None]
+    assert [(n, problem.kind) for n, problem in refused] == [(2, "invalid_event"), (4, "too_large")]
+    assert "duration" in refused[0][1].reason
     parsed = {s.labels["parser"]: s.value for s in metrics.events_parsed.collect()[0].samples if "total" in s.name}
     assert parsed == {"lean": 3.0, "pydantic": 2.0}  # integer times and the bad event went to the model
 

@@ -1,7 +1,8 @@
-"""One batch, end to end: validate -> dead-letter -> insert -> commit.
+"""One batch, end to end: validate -> insert -> dead-letter -> commit.
 
 Offsets are committed only after the batch's valid events are in ClickHouse and its
-invalid ones in the dead-letter topic. Anything that stops a batch half-way rewinds
+invalid ones (refused by validation, or by ClickHouse for a value) in the dead-letter
+topic. Anything that stops a batch half-way rewinds
 the partitions to the batch's first offsets and commits nothing.
 """
 
@@ -23,7 +24,7 @@ from cdr.ingest.dlq import DeadLetter, DlqLimit, DlqLimitExceeded
 from cdr.ingest.processor import Invalid, precheck
 from cdr.ingest.retry import Abandoned
 from cdr.ingest.validation import Validator
-from cdr.ingest.writer import BatchWriter
+from cdr.ingest.writer import BatchWriter, Refused
 from cdr.metrics import Metrics
 from cdr.store import StoreError
 
@@ -169,7 +170,7 @@ class Pipeline:
 
     async def _guarded(self, message: BatchMessage, previous: asyncio.Task[None] | None) -> None:
         records = message.raw_message
-        verdicts: tuple[pa.Table, list[DeadLetter]] | None = None
+        verdicts: tuple[pa.Table, list[Invalid | None]] | None = None
         failure: Exception | None = None
         started = time.perf_counter()
         try:
@@ -214,9 +215,16 @@ class Pipeline:
         self.halted.set()
 
     async def _store(
-        self, message: BatchMessage, rows: pa.Table, letters: list[DeadLetter], *, validate_s: float, started: float
+        self,
+        message: BatchMessage,
+        rows: pa.Table,
+        invalid: list[Invalid | None],
+        *,
+        validate_s: float,
+        started: float,
     ) -> None:
-        """Dead letters sent, rows written, offsets committed: after the batch before."""
+        """Rows written, dead letters sent, offsets committed: after the batch before.
+        ``invalid``: validation's verdict on each record; ``rows``: the others, in order."""
         records = message.raw_message
         validated = time.perf_counter()
         stage = self._metrics.stage_seconds
@@ -224,9 +232,20 @@ class Pipeline:
         self._metrics.events_consumed.inc(len(records))
         self._metrics.batch_size.observe(len(records))
 
+        stored = 0
+        if rows.num_rows:
+            refused = await self._writer.write(rows, max_refused=self._max_refused(rows.num_rows))
+            stored = rows.num_rows - len(refused)
+            self._metrics.events_stored.inc(stored)
+            stage.labels(stage="write").observe(time.perf_counter() - validated)
+            _mark_refused(invalid, refused)
+        written = time.perf_counter()
+
+        # After the write: the limit counts the rows ClickHouse refused too.
+        letters = self._dead_letters_of(records, invalid)
         if letters:
             await self._dead_letters.send(letters)
-            stage.labels(stage="dead_letter").observe(time.perf_counter() - validated)
+            stage.labels(stage="dead_letter").observe(time.perf_counter() - written)
             for letter in letters:
                 self._metrics.events_dead_lettered.labels(reason=letter.invalid.kind).inc()
                 log.warning(
@@ -239,20 +258,15 @@ class Pipeline:
                         "reason": letter.invalid.reason[:300],
                     },
                 )
-        if rows.num_rows:
-            writing = time.perf_counter()
-            await self._writer.write(rows)
-            self._metrics.events_stored.inc(rows.num_rows)
-            stage.labels(stage="write").observe(time.perf_counter() - writing)
-        written = time.perf_counter()
+        sent = time.perf_counter()
 
         committed = await self._commit(message.consumer, records)
-        stage.labels(stage="commit").observe(time.perf_counter() - written)
+        stage.labels(stage="commit").observe(time.perf_counter() - sent)
         log.debug(
             "batch stored",
             extra={
                 "messages": len(records),
-                "stored": rows.num_rows,
+                "stored": stored,
                 "dead_lettered": len(letters),
                 "committed": committed,
                 "validate_s": round(validate_s, 4),
@@ -261,8 +275,19 @@ class Pipeline:
             },
         )
 
-    async def _validate(self, records: tuple[ConsumerRecord[bytes, bytes], ...]) -> tuple[pa.Table, list[DeadLetter]]:
-        """The batch's valid events as one table in Kafka order, and its dead letters.
+    def _max_refused(self, rows: int) -> int:
+        """How many of a batch's ``rows`` ClickHouse may refuse before the search for them
+        stops and ingest halts: past the dead-letter limit's share the limit would stop
+        ingest anyway (below its minimum count, every row may be refused)."""
+        if rows < self._limit.min_messages:
+            return rows
+        return int(rows * self._limit.max_ratio)
+
+    async def _validate(
+        self, records: tuple[ConsumerRecord[bytes, bytes], ...]
+    ) -> tuple[pa.Table, list[Invalid | None]]:
+        """The batch's valid events as one table in Kafka order, and why each record that
+        is not among them is refused.
 
         The verdicts are made off the event loop (``Validator``: another process, or a
         thread): in `cdr run` the API shares the loop, and a batch's tens of milliseconds
@@ -275,7 +300,7 @@ class Pipeline:
             invalid[candidates[k]] = problem
         self._metrics.events_parsed.labels(parser="lean").inc(verdicts.lean)
         self._metrics.events_parsed.labels(parser="pydantic").inc(verdicts.model)
-        return verdicts.rows, self._dead_letters_of(records, invalid)
+        return verdicts.rows, invalid
 
     def _dead_letters_of(
         self, records: tuple[ConsumerRecord[bytes, bytes], ...], invalid: list[Invalid | None]
@@ -332,6 +357,16 @@ class Pipeline:
         self.committed.update(offsets)
         self.last_commit = time.monotonic()
         return True
+
+
+def _mark_refused(invalid: list[Invalid | None], refused: list[Refused]) -> None:
+    """Record ClickHouse's refusals in ``invalid``: row k of the batch's rows is its k-th
+    record that validation let through."""
+    if not refused:
+        return
+    passed = [i for i, problem in enumerate(invalid) if problem is None]
+    for row in refused:
+        invalid[passed[row.row]] = Invalid("refused_by_clickhouse", row.reason)
 
 
 async def _settled(task: asyncio.Task[None]) -> None:

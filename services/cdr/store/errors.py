@@ -19,12 +19,25 @@ class Code(IntEnum):
     """The ClickHouse error codes this service reasons about (src/Common/ErrorCodes.cpp;
     checked against the engine with ``errorCodeToName``)."""
 
+    CANNOT_PARSE_TEXT = 6
     CANNOT_WRITE_TO_OSTREAM = 24
+    CANNOT_PARSE_ESCAPE_SEQUENCE = 25
+    CANNOT_PARSE_QUOTED_STRING = 26
+    CANNOT_PARSE_INPUT_ASSERTION_FAILED = 27
+    CANNOT_PARSE_DATE = 38
+    CANNOT_PARSE_DATETIME = 41
     UNKNOWN_TABLE = 60
+    ARGUMENT_OUT_OF_BOUND = 69
+    CANNOT_CONVERT_TYPE = 70
+    CANNOT_PARSE_NUMBER = 72
     CANNOT_READ_FROM_FILE_DESCRIPTOR = 74
     CANNOT_WRITE_TO_FILE_DESCRIPTOR = 75
     CANNOT_OPEN_FILE = 76
     UNKNOWN_DATABASE = 81
+    INCORRECT_DATA = 117
+    TOO_LARGE_ARRAY_SIZE = 128
+    CANNOT_READ_ARRAY_FROM_TEXT = 130
+    TOO_LARGE_STRING_SIZE = 131
     TOO_MANY_ROWS = 158
     TIMEOUT_EXCEEDED = 159
     CANNOT_CREATE_DIRECTORY = 172
@@ -43,13 +56,22 @@ class Code(IntEnum):
     ALL_CONNECTION_TRIES_FAILED = 279
     TOO_FEW_LIVE_REPLICAS = 285
     UNKNOWN_STATUS_OF_INSERT = 319
+    VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE = 321
+    CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN = 349
     ALL_REPLICAS_ARE_STALE = 369
+    CANNOT_PARSE_UUID = 376
     QUERY_WAS_CANCELLED = 394
     # Raised by the service's own throwIf only: a replica too far behind (client.replica_lag_filter).
     FUNCTION_THROW_IF_VALUE_IS_NON_ZERO = 395
+    DECIMAL_OVERFLOW = 407
     SYSTEM_ERROR = 425
     CANNOT_SCHEDULE_TASK = 439
+    CANNOT_PARSE_BOOL = 467
+    VIOLATED_CONSTRAINT = 469
     CANNOT_CREATE_FILE = 586
+    CANNOT_PARSE_IPV4 = 675
+    CANNOT_PARSE_IPV6 = 676
+    UNKNOWN_ELEMENT_OF_ENUM = 691
     SERVER_OVERLOADED = 745
     KEEPER_EXCEPTION = 999
 
@@ -94,6 +116,37 @@ TRANSIENT = frozenset(
 )
 
 
+# The server refused a value (a CHECK constraint, a number out of range, a string it
+# cannot parse into its column): about some rows, not about the statement, so inserting
+# the batch's other rows works. A code not listed here or above halts ingest.
+DATA = frozenset(
+    {
+        Code.CANNOT_PARSE_TEXT,
+        Code.CANNOT_PARSE_ESCAPE_SEQUENCE,
+        Code.CANNOT_PARSE_QUOTED_STRING,
+        Code.CANNOT_PARSE_INPUT_ASSERTION_FAILED,
+        Code.CANNOT_PARSE_DATE,
+        Code.CANNOT_PARSE_DATETIME,
+        Code.ARGUMENT_OUT_OF_BOUND,
+        Code.CANNOT_CONVERT_TYPE,
+        Code.CANNOT_PARSE_NUMBER,
+        Code.INCORRECT_DATA,
+        Code.TOO_LARGE_ARRAY_SIZE,
+        Code.CANNOT_READ_ARRAY_FROM_TEXT,
+        Code.TOO_LARGE_STRING_SIZE,
+        Code.VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE,
+        Code.CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN,
+        Code.CANNOT_PARSE_UUID,
+        Code.DECIMAL_OVERFLOW,
+        Code.CANNOT_PARSE_BOOL,
+        Code.VIOLATED_CONSTRAINT,
+        Code.CANNOT_PARSE_IPV4,
+        Code.CANNOT_PARSE_IPV6,
+        Code.UNKNOWN_ELEMENT_OF_ENUM,
+    }
+)
+
+
 # A read stopped by its budget (``ReadBudget``): the API says so rather than "unavailable".
 BUDGET = frozenset({Code.TOO_MANY_ROWS, Code.TIMEOUT_EXCEEDED, Code.MEMORY_LIMIT_EXCEEDED})
 
@@ -110,6 +163,10 @@ class StoreUnavailable(StoreError):
     """ClickHouse cannot be reached or cannot take the operation now; worth retrying."""
 
 
+class StoreDataError(StoreError):
+    """ClickHouse refused a value of the data: the same statement with other rows works."""
+
+
 def classify(exc: ClickHouseError | OSError) -> StoreError:
     """The service's error for an exception raised by clickhouse-connect (or by the
     local file an embedded insert is staged in)."""
@@ -119,6 +176,8 @@ def classify(exc: ClickHouseError | OSError) -> StoreError:
     code = getattr(exc, "code", None)
     if isinstance(code, int) and code in TRANSIENT:
         return StoreUnavailable(text, code)
+    if isinstance(code, int) and code in DATA:
+        return StoreDataError(text, code)
     if isinstance(code, int) and code > 0:
         return StoreError(text, code)
     # No server code: the transport failed (connection refused or reset, an HTTP
