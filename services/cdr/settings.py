@@ -246,11 +246,12 @@ class Settings(BaseSettings):
     )
     tenant_max_concurrent_requests: int = Field(
         4,
-        ge=1,
+        ge=2,  # a page with its total
         le=1_000,
         description=(
-            "API requests one tenant may have in progress at once (per replica); more get a 429, so one tenant"
-            " cannot hold every ClickHouse reader."
+            "ClickHouse reads one tenant's API requests may hold at once (per replica): a page with its total"
+            " takes two, an export one while it streams, any other request one. A request that would go past"
+            " it gets a 429, so one tenant cannot hold every reader (keep it below CDR_CLICKHOUSE_POOL_SIZE)."
         ),
     )
     tenant_max_concurrent_exports: int = Field(
@@ -260,6 +261,24 @@ class Settings(BaseSettings):
         description=(
             "Exports (GET /v1/cdr/export) one tenant may run at once per replica; more get a 429. An export"
             " reads in batches on the shared readers, so it never holds one for long."
+        ),
+    )
+    max_concurrent_exports: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description=(
+            "Exports one API replica runs at once, all tenants together; more get a 429 with Retry-After."
+            " Each holds at most one window (CDR_EXPORT_WINDOW_ROWS records) in memory."
+        ),
+    )
+    export_window_rows: int = Field(
+        20_000,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Records per export read (keyset window): what one export holds in memory at most, whatever"
+            " the time distribution of the calls and however slowly its client reads."
         ),
     )
     clickhouse_password: SecretStr | None = Field(

@@ -1,17 +1,23 @@
 """GET /v1/cdr/export against the real stack: record for record what a scroll of the same
 filters returns, in both formats, over 100,000+ CDRs; headers, BOM and file name; one
-export per tenant at a time, the slot given back when the client goes away."""
+export per tenant at a time and a cap per replica, the slot given back when the client
+goes away; keyset windows of a bounded number of records, however the calls spread."""
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import AsyncGenerator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
-from tests.api.conftest import Api
+from cdr.store import Store
+from cdr.store.client import Param
+from tests.api.conftest import TOKENS, Api, second_server
 from tests.helpers import events
 
 BULK = "t3.example"
@@ -106,3 +112,95 @@ async def test_an_export_is_gzip_compressed_only_for_a_client_that_asks(api: Api
     assert "content-encoding" not in plain.headers and plain.content.count(b"\n") > 100
     assert packed.headers["content-encoding"] == "gzip" and packed.headers["vary"] == "Accept-Encoding"
     assert gzip.decompress(raw) == plain.content and len(raw) < len(plain.content) / 3
+
+
+class CountingStore(Store):
+    """The test store, counting the records of every streamed (export) read."""
+
+    def __init__(self, api: Api) -> None:
+        super().__init__(api.store.dsn, database=api.store.database)
+        self.read_sizes: list[int] = []
+
+    async def stream_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> AsyncGenerator[bytes, None]:
+        self.read_sizes.append(0)
+        async for piece in super().stream_formatted(sql, params, fmt):
+            self.read_sizes[-1] += piece.count(b"\n")
+            yield piece
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+async def test_an_hour_busier_than_a_window_is_exported_once_in_order_in_bounded_reads(api: Api, order: str) -> None:
+    """2,000 calls in one hour, 700 of them in the same millisecond (ties broken by id),
+    exported with windows of 150 records: every call once, in list order, and no read
+    returns more than a window (an hour was never split before: one read of 2,000)."""
+    tenant, window = "t2.example", 150
+    busy = datetime(2023, 3, 5, 10, tzinfo=UTC)
+    await api.insert(
+        events(700, seed=741, tenants=(tenant,), start=busy, spacing_s=0)
+        + events(1_300, seed=742, tenants=(tenant,), start=busy, spacing_s=2)
+    )
+    want = await api.scroll(tenant, {"order": order})
+    ids = [r["id"] for r in want]
+    assert len(ids) == len(set(ids)) >= 2_000 + 800  # the busy hour and the fixture's calls
+
+    counting = CountingStore(api)
+    server, task, url = await second_server(api, counting, export_window_rows=window)
+    try:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS[tenant]}"}) as client:
+            response = await client.get("/v1/cdr/export", params={"format": "ndjson", "order": order}, timeout=60)
+    finally:
+        server.should_exit = True
+        await task
+        await counting.close()
+    assert response.status_code == 200, response.text
+    assert [orjson.loads(line) for line in response.content.splitlines()] == want
+    assert max(counting.read_sizes) == window, counting.read_sizes
+    assert sum(counting.read_sizes) == len(want)
+
+
+async def test_a_replica_runs_at_most_its_cap_of_exports(bulk: Api) -> None:
+    """With a cap of one export per replica, a second tenant's export is refused with the
+    API's JSON 429 and a Retry-After while the first streams, and served once it ends."""
+    server, task, url = await second_server(bulk, max_concurrent_exports=1)
+    try:
+        async with (
+            httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS[BULK]}"}) as first,
+            httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS['t1.example']}"}) as other,
+        ):
+            async with first.stream("GET", "/v1/cdr/export", params={"format": "ndjson"}) as running:
+                assert running.status_code == 200
+                async for _ in running.aiter_bytes():
+                    break  # under way; read no further
+                refused = await other.get("/v1/cdr/export")
+                assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+                assert refused.json()["error"]["code"] == "rate_limited", refused.text
+                assert (await other.get("/v1/cdr", params={"limit": "5"})).status_code == 200
+            for _ in range(50):  # the slot comes back when the first client leaves
+                again = await other.get("/v1/cdr/export", params={"status": "BUSY"})
+                if again.status_code == 200:
+                    break
+            assert again.status_code == 200
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_a_streaming_export_holds_one_of_its_tenants_reads(bulk: Api) -> None:
+    """With a limit of two reads, a tenant streaming an export has one left: a page with
+    its total (two reads) is refused, a scroll batch (one) is served."""
+    server, task, url = await second_server(bulk, tenant_max_concurrent_requests=2)
+    try:
+        async with (
+            httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS[BULK]}"}) as client,
+            client.stream("GET", "/v1/cdr/export", params={"format": "ndjson"}) as running,
+        ):
+            assert running.status_code == 200
+            async for _ in running.aiter_bytes():
+                break  # under way; read no further
+            page = await client.get("/v1/cdr", params={"page": "1", "limit": "5"})
+            scroll = await client.get("/v1/cdr", params={"limit": "5"})
+    finally:
+        server.should_exit = True
+        await task
+    assert page.status_code == 429 and page.json()["error"]["code"] == "rate_limited", page.text
+    assert scroll.status_code == 200, scroll.text

@@ -243,7 +243,7 @@ async def test_a_flood_from_one_tenant_leaves_others_and_readiness_answering(api
 
     from tests.api.conftest import TOKENS
 
-    server, task, url = await second_server(api, tenant_max_concurrent_requests=2)
+    server, task, url = await second_server(api, tenant_max_concurrent_requests=4)  # two pages with totals
     expensive = {"page": "1", "limit": "1000", "order": "desc", "start_date": "1990-01-01"}
     try:
         async with (
@@ -338,7 +338,7 @@ async def test_every_tenant_route_refuses_a_request_without_a_token(api: Api) ->
 async def test_a_client_that_leaves_frees_its_slot_and_its_waiting_read_never_runs(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One reader, busy for ~2 s; a tenant allowed one request at a time asks, gives up
+    """One reader, busy for ~2 s; a tenant allowed one page at a time (two reads) asks, gives up
     after 0.4 s and closes the connection. Its request is cancelled then (logged 499),
     so its read, still queued, is dropped and its slot is free at once: the same
     tenant's next request is served, not refused with 429 as while the first one held
@@ -352,7 +352,7 @@ async def test_a_client_that_leaves_frees_its_slot_and_its_waiting_read_never_ru
 
     caplog.set_level(logging.INFO, logger="cdr.api.access")
     one_reader = Store(api.store.dsn, database=api.store.database, read_workers=1)
-    server, task, url = await second_server(api, one_reader, tenant_max_concurrent_requests=1)
+    server, task, url = await second_server(api, one_reader, tenant_max_concurrent_requests=2)
     auth = {"Authorization": f"Bearer {TOKENS['t1.example']}"}
     busy = asyncio.create_task(one_reader.query("SELECT sleepEachRow(0.5) FROM numbers(4) SETTINGS max_block_size = 1"))
     try:

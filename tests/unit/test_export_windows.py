@@ -1,46 +1,32 @@
-"""How an export cuts the time axis into reads of about the same size."""
+"""How an export reads in keyset windows: each read is bounded by keys and by a row count,
+never by time, so no hour of calls makes a bigger window."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from itertools import pairwise
-
-from hypothesis import given
-from hypothesis import strategies as st
+from uuid import UUID
 
 from cdr.model.record import API_FIELDS
-from cdr.store.queries import _API_COLUMNS, export_windows
+from cdr.store.queries import _API_COLUMNS, SearchFilters, export_query, export_window_end_query
 
-HOUR = 3600
-
-
-def _in(window: tuple[datetime | None, datetime | None], hour: int) -> bool:
-    moment = datetime.fromtimestamp(hour, tz=UTC)
-    low, high = window
-    return (low is None or moment >= low) and (high is None or moment < high)
+KEY = (datetime(2024, 5, 1, tzinfo=UTC), UUID(int=7))
 
 
-def test_nothing_counted_is_one_window_over_all_time() -> None:
-    assert export_windows([], 20_000) == [(None, None)]
+def test_a_window_ends_at_the_last_of_its_rows_after_the_previous_one() -> None:
+    first = export_window_end_query("db.cdr", "t", SearchFilters(), desc=False, after=None, rows=500)
+    assert "LIMIT {rows:UInt32}" in first.sql and first.params["rows"] == 500
+    assert "after_ts" not in first.params
+    nxt = export_window_end_query("db.cdr", "t", SearchFilters(status="BUSY"), desc=True, after=KEY, rows=500)
+    assert (nxt.params["after_ts"], nxt.params["after_id"], nxt.params["status"]) == (*KEY, "BUSY")
+    assert "id < {after_id:UUID}" in nxt.sql and "FINAL" in nxt.sql
 
 
-def test_hours_are_packed_up_to_the_target_and_a_busy_hour_stands_alone() -> None:
-    hours = [(0, 8), (HOUR, 8), (2 * HOUR, 8), (3 * HOUR, 50), (4 * HOUR, 1)]
-    windows = export_windows(hours, 20)
-    per_window = [sum(n for hour, n in hours if _in(w, hour)) for w in windows]
-    assert per_window == [16, 8, 50, 1]
-
-
-@given(st.lists(st.integers(min_value=1, max_value=5_000), max_size=60), st.integers(min_value=1, max_value=10_000))
-def test_windows_cover_all_time_in_order_and_hold_at_most_the_target(counts: list[int], target: int) -> None:
-    hours = [(i * HOUR * 3, n) for i, n in enumerate(counts)]  # gaps between counted hours too
-    windows = export_windows(hours, target)
-    assert windows[0][0] is None and windows[-1][1] is None
-    assert all(a[1] == b[0] for a, b in pairwise(windows))  # contiguous, no overlap
-    for window in windows:
-        inside = [n for hour, n in hours if _in(window, hour)]
-        assert sum(inside) <= target or len(inside) == 1
-    assert sum(sum(1 for hour, _ in hours if _in(w, hour)) for w in windows) == len(hours)
+def test_a_window_reads_between_two_keys_in_list_order() -> None:
+    window = export_query("db.cdr", "t", SearchFilters(), tz="UTC", desc=False, after=KEY, last=KEY)
+    assert "id > {after_id:UUID}" in window.sql and "id <= {last_id:UUID}" in window.sql
+    assert "ORDER BY time_started ASC, id ASC" in window.sql
+    first = export_query("db.cdr", "t", SearchFilters(), tz="UTC", desc=True, after=None, last=KEY)
+    assert "after_ts" not in first.params and "id >= {last_id:UUID}" in first.sql
 
 
 def test_the_export_columns_are_the_api_fields_in_order() -> None:

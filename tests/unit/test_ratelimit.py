@@ -42,3 +42,20 @@ def test_off_by_default() -> None:
     limiter = TenantRateLimiter()
     for _ in range(1000):
         assert limiter.check("a", 0, 1) == {}
+
+
+def test_slots_take_several_at_once_up_to_the_limit_and_give_them_back_once() -> None:
+    from cdr.api.ratelimit import Slots
+
+    slots = Slots(4)
+    refusal = RateLimited("full", headers={"Retry-After": "1"})
+    page = slots.claim("a", refusal, 2)
+    slots.claim("a", refusal, 1)
+    with pytest.raises(RateLimited):
+        slots.claim("a", refusal, 2)  # 3 held: a page's two reads do not fit
+    slots.claim("b", refusal, 4)  # tenants are counted apart
+    page()
+    page()  # idempotent: a stream's release may run twice
+    assert slots.taken("a") == 1
+    slots.claim("a", refusal, 3)
+    assert slots.taken("a") == 4

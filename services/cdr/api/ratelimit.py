@@ -42,3 +42,36 @@ def _state(tokens: float, per_second: float, burst: int) -> dict[str, str]:
         "RateLimit-Remaining": str(max(int(tokens), 0)),
         "RateLimit-Reset": str(math.ceil((burst - tokens) / per_second)),
     }
+
+
+class Slots:
+    """Counted holdings per key (a tenant, or one key for the whole replica) up to a limit:
+    ``claim`` takes ``n`` at once or raises ``refusal``, and returns their release
+    (idempotent: a stream's release may run from more than one place)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._taken: dict[str, int] = {}
+
+    def taken(self, key: str) -> int:
+        return self._taken.get(key, 0)
+
+    def claim(self, key: str, refusal: RateLimited, n: int = 1) -> Callable[[], None]:
+        taken = self._taken.get(key, 0)
+        if taken + n > self.limit:
+            raise refusal
+        self._taken[key] = taken + n
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self._taken[key] - n
+            if left:
+                self._taken[key] = left
+            else:
+                del self._taken[key]
+
+        return release

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -34,7 +34,7 @@ from cdr.api.params import (
     parse_stats_request,
     stats_params,
 )
-from cdr.api.ratelimit import TenantRateLimiter
+from cdr.api.ratelimit import Slots, TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
 from cdr.model.record import API_FIELDS
 from cdr.settings import Settings
@@ -43,13 +43,12 @@ from cdr.store.errors import BUDGET
 from cdr.store.queries import (
     MAX_GROUPS,
     STAT_QUANTILE_FIELDS,
+    Key,
     SearchFilters,
-    Window,
     call_id_lookup_query,
     count_query,
-    export_hours_query,
     export_query,
-    export_windows,
+    export_window_end_query,
     id_lookup_query,
     page_query,
     record,
@@ -83,10 +82,7 @@ class Caller:
 TenantHandler = Callable[[Request, Caller], Awaitable[Response]]
 T = TypeVar("T")
 _MAX_KEY = 1024
-# Records per export read. A read is streamed from the engine and runs at its pace, so a
-# slow client holds at most one window's pieces (~22 MB of NDJSON at 50,000) while no
-# shared reader waits for it; 50,000 measured 236-256 k rows/s against 207-218 k for 20,000.
-_EXPORT_WINDOW_ROWS = 50_000
+_REPLICA = ""  # the key of the replica-wide export count
 _BOM = "\ufeff".encode()
 _CSV_HEADER = (",".join(API_FIELDS) + "\r\n").encode()
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -122,8 +118,10 @@ class CdrRoutes:
         self._params = list_params(self._limits)
         # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
         self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
-        self._busy: dict[str, int] = {}  # tenant -> requests in progress
-        self._exports: dict[str, int] = {}  # tenant -> exports streaming
+        # Per tenant: store reads its requests hold (a page with its total: two).
+        self._reads = Slots(settings.tenant_max_concurrent_requests)
+        self._tenant_exports = Slots(settings.tenant_max_concurrent_exports)
+        self._exports = Slots(settings.max_concurrent_exports)  # the replica's, all tenants
         self._export_params = export_params(self._limits)
         self._stats_params = stats_params(self._limits)
 
@@ -136,20 +134,25 @@ class CdrRoutes:
 
     def routes(self) -> list[Route]:
         """Every /v1 route, each built by ``_tenant_route``: authentication, the tenant's
-        rate limit and its concurrency slot come with the route, not with each handler."""
+        rate limit and its store read come with the route, not with each handler. A
+        handler that reads more at once claims the others itself (a page's total), and
+        an export holds its read until its stream ends, after the handler returned."""
         return [
             self._tenant_route("/v1/cdr", self.list_cdrs),
             # Before the lookup route, whose {key:path} would take the word as a Call-ID.
-            self._tenant_route("/v1/cdr/export", self.export_cdrs),
+            self._tenant_route("/v1/cdr/export", self.export_cdrs, reads=0),
             self._tenant_route("/v1/cdr/stats", self.cdr_stats),
             self._tenant_route("/v1/cdr/{key:path}", self.get_cdr),
         ]
 
-    def _tenant_route(self, path: str, handler: TenantHandler) -> Route:
+    def _tenant_route(self, path: str, handler: TenantHandler, reads: int = 1) -> Route:
         async def endpoint(request: Request) -> Response:
             caller = self._caller(request)
-            with self._slot(caller.tenant):
+            release = self._claim_reads(caller.tenant, reads)
+            try:
                 return await handler(request, caller)
+            finally:
+                release()
 
         endpoint.__name__ = handler.__name__
         return Route(path, endpoint, methods=["GET"])
@@ -163,25 +166,25 @@ class CdrRoutes:
     async def export_cdrs(self, request: Request, caller: Caller) -> Response:
         """Every record the filters select, in list order, streamed as it is read.
 
-        One cheap count per hour of the selection cuts the time axis into consecutive
-        windows of about ``_EXPORT_WINDOW_ROWS`` records; each window is one read that
-        ClickHouse formats itself (CSV or JSONEachRow: no Python object per value) and
-        hands over in pieces as it reads (``Store.stream_formatted``), so memory stays flat
-        whatever the size and every read stays within the read budget. The windows cover
-        all time, so a call stored meanwhile is still in one. The count and the first
-        piece are read before the response starts, so an unavailable store is still a
-        503; a failure later cuts the stream (the client sees an incomplete chunked body).
-        A client that goes away stops the reads."""
+        Read in keyset windows of at most ``CDR_EXPORT_WINDOW_ROWS`` records: a key-only
+        read finds where the next window ends (the last of the next that many records),
+        then that window is one read that ClickHouse formats itself (CSV or JSONEachRow:
+        no Python object per value) and hands over in pieces as it reads
+        (``Store.stream_formatted``). So an export holds at most one window in memory
+        however its calls spread over time and however slowly its client reads, and
+        every read stays within the read budget; a replica runs at most
+        ``CDR_MAX_CONCURRENT_EXPORTS`` at once. Each window starts after the last key of
+        the one before, so a record is exported once, and one stored meanwhile ahead of
+        the read is still met. The first window is read up to its first piece before the
+        response starts, so an unavailable store is still a 503; a failure later cuts the
+        stream (the client sees an incomplete chunked body). A client that goes away
+        stops the reads."""
         wanted = parse_export_request(request.query_params, self._export_params, caller.context)
         tenant = caller.tenant
         release = self._export_slot(tenant)
         try:
-            hours = export_hours_query(self._table, tenant, wanted.filters)
-            counted = [(int(hour), int(n)) for hour, n in await self._run(hours.sql, hours.params)]
-            windows = export_windows(counted, _EXPORT_WINDOW_ROWS)
-            if wanted.order == "desc":
-                windows.reverse()
-            opening = self._export_window(caller, wanted, windows[0])
+            last = await self._export_window_end(caller, wanted, None)
+            opening = self._export_window(caller, wanted, None, last)
             first = await self._guarded(anext(opening, b""))
         except BaseException:
             release()
@@ -198,11 +201,14 @@ class CdrRoutes:
             yield first
             async for piece in opening:
                 yield piece
-            for window in windows[1:]:
+            after = last
+            while after is not None:
+                through = await self._export_window_end(caller, wanted, after)
                 # Closed at once when the client leaves: that stops the window's read.
-                async with aclosing(self._export_window(caller, wanted, window)) as read:
+                async with aclosing(self._export_window(caller, wanted, after, through)) as read:
                     async for piece in read:
                         yield piece
+                after = through
 
         async def body() -> AsyncIterator[bytes]:
             try:
@@ -224,21 +230,72 @@ class CdrRoutes:
             headers |= {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
         return StreamingResponse(body(), media_type=media, headers=headers)
 
-    def _export_window(self, caller: Caller, wanted: ExportRequest, window: Window) -> AsyncGenerator[bytes, None]:
+    async def _export_window_end(self, caller: Caller, wanted: ExportRequest, after: Key | None) -> Key | None:
+        """The key of the last record of the window after ``after``; None: nothing follows."""
+        query = export_window_end_query(
+            self._table,
+            caller.tenant,
+            wanted.filters,
+            desc=wanted.order == "desc",
+            after=after,
+            rows=self._settings.export_window_rows,
+        )
+        found = await self._run(query.sql, query.params)
+        return (_as_utc(found[0][0]), found[0][1]) if found else None
+
+    async def _export_window(
+        self, caller: Caller, wanted: ExportRequest, after: Key | None, through: Key | None
+    ) -> AsyncGenerator[bytes, None]:
+        """One window's records, formatted (nothing when ``through`` is None: no window)."""
+        if through is None:
+            return
         query = export_query(
-            self._table, caller.tenant, wanted.filters, tz=caller.timezone, desc=wanted.order == "desc", window=window
+            self._table,
+            caller.tenant,
+            wanted.filters,
+            tz=caller.timezone,
+            desc=wanted.order == "desc",
+            after=after,
+            last=through,
         )
         fmt = "CSV" if wanted.format == "csv" else "JSONEachRow"
-        return self._store.stream_formatted(query.sql, query.params, fmt)
+        async with aclosing(self._store.stream_formatted(query.sql, query.params, fmt)) as read:
+            async for piece in read:
+                yield piece
 
     def _export_slot(self, tenant: str) -> Callable[[], None]:
-        """One of the tenant's export slots (429 when all are taken); returns its release."""
-        return _claim(
-            self._exports,
-            tenant,
-            self._settings.tenant_max_concurrent_exports,
-            RateLimited("this tenant already runs an export; retry when it finishes", headers={"Retry-After": "5"}),
-        )
+        """An export's claims, held until its stream ends: one of the replica's export
+        slots, one of the tenant's, and one of the tenant's reads (its windows are read
+        one after another). A 429 when any is taken; returns their release."""
+        held = [
+            self._exports.claim(
+                _REPLICA,
+                RateLimited(
+                    f"this replica already runs {self._exports.limit} exports; retry shortly",
+                    headers={"Retry-After": "5"},
+                ),
+            )
+        ]
+        try:
+            held.append(
+                self._tenant_exports.claim(
+                    tenant,
+                    RateLimited(
+                        "this tenant already runs an export; retry when it finishes", headers={"Retry-After": "5"}
+                    ),
+                )
+            )
+            held.append(self._claim_reads(tenant, 1))
+        except RateLimited:
+            for release in held:
+                release()
+            raise
+
+        def release_all() -> None:
+            for release in held:
+                release()
+
+        return release_all
 
     async def cdr_stats(self, request: Request, caller: Caller) -> Response:
         wanted = parse_stats_request(request.query_params, self._stats_params, caller.context)
@@ -288,8 +345,12 @@ class CdrRoutes:
             desc=desc,
         )
         count = count_query(self._table, tenant, wanted.filters)
-        # Two reads on two pool clients, at once.
-        rows, total = await asyncio.gather(self._run(page.sql, page.params), self._run(count.sql, count.params))
+        # Two reads on two pool clients, at once: the route holds one, the total the other.
+        release = self._claim_reads(tenant, 1)
+        try:
+            rows, total = await asyncio.gather(self._run(page.sql, page.params), self._run(count.sql, count.params))
+        finally:
+            release()
         return {
             "data": [record(row) for row in rows],
             "limit": wanted.limit,
@@ -412,45 +473,16 @@ class CdrRoutes:
             log.error("ClickHouse unavailable", extra={"error": str(exc)[:300]})
             raise Unavailable("the CDR store is unavailable; retry shortly", headers={"Retry-After": "5"}) from exc
 
-    @contextmanager
-    def _slot(self, tenant: str) -> Iterator[None]:
-        """One of the tenant's concurrent-request slots for the block, or a 429: a flood
-        from one tenant holds at most this many of the shared ClickHouse readers."""
-        release = _claim(
-            self._busy,
+    def _claim_reads(self, tenant: str, reads: int) -> Callable[[], None]:
+        """``reads`` more of the tenant's concurrent store reads, or a 429: a flood from one
+        tenant holds at most this many of the shared ClickHouse readers."""
+        return self._reads.claim(
             tenant,
-            self._settings.tenant_max_concurrent_requests,
             RateLimited(
                 "this tenant has too many requests in progress; retry when one finishes", headers={"Retry-After": "1"}
             ),
+            reads,
         )
-        try:
-            yield
-        finally:
-            release()
-
-
-def _claim(counts: dict[str, int], tenant: str, limit: int, refusal: RateLimited) -> Callable[[], None]:
-    """Count one more for the tenant, or raise ``refusal`` at ``limit``; returns the release
-    (idempotent: a stream's release may run from more than one place)."""
-    taken = counts.get(tenant, 0)
-    if taken >= limit:
-        raise refusal
-    counts[tenant] = taken + 1
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if released:
-            return
-        released = True
-        left = counts[tenant] - 1
-        if left:
-            counts[tenant] = left
-        else:
-            del counts[tenant]
-
-    return release
 
 
 def _same_filters(wanted: ListRequest, position: Position) -> None:

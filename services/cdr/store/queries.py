@@ -8,8 +8,7 @@ collapse to their newest version whatever the state of background merges.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from itertools import pairwise
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -211,6 +210,34 @@ def _within(window: Window, clauses: list[str], params: dict[str, Param]) -> Non
         params["window_high"] = high
 
 
+Key = tuple[datetime, UUID]  # (time_started, id): a position in list order
+
+
+def _beyond(after: Key | None, clauses: list[str], params: dict[str, Param], *, desc: bool) -> None:
+    """Only records past ``after`` in list order (all when None)."""
+    if after is None:
+        return
+    # The first clause alone selects an index range; the second breaks ties by id.
+    if desc:
+        clauses.append("time_started <= {after_ts:DateTime64(3, 'UTC')}")
+        clauses.append("(time_started < {after_ts:DateTime64(3, 'UTC')} OR id < {after_id:UUID})")
+    else:
+        clauses.append("time_started >= {after_ts:DateTime64(3, 'UTC')}")
+        clauses.append("(time_started > {after_ts:DateTime64(3, 'UTC')} OR id > {after_id:UUID})")
+    params["after_ts"], params["after_id"] = after
+
+
+def _through(last: Key, clauses: list[str], params: dict[str, Param], *, desc: bool) -> None:
+    """Only records up to ``last`` in list order, ``last`` included."""
+    if desc:
+        clauses.append("time_started >= {last_ts:DateTime64(3, 'UTC')}")
+        clauses.append("(time_started > {last_ts:DateTime64(3, 'UTC')} OR id >= {last_id:UUID})")
+    else:
+        clauses.append("time_started <= {last_ts:DateTime64(3, 'UTC')}")
+        clauses.append("(time_started < {last_ts:DateTime64(3, 'UTC')} OR id <= {last_id:UUID})")
+    params["last_ts"], params["last_id"] = last
+
+
 def scroll_query(
     table: str,
     tenant: str,
@@ -219,7 +246,7 @@ def scroll_query(
     tz: str,
     limit: int,
     desc: bool,
-    after: tuple[datetime, UUID] | None,
+    after: Key | None,
     window: Window = (None, None),
 ) -> Query:
     """The next ``limit`` records after a keyset position; fetches one extra to tell
@@ -230,15 +257,7 @@ def scroll_query(
     """
     clauses, params = _where(tenant, f)
     _within(window, clauses, params)
-    if after is not None:
-        # The first clause alone selects an index range; the second breaks ties by id.
-        if desc:
-            clauses.append("time_started <= {after_ts:DateTime64(3, 'UTC')}")
-            clauses.append("(time_started < {after_ts:DateTime64(3, 'UTC')} OR id < {after_id:UUID})")
-        else:
-            clauses.append("time_started >= {after_ts:DateTime64(3, 'UTC')}")
-            clauses.append("(time_started > {after_ts:DateTime64(3, 'UTC')} OR id > {after_id:UUID})")
-        params["after_ts"], params["after_id"] = after
+    _beyond(after, clauses, params, desc=desc)
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
@@ -290,38 +309,37 @@ def record(row: list[Any]) -> dict[str, Any]:
     return out
 
 
-def export_hours_query(table: str, tenant: str, f: SearchFilters) -> Query:
-    """How many records the filters select per hour of time_started (Unix seconds of the
-    hour, UTC): where to cut an export into windows of about the same size."""
+def export_window_end_query(
+    table: str, tenant: str, f: SearchFilters, *, desc: bool, after: Key | None, rows: int
+) -> Query:
+    """Where the next export window ends: the key of the last of the (up to) ``rows``
+    records that follow ``after`` in list order; no row when none follows. Reads only the
+    key columns (and the version FINAL needs) of at most ``rows`` records, so a window is
+    ``rows`` records however they spread over time (an hour of 200,000 calls included)."""
     clauses, params = _where(tenant, f)
+    _beyond(after, clauses, params, desc=desc)
+    direction, back = ("DESC", "ASC") if desc else ("ASC", "DESC")
     sql = (
-        f"SELECT toUnixTimestamp(toStartOfHour(time_started, 'UTC')) AS hour, count() FROM {table} FINAL"
-        f" WHERE {' AND '.join(clauses)} GROUP BY hour ORDER BY hour" + _FINAL_SETTINGS
+        f"SELECT time_started, id FROM (SELECT time_started, id FROM {table} FINAL WHERE {' AND '.join(clauses)}"
+        f" ORDER BY time_started {direction}, id {direction} LIMIT {{rows:UInt32}})"
+        f" ORDER BY time_started {back}, id {back} LIMIT 1" + _FINAL_SETTINGS
     )
-    return Query(sql, params)
+    return Query(sql, {**params, "rows": rows})
 
 
-def export_windows(hours: list[tuple[int, int]], target_rows: int) -> list[Window]:
-    """Consecutive half-open ranges [low, high) of time_started (None: unbounded) that
-    together cover all time, cut at hour starts so that each holds about ``target_rows``
-    of the counted records (an hour is never split: one busier than that is a window of
-    its own). Ascending; records that arrive later fall in one of them too."""
-    cuts: list[datetime] = []
-    held = 0
-    for hour, count in hours:
-        if held and held + count > target_rows:
-            cuts.append(datetime.fromtimestamp(hour, tz=UTC))
-            held = 0
-        held += count
-    bounds: list[datetime | None] = [None, *cuts, None]
-    return list(pairwise(bounds))
+def export_query(
+    table: str, tenant: str, f: SearchFilters, *, tz: str, desc: bool, after: Key | None, last: Key
+) -> Query:
+    """One export window in list order: the records after ``after`` through ``last``, as
+    API records for ClickHouse to format (CSV or JSONEachRow, named by the caller).
 
-
-def export_query(table: str, tenant: str, f: SearchFilters, *, tz: str, desc: bool, window: Window) -> Query:
-    """One window's records in list order, as API records for ClickHouse to format
-    (CSV or JSONEachRow, named by the caller)."""
+    Bounded by keys, not by a row LIMIT: ``last`` was the window's ``rows``-th record a
+    moment ago, and a LIMIT would drop a record that was there all along if one was
+    stored before it in between (the next window starts after ``last``). So a window
+    holds its ``rows`` records plus any stored into its key range in that moment."""
     clauses, params = _where(tenant, f)
-    _within(window, clauses, params)
+    _beyond(after, clauses, params, desc=desc)
+    _through(last, clauses, params, desc=desc)
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_EXPORT_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)}"
