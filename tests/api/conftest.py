@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from starlette.types import ASGIApp
 
 from cdr.api.app import create_app
 from cdr.api.auth import token_digest
@@ -30,9 +32,55 @@ SECRET = "cursor-secret-for-tests-" + "x" * 16
 
 
 def free_port() -> int:
+    """A port for a server in another process, which binds it itself (a small race with
+    anything else binding one meanwhile). A server in this process gets its socket bound
+    already (``serve``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Clock:
+    """A clock a test moves on by hand (``create_app(clock=...)``)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Swap in a new file as a Secret volume does (a new inode by rename), so a change is
+    seen however coarse the file system's timestamps and whatever the size."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    staged.replace(path)
+
+
+_START_TIMEOUT_S = 30.0
+
+
+async def serve(app: ASGIApp, settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    """An API server on a loopback socket bound before it starts (no port to lose to
+    another process between picking and binding it), once it accepts connections."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    server = http_server(app, "127.0.0.1", port, settings)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    deadline = asyncio.get_running_loop().time() + _START_TIMEOUT_S
+    while not server.started:
+        if task.done() or asyncio.get_running_loop().time() > deadline:
+            server.should_exit = True
+            await task  # its exception, if it failed to start
+            sock.close()
+            raise RuntimeError(f"the API server did not start within {_START_TIMEOUT_S} s")
+        await asyncio.sleep(0.05)
+    return server, task, f"http://127.0.0.1:{port}"
 
 
 @dataclass(repr=False)
@@ -83,15 +131,11 @@ def api_settings(data_dir: Path, **extra: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
-    settings = api_settings(tmp_path_factory.mktemp("api-store"), api_port=free_port())
+    settings = api_settings(tmp_path_factory.mktemp("api-store"))
     store = open_store(settings)
     await migrate(store)
-    app = create_app(settings, store, Metrics())
-    server = http_server(app, "127.0.0.1", settings.api_port, settings)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    seeded = Api(f"http://127.0.0.1:{settings.api_port}", settings, store)
+    server, task, url = await serve(create_app(settings, store, Metrics()), settings)
+    seeded = Api(url, settings, store)
     await seeded.insert(events(2_400, seed=11, tenants=("t1.example", "t2.example", "t1.example"), spacing_s=300))
     try:
         yield seeded
@@ -101,12 +145,11 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
         await store.close()
 
 
-async def second_server(api: Api, store: object = None, **settings: object) -> tuple[Any, Any, str]:
-    """Another API server on the test store (or ``store``) with other settings."""
+async def second_server(
+    api: Api, store: Store | None = None, clock: Callable[[], float] | None = None, **settings: object
+) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    """Another API server on the test store (or ``store``) with other settings; ``clock``:
+    the one its token and tenant files are rechecked by (a test moves it on)."""
     changed = api.settings.model_copy(update=settings)
-    port = free_port()
-    server = http_server(create_app(changed, store or api.store, Metrics()), "127.0.0.1", port, changed)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    return server, task, f"http://127.0.0.1:{port}"
+    timing = {} if clock is None else {"clock": clock}
+    return await serve(create_app(changed, store or api.store, Metrics(), **timing), changed)

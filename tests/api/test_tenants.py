@@ -4,7 +4,6 @@ refused naming the tenant and the field."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,13 @@ import yaml
 from cdr.api.auth import token_digest
 from cdr.api.tenants import load_directory
 from cdr.settings import SettingsError, load_settings
-from tests.api.conftest import TOKENS, Api, second_server
+from tests.api.conftest import TOKENS, Api, Clock, replace_file, second_server
 
 OLD, NEW, OTHER = "rotating-old-" + "o" * 20, "rotating-new-" + "n" * 20, "other-tenant-" + "x" * 20
 
 
 def _directory(path: Path, tenants: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump({"tenants": tenants}))
+    replace_file(path, yaml.safe_dump({"tenants": tenants}))
     return path
 
 
@@ -39,7 +38,8 @@ async def test_timezone_tokens_and_rate_limit_per_tenant_and_reloaded(api: Api, 
             "t2.example": {"tokens": [token_digest(OTHER)], "rate_limit_per_s": 1, "rate_limit_burst": 2},
         },
     )
-    server, task, url = await second_server(api, api_tokens="", tenants_file=directory)
+    clock = Clock()
+    server, task, url = await second_server(api, clock=clock, api_tokens="", tenants_file=directory)
     try:
         # Both tokens of a rotation work; times are shown in the tenant's own timezone.
         default = (await _get(api.url, TOKENS["t1.example"], limit="1")).json()["data"][0]
@@ -56,12 +56,12 @@ async def test_timezone_tokens_and_rate_limit_per_tenant_and_reloaded(api: Api, 
         assert codes == [200, 200, 429]
         # The rotation ends: the old token is removed from the file; no restart.
         _directory(directory, {"t1.example": {"tokens": [token_digest(NEW)], "timezone": "UTC"}})
-        await asyncio.sleep(2.5)
+        clock.advance(60)  # past the recheck interval
         assert (await _get(url, OLD)).status_code == 401 and (await _get(url, NEW)).status_code == 200
         assert (await _get(url, OTHER)).status_code == 401
         # A broken edit keeps the directory that worked.
-        directory.write_text("tenants:\n  t1.example:\n    tokens: [not-a-digest]\n")
-        await asyncio.sleep(2.5)
+        replace_file(directory, "tenants:\n  t1.example:\n    tokens: [not-a-digest]\n")
+        clock.advance(60)
         assert (await _get(url, NEW)).status_code == 200
     finally:
         server.should_exit = True

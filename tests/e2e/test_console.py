@@ -85,7 +85,7 @@ def browser(console: Console) -> Iterator[Any]:
     if chromium is None or driver_path is None:
         pytest.fail(
             "the console tests need Debian's chromium and chromium-driver packages"
-            " (apt-get install chromium chromium-driver; .ci/run installs them)"
+            " (apt-get install chromium chromium-driver; make test installs them)"
         )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium

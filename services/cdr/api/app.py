@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -90,15 +91,17 @@ def create_app(
     extra_ready: ExtraReady | None = None,
     close_store: bool = False,
     ops_routes_here: bool = True,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
     """The API over an open store. ``close_store``: the app's lifespan closes it.
     ``ops_routes_here``: /healthz, /readyz and /metrics on this app too (``cdr run``, one
     port); ``cdr api`` serves them on ``CDR_OPS_PORT`` instead (``api_ops_app``), so the
-    public port and an Ingress in front of it expose the CDR routes only."""
+    public port and an Ingress in front of it expose the CDR routes only. ``clock``: the one
+    the token and tenant files are rechecked by (a test moves it on instead of waiting)."""
     if settings.cursor_secret is None:
         raise SettingsError("CDR_CURSOR_SECRET is required by the API (at least 32 characters)")
     watched = [path for path in (settings.api_tokens_file, settings.tenants_file) if path is not None]
-    tokens = TokenAuthority(lambda: load_directory(settings), watched)
+    tokens = TokenAuthority(lambda: load_directory(settings), watched, clock)
     if not tokens.tenants:
         log.warning("no API tokens configured (CDR_API_TOKENS / CDR_API_TOKENS_FILE): every request gets 401")
     cdr = CdrRoutes(
