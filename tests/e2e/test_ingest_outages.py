@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,7 +23,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from cdr.ingest.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
 from tests.api.conftest import free_port
 from tests.e2e.own_broker import Broker, exit_code, get_or_none, json_lines, metrics_show, start_cdr
-from tests.helpers import encoded, events, produce, read_all, service_env, unique, wait_for
+from tests.helpers import committed_offsets, encoded, events, produce, read_all, service_env, unique, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +166,62 @@ async def test_a_stuck_dead_letter_topic_turns_readiness_off_then_recovers(broke
         await admin.close()
 
 
+class _HangingInserts(BaseHTTPRequestHandler):
+    """A ClickHouse HTTP peer that answers the client's start-up and the migrations
+    (empty results) and takes the events' inserts without ever answering them."""
+
+    inserts = threading.Event()  # an insert of events arrived
+    release = threading.Event()  # the test is over: let the hung handlers go
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if "INSERT+INTO" in self.path and "%60cdr%60" in self.path:
+            type(self).inserts.set()
+            type(self).release.wait()
+            return
+        answer = b"24.8.1.1\tUTC\n" if b"version()" in body else b""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_GET = do_POST
+
+
+async def test_a_stop_is_bounded_while_clickhouse_never_answers_an_insert(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """SIGTERM while an insert hangs on a server that never answers: the batch is abandoned
+    uncommitted and the process exits within CDR_SHUTDOWN_TIMEOUT_MS and a few seconds, not
+    after the insert's HTTP timeout (300 s)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HangingInserts)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env, topic = await service_env(kafka_bootstrap, tmp_path / "store", ops_port=0, shutdown_timeout_ms=3_000)
+    env["CDR_CLICKHOUSE_URL"] = f"http://default@127.0.0.1:{server.server_port}"
+    await produce(kafka_bootstrap, topic, encoded(events(50, seed=84)))
+    log = tmp_path / "ingest.log"
+    process = start_cdr("ingest", env, log)
+    try:
+        assert await asyncio.to_thread(_HangingInserts.inserts.wait, 60), log.read_text()[-3000:]
+        asked = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 60)
+        took = time.monotonic() - asked
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        _HangingInserts.release.set()
+        server.shutdown()
+    assert code == 0, log.read_text()[-3000:]
+    assert took < 3 + 10, took  # the shutdown budget, and a margin for closing and exit
+    assert any(x["msg"] == "ingest stopped" for x in json_lines(log))
+    offsets = await committed_offsets(kafka_bootstrap, env["CDR_KAFKA_GROUP_ID"], topic)
+    assert sum(offsets.values()) == 0
+
+
 async def test_a_missing_topic_fails_fast_naming_its_setting(kafka_bootstrap: str, tmp_path: Path) -> None:
     env, _ = await service_env(kafka_bootstrap, tmp_path / "store", ops_port=0)
     env["CDR_KAFKA_DLQ_TOPIC"] = unique("no-such-dlq")
@@ -186,6 +244,7 @@ async def test_a_missing_topic_fails_fast_naming_its_setting(kafka_bootstrap: st
         ("CDR_DATA_DIR", "<a file>", 2, "cannot create the folder"),
         ("CDR_CLICKHOUSE_URL", "http://user@127.0.0.1:1", 1, "ClickHouse unreachable"),
         ("CDR_CLICKHOUSE_URL", "http://user:hunter2@127.0.0.1:1", 2, "must not carry a password"),
+        ("CDR_KAFKA_DLQ_TOPIC", "bad topic!", 2, "is not a Kafka topic name"),
     ],
 )
 async def test_start_up_failures_are_one_structured_line(

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import queue
 import threading
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -161,44 +163,64 @@ class ReadBudget:
         return limits
 
 
+_Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
 class _Lane:
-    """Worker threads, each with a clickhouse-connect client of its own."""
+    """Worker threads, each with a clickhouse-connect client of its own (made on its first
+    call, closed by the thread as it ends).
+
+    Daemon threads, not a ThreadPoolExecutor: the interpreter joins an executor's threads
+    at exit, so an insert hung on a server that never answers would hold a stopped process
+    for the whole HTTP timeout (300 s). A call still running when ``close`` gives up is
+    left to end on its own, or with the process."""
 
     def __init__(self, name: str, workers: int, make_client: Callable[[], Client]) -> None:
         self._make_client = make_client
-        self._local = threading.local()
-        self._clients: list[Client] = []
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"clickhouse-{name}")
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()  # None: a thread's end
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"clickhouse-{name}-{n}", daemon=True) for n in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _client(self) -> Client:
-        client: Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = self._make_client()
-            with self._lock:
-                self._clients.append(client)
-            self._local.client = client
-        return client
-
-    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _serve(self) -> None:
+        client: Client | None = None
         try:
-            return fn(self._client(), *args)
-        except (ClickHouseError, OSError) as exc:
-            raise classify(exc) from exc
+            while (call := self._calls.get()) is not None:
+                future, fn, args = call
+                if not future.set_running_or_notify_cancel():
+                    continue  # cancelled before it started: never runs
+                try:
+                    if client is None:
+                        client = self._make_client()
+                    result = fn(client, *args)
+                except (ClickHouseError, OSError) as exc:
+                    future.set_exception(classify(exc))
+                except BaseException as exc:  # handed to the caller, whatever it is
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+        finally:
+            if client is not None:
+                client.close()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn, args)
+        return await asyncio.wrap_future(self.submit(fn, *args))
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        return self._executor.submit(self._call, fn, args)
+        future: Future[T] = Future()
+        self._calls.put((future, fn, args))
+        return future
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        with self._lock:
-            clients, self._clients = self._clients, []
-        for client in clients:
-            client.close()
+    def close(self, deadline: float) -> None:
+        """End every thread once the calls queued before are done, waiting for them until
+        ``deadline`` (monotonic); a call still running then is abandoned, its thread ends
+        (and closes its client) when the call does."""
+        for _ in self._threads:
+            self._calls.put(None)
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 def _rows(client: Client, sql: str, params: dict[str, Param], query_id: str) -> list[Row]:
@@ -350,14 +372,17 @@ class Store:
             return False
         return rows == [[1]]
 
-    async def close(self) -> None:
+    async def close(self, wait_s: float = 2.0) -> None:
+        """Close every worker's client once its calls in progress are done, waiting for them
+        up to ``wait_s``: a stop must not wait out a server that does not answer (an insert
+        waits up to its HTTP timeout, 300 s). A call abandoned then is one whose caller has
+        given up (an uncommitted batch, read again after restart)."""
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
-        # Waits for calls in progress, then closes every worker's client.
+        deadline = time.monotonic() + wait_s
         for lane in (self._reads, self._writes, self._health):
-            await loop.run_in_executor(None, lane.close)
+            await asyncio.to_thread(lane.close, deadline)
 
     def qualified(self, table: str) -> str:
         return f"{self.database}.{table}"
