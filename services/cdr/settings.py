@@ -20,6 +20,8 @@ from cdr.startup import masked_url
 
 # Matched with fullmatch: `$` would let a trailing newline through.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# A Kafka topic name as the broker defines it (org.apache.kafka.common.internals.Topic).
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 TENANT_ID = re.compile(TENANT_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
 _SECRET_NAMES = ("SECRET", "PASSWORD", "TOKENS")
@@ -64,6 +66,13 @@ class Settings(BaseSettings):
     )
     kafka_auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts: earliest or latest."
+    )
+    kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        "read_committed",
+        description=(
+            "Which events of transactional producers are read: read_committed skips those of aborted"
+            " transactions (and waits for open ones); read_uncommitted reads them all, aborted ones too."
+        ),
     )
     kafka_request_timeout_ms: int = Field(
         10_000,
@@ -171,15 +180,6 @@ class Settings(BaseSettings):
     insert_retry_max_ms: int = Field(10_000, ge=1, description="Longest back-off between insert retries.")
     max_event_bytes: int = Field(
         65_536, ge=1_024, description="Larger messages are dead-lettered unread (a CDR is ~0.5 KB)."
-    )
-    kafka_max_inflated_batch_bytes: int = Field(
-        32 * 1024 * 1024,
-        ge=1024 * 1024,
-        description=(
-            "Most bytes one gzip-compressed Kafka record batch may inflate to. A batch past it (a compression"
-            " bomb), a corrupt one or one in another codec is not read: it is dead-lettered as one reference"
-            " (its offsets and the reason) and ingest goes on."
-        ),
     )
     max_future_skew_s: int = Field(
         3_600,
@@ -405,6 +405,17 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{server!r} is not host:port (comma-separated for several brokers)")
         return ",".join(servers)
+
+    @field_validator("kafka_topic", "kafka_dlq_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        # Checked here: the broker refuses a bad name only after a connection, as another error.
+        if not _TOPIC.fullmatch(value) or value in (".", ".."):
+            raise ValueError(
+                f"{value[:60]!r} is not a Kafka topic name (1-249 of ASCII letters, digits, '.', '_', '-';"
+                " not '.' or '..')"
+            )
+        return value
 
     @field_validator("timezone")
     @classmethod

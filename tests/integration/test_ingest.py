@@ -234,44 +234,6 @@ async def test_mostly_bad_partition_stops_the_ingestor_without_committing(ingest
     assert sum(offsets.values()) < len(good) + len(garbage)
 
 
-async def test_a_compression_bomb_is_dead_lettered_by_reference_and_ingest_goes_on(ingest_env: IngestEnv) -> None:
-    """A 1 MB gzip batch can inflate to a gigabyte inside aiokafka's reader. One past
-    CDR_KAFKA_MAX_INFLATED_BATCH_BYTES is not inflated: it becomes one dead letter naming
-    its offsets and the limit, the group commits past it, and the events on both sides
-    of it in the same partition are stored."""
-
-    settings = ingest_env.settings
-    before, after = events(300, seed=21), events(300, seed=22)
-    bootstrap, topic = settings.kafka_bootstrap_servers, settings.kafka_topic
-    await produce(bootstrap, topic, encoded(before), partition=0)
-    # 24 MB of zeros in one record: ~24 KB on the wire, past the 2 MiB bound.
-    await produce(bootstrap, topic, [(b"bomb", b"\0" * (24 << 20))], compression="gzip", partition=0)
-    await produce(bootstrap, topic, encoded(after), partition=0, compression="gzip")
-
-    async with ingest_env.running(kafka_max_inflated_batch_bytes=2 << 20) as ingestor:
-
-        async def all_stored() -> bool:
-            return len(await stored_ids(ingest_env.store)) >= len(before) + len(after)
-
-        await wait_for(all_stored, 60, "the events around the bomb stored")
-        dead = await read_all(bootstrap, settings.kafka_dlq_topic, 1)
-        assert ingestor.pipeline.healthy
-        await wait_for(
-            lambda: _committed_at_least(bootstrap, settings.kafka_group_id, topic, len(before) + 1 + len(after)),
-            30,
-            "offsets committed past the bomb",
-        )
-
-    assert sorted(await stored_ids(ingest_env.store)) == sorted(e["id"] for e in before + after)
-    assert len(dead) == 1
-    headers = {k: v.decode() for k, v in dead[0].headers}
-    assert dead[0].value == b""  # a record needs a key or a value
-    assert headers[HEADER_KIND] == "unread_batch"
-    assert f"offsets {len(before)}-{len(before)}" in headers[HEADER_ERROR]
-    assert "CDR_KAFKA_MAX_INFLATED_BATCH_BYTES" in headers[HEADER_ERROR]
-    assert headers[HEADER_OFFSET] == str(len(before))
-
-
 async def _committed_at_least(bootstrap: str, group: str, topic: str, offset: int) -> bool:
     return (await committed_offsets(bootstrap, group, topic))[0] >= offset
 

@@ -53,12 +53,32 @@ def test_one_setting_chooses_the_transport(monkeypatch: pytest.MonkeyPatch, tmp_
         ("CDR_KAFKA_BOOTSTRAP_SERVERS", "", "CDR_KAFKA_BOOTSTRAP_SERVERS"),
         ("CDR_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092,kafka2", "CDR_KAFKA_BOOTSTRAP_SERVERS"),
         ("CDR_KAFKA_BOOTSTRAP_SERVERS", "kafka:99999", "CDR_KAFKA_BOOTSTRAP_SERVERS"),
+        ("CDR_KAFKA_DLQ_TOPIC", "bad topic!", "CDR_KAFKA_DLQ_TOPIC: 'bad topic!' is not a Kafka topic name"),
+        ("CDR_KAFKA_TOPIC", "..", "CDR_KAFKA_TOPIC: '..' is not a Kafka topic name"),
+        ("CDR_KAFKA_TOPIC", "", "CDR_KAFKA_TOPIC"),
+        ("CDR_KAFKA_TOPIC", "x" * 250, "CDR_KAFKA_TOPIC"),
+        ("CDR_KAFKA_TOPIC", "calls\n", "CDR_KAFKA_TOPIC"),
+        ("CDR_KAFKA_TOPIC", "appels-é", "CDR_KAFKA_TOPIC"),
+        ("CDR_KAFKA_ISOLATION_LEVEL", "read_some", "CDR_KAFKA_ISOLATION_LEVEL"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, needle: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=needle):
         load_settings()
+
+
+def test_kafka_topic_names_as_kafka_defines_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("a", "x" * 249, "pbx_calls.v2-eu", "..."):
+        monkeypatch.setenv("CDR_KAFKA_DLQ_TOPIC", name)
+        assert load_settings().kafka_dlq_topic == name
+
+
+def test_transactions_are_read_committed_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CDR_KAFKA_ISOLATION_LEVEL", raising=False)
+    assert load_settings().kafka_isolation_level == "read_committed"
+    monkeypatch.setenv("CDR_KAFKA_ISOLATION_LEVEL", "read_uncommitted")
+    assert load_settings().kafka_isolation_level == "read_uncommitted"
 
 
 def test_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,6 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import LogicSubscriber
 
-from cdr.ingest import inflate
 from cdr.ingest.dlq import DlqLimit
 from cdr.ingest.health import IngestHealth
 from cdr.ingest.pipeline import Pipeline
@@ -133,7 +132,6 @@ async def _within(deadline: float, step: Awaitable[None], what: str) -> bool:
 
 
 def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingestor:
-    inflate.install(settings.kafka_max_inflated_batch_bytes)
     stopping = asyncio.Event()
     initial_s, max_s = settings.insert_retry_initial_ms / 1000, settings.insert_retry_max_ms / 1000
     writer = BatchWriter(store, metrics, stopping, initial_backoff_s=initial_s, max_backoff_s=max_s)
@@ -226,6 +224,7 @@ def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipel
         fetch_max_wait_ms=settings.batch_time_ms,
         max_partition_fetch_bytes=_FETCH_BYTES_PER_PARTITION,
         auto_offset_reset=settings.kafka_auto_offset_reset,
+        isolation_level=settings.kafka_isolation_level,
         ack_policy=AckPolicy.MANUAL,
         decoder=_no_decode,
         listener=_Rebalance(pipeline),

@@ -292,7 +292,7 @@ class Pipeline:
         The verdicts are made off the event loop (``Validator``: another process, or a
         thread): in `cdr run` the API shares the loop, and a batch's tens of milliseconds
         of validation would hold up every request waiting on it."""
-        invalid = [precheck(r.value, self._max_bytes, r.headers) for r in records]
+        invalid = [precheck(r.value, self._max_bytes) for r in records]
         candidates = [i for i, problem in enumerate(invalid) if problem is None]
         values = [cast(bytes, records[i].value) for i in candidates]
         verdicts = await self._validator(values, datetime.now(UTC) + self._skew)

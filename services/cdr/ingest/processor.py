@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,16 +50,9 @@ class Invalid:
     reason: str
 
 
-# The header of the placeholder record ``cdr.ingest.inflate`` yields for a batch it did not read.
-UNREAD_HEADER = "x-cdr-unread-batch"
-
-
-def precheck(value: bytes | None, max_bytes: int, headers: Sequence[tuple[str, bytes]] = ()) -> Invalid | None:
+def precheck(value: bytes | None, max_bytes: int) -> Invalid | None:
     """Why a message is refused before it is parsed at all, if it is."""
     if value is None:
-        unread = next((v for k, v in headers if k == UNREAD_HEADER), None)
-        if unread is not None:  # a batch the fetcher could not read (cdr.ingest.inflate)
-            return Invalid("unread_batch", unread.decode())
         return Invalid("empty", "message has no value (tombstone)")
     if len(value) > max_bytes:
         return Invalid("too_large", f"message is {len(value)} bytes, over the {max_bytes}-byte limit")
