@@ -40,6 +40,7 @@ from cdr.ingest.validation import validate_batch
 from cdr.settings import load_settings
 from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
+from cdr.tenants import TenantZones
 
 
 class Writer:
@@ -53,7 +54,7 @@ class Writer:
         self.invalid = 0
 
     def __call__(self, message: Message[list[bytes]]) -> None:
-        verdicts = validate_batch(message.payload, self._zone, datetime.now(UTC) + self._skew)
+        verdicts = validate_batch(message.payload, TenantZones(self._zone), datetime.now(UTC) + self._skew)
         self.invalid += len(verdicts.invalid)
         self._loop.run_until_complete(self._store.insert_arrow("cdr", verdicts.rows))
 

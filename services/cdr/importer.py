@@ -29,6 +29,7 @@ from cdr.model.event import CallEnded
 from cdr.settings import Settings, SettingsError
 from cdr.store import open_store
 from cdr.store.migrations import migrate
+from cdr.tenants import ZoneDirectory
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ async def import_files(
     store = open_store(settings)
     progress = Progress(sum(s.size for s in sources), tty=tty)
     latest = datetime.now(UTC) + timedelta(seconds=settings.max_future_skew_s)
+    # Naive times in each tenant's zone, and the longest call, as the ingestor reads them.
+    tenant_zones = ZoneDirectory(settings.zone, settings.tenants_file).current().by_tenant
     try:
         await migrate(store)
         with rejects.open("wb") as rejected:
@@ -148,7 +151,9 @@ async def import_files(
                 batch: list[CallEnded] = []
                 for number, value in source.events():
                     report.lines += 1
-                    outcome = precheck(value, settings.max_event_bytes) or validate(value, settings.zone, latest)
+                    outcome = precheck(value, settings.max_event_bytes) or validate(
+                        value, settings.zone, latest, tenant_zones=tenant_zones, max_call_s=settings.max_call_seconds
+                    )
                     if isinstance(outcome, Invalid):
                         report.rejected += 1
                         rejected.write(_reject(source.path, number, outcome, value))

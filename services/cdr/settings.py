@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cdr.model.event import TENANT_PATTERN
+from cdr.model.event import MAX_CALL_S, TENANT_PATTERN
 from cdr.startup import masked_url
 
 # Matched with fullmatch: `$` would let a trailing newline through.
@@ -190,6 +190,15 @@ class Settings(BaseSettings):
             " would win over every correction of the call until then (a PBX clock far ahead)."
         ),
     )
+    max_call_seconds: int = Field(
+        MAX_CALL_S,
+        ge=60,
+        le=366 * 86_400,
+        description=(
+            "Longest call stored: an event whose time_ended is more than this many seconds after its"
+            " time_started, or whose duration is longer, is dead-lettered. A day by default: a longer"
+            " call is a channel the PBX never hung up or a clock jump, not a conversation."
+        ),
     dlq_max_ratio: float = Field(
         0.5,
         gt=0,

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from cdr.model.event import CallEnded
+from cdr.model.event import DURATION_TOLERANCE_S, CallEnded
 from cdr.simulate import make_event
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -51,7 +51,7 @@ def test_valid_event_parses() -> None:
     ],
 )
 def test_timestamp_forms(value: object, expected: datetime) -> None:
-    e = parse(event(time_started=value, time_answered=None, time_ended="2021-02-17T17:31:00+07:00"))
+    e = parse(event(time_started=value, time_answered=None, time_ended="2021-02-17T17:30:50+07:00"))
     assert e.time_started == expected
     assert e.time_started.tzinfo is not None
 
@@ -172,3 +172,119 @@ def test_emitted_at_beyond_the_allowed_skew_is_refused() -> None:
     assert isinstance(refused, Invalid) and refused.kind == "invalid_event"
     assert "emitted_at is later than 2021-02-17T12:00:00+00:00" in refused.reason
     assert not isinstance(validate(late, UTC), Invalid)  # no bound given: no check
+
+
+NY = ZoneInfo("America/New_York")
+
+
+def refusal(data: dict[str, Any], **context: Any) -> str:
+    """The reason the pipeline gives for refusing ``data`` (as the dead-letter header says it)."""
+    from cdr.ingest.processor import Invalid, validate
+
+    refused = validate(orjson.dumps(data), context.pop("zone", UTC), **context)
+    assert isinstance(refused, Invalid), f"accepted: {data}"
+    return refused.reason
+
+
+def call(started: str, ended: str, duration: int, **changes: Any) -> dict[str, Any]:
+    """A call of consistent times unless ``changes`` say otherwise."""
+    return event(time_started=started, time_answered=None, time_ended=ended, duration=duration, billsec=0) | changes
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (call("1850-01-01T00:00:00Z", "1850-01-01T00:00:20Z", 20), "time_started"),
+        (call("1899-12-31T23:59:40Z", "1899-12-31T23:59:59.999Z", 20), "time_started"),
+        (call("2021-02-17T10:00:00Z", "2350-01-01T00:00:00Z", 20), "time_ended"),
+        (call("2299-12-31T23:59:30Z", "2300-01-01T00:00:10Z", 40), "time_ended"),
+        # 2299 in its own offset, 2300 in UTC: the bound is after conversion.
+        (call("2299-12-31T22:59:50-01:00", "2299-12-31T23:00:10-01:00", 20), "time_ended"),
+        (
+            call("2021-02-17T10:00:00Z", "2021-02-17T10:00:20Z", 20, time_answered="1899-12-31T22:59:59-01:00"),
+            "time_answered",
+        ),
+        (call("2021-02-17T10:00:00Z", "2021-02-17T10:00:20Z", 20, emitted_at="1899-12-31T23:59:59Z"), "emitted_at"),
+        # Integer Unix seconds before 1900.
+        (call("2021-02-17T10:00:00Z", "2021-02-17T10:00:20Z", 20, emitted_at=-2_208_988_801), "emitted_at"),
+        # Naive, in a zone whose 1900-01-01 07:00 is still 1899 in UTC (+07:06:40 then).
+        (call("1900-01-01 07:00:00", "1900-01-01 07:00:20", 20), "time_started"),
+    ],
+)
+def test_times_outside_what_the_store_and_api_hold_are_refused(data: dict[str, Any], field: str) -> None:
+    reason = refusal(data, zone=HCM)
+    assert reason.startswith(f"{field}: ") and "1900-01-01 to 2299-12-31 UTC" in reason
+
+
+@pytest.mark.parametrize(
+    ("started", "ended"),
+    [("1900-01-01T00:00:00Z", "1900-01-01T00:00:20Z"), ("2299-12-31T23:59:39.999Z", "2299-12-31T23:59:59.999Z")],
+)
+def test_the_first_and_last_moments_the_store_holds_are_taken(started: str, ended: str) -> None:
+    e = parse(call(started, ended, 20))
+    assert e.time_ended - e.time_started == timedelta(seconds=20)
+
+
+def test_a_call_of_176_years_is_refused_naming_its_span() -> None:
+    # Both ends inside the years the store holds; 20 s of duration over 176 years of span.
+    reason = refusal(call("1901-01-01T00:00:00Z", "2077-01-01T00:00:20Z", 20))
+    assert (
+        "time_ended is 5554137620 s after" in reason
+        and "longer than a call may last (86400 s, CDR_MAX_CALL_SECONDS)" in reason
+    )
+
+
+def test_a_call_longer_than_the_configured_maximum_is_refused() -> None:
+    ok = call("2021-02-17T10:00:00Z", "2021-02-17T11:00:00Z", 3600)
+    assert not isinstance(parse(ok), Exception)
+    reason = refusal(ok, max_call_s=3599)
+    assert (
+        reason
+        == "event: time_ended is 3600 s after time_started, longer than a call may last (3599 s, CDR_MAX_CALL_SECONDS)"
+    )
+    # The duration counts too, whatever the times say.
+    long = call("2021-02-17T10:00:00Z", "2021-02-17T10:00:10Z", 3600)
+    assert refusal(long, max_call_s=3599).startswith("event: duration (3600) is longer than a call may last (3599 s")
+
+
+def test_a_day_between_start_and_end_of_a_20_s_call_is_refused() -> None:
+    reason = refusal(call("2021-02-17T10:00:00Z", "2021-02-18T10:00:00Z", 20))
+    assert reason == "event: duration (20) is shorter than time_ended - time_started (86400 s) by more than 2 s"
+
+
+@pytest.mark.parametrize(
+    ("ended", "accepted"),
+    [
+        (f"2021-02-17T10:00:{20 + DURATION_TOLERANCE_S:02d}Z", True),  # whole-second rounding, both ways
+        (f"2021-02-17T10:00:{20 + DURATION_TOLERANCE_S:02d}.001Z", False),
+        ("2021-02-17T10:00:05Z", True),  # a duration above the span: the contract's examples have it
+    ],
+)
+def test_duration_agrees_with_the_span_within_the_tolerance(ended: str, accepted: bool) -> None:
+    data = call("2021-02-17T10:00:00Z", ended, 20)
+    if accepted:
+        assert parse(data).duration == 20
+    else:
+        assert refusal(data).startswith("event: duration (20) is shorter than time_ended - time_started (22.001 s)")
+
+
+def test_the_span_is_measured_in_utc_across_a_daylight_saving_change() -> None:
+    # New York springs forward at 02:00 on 2021-03-14: 01:59 to 03:01 on the wall is 2 minutes.
+    e = CallEnded.model_validate_json(
+        orjson.dumps(call("2021-03-14 01:59:00", "2021-03-14 03:01:00", 120)), context={"timezone": NY}
+    )
+    assert e.time_ended.astimezone(UTC) - e.time_started.astimezone(UTC) == timedelta(minutes=2)
+
+
+def test_naive_times_are_read_in_the_tenants_zone() -> None:
+    data = call("2021-02-17 10:00:00", "2021-02-17 10:00:20", 20, emitted_at="2021-02-17 10:00:21")
+    context = {"timezone": HCM, "tenant_zones": {"ny.example": NY}}
+    ny = CallEnded.model_validate_json(orjson.dumps(data | {"tenant_id": "ny.example"}), context=context)
+    other = CallEnded.model_validate_json(orjson.dumps(data | {"tenant_id": "other.example"}), context=context)
+    assert ny.time_started == datetime(2021, 2, 17, 15, 0, tzinfo=UTC)  # EST, UTC-5
+    assert ny.emitted_at == datetime(2021, 2, 17, 15, 0, 21, tzinfo=UTC)
+    assert other.time_started == datetime(2021, 2, 17, 3, 0, tzinfo=UTC)  # not listed: the PBX timezone
+    # An aware time is an instant whatever the tenant's zone.
+    aware = data | {"tenant_id": "ny.example", "time_started": "2021-02-17T10:00:00+07:00"}
+    with pytest.raises(ValidationError, match="time_ended"):  # 10:00+07:00 is 03:00 UTC: a 12-hour span
+        CallEnded.model_validate_json(orjson.dumps(aware), context=context)

@@ -17,10 +17,15 @@ from hypothesis import strategies as st
 
 from cdr.ingest.lean import LeanParser, NaiveTimes
 from cdr.ingest.processor import Invalid, to_table, validate
+from cdr.ingest.validation import validate_batch
+from cdr.model.event import MAX_CALL_S
 from cdr.simulate import make_event
+from cdr.tenants import TenantZones
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 BERLIN = ZoneInfo("Europe/Berlin")
+TOKYO = ZoneInfo("Asia/Tokyo")  # +09:00 since 1951: naive times take the fast path
+NY = ZoneInfo("America/New_York")
 LATEST = datetime(2030, 1, 1, tzinfo=UTC)  # the newest emitted_at either path accepts here
 
 
@@ -30,13 +35,18 @@ def event(seed: int = 1, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not ...}
 
 
-def check(messages: list[bytes], zone: ZoneInfo = HCM) -> list[bool]:
+def check(
+    messages: list[bytes],
+    zone: ZoneInfo = HCM,
+    tenant_zones: dict[str, ZoneInfo] | None = None,
+    max_call_s: int = MAX_CALL_S,
+) -> list[bool]:
     """Assert the two paths agree on every message the fast path accepts; its verdicts."""
-    parsed = LeanParser(zone).parse(messages, LATEST)
+    parsed = LeanParser(zone, tenant_zones, max_call_s).parse(messages, LATEST)
     accepted = {row.pop("n"): row for row in parsed.rows.to_pylist()}
     assert sorted([*accepted, *parsed.rest]) == list(range(len(messages))), "each message once, rows or rest"
     for n, row in accepted.items():
-        model = validate(messages[n], zone, LATEST)
+        model = validate(messages[n], zone, LATEST, tenant_zones=tenant_zones, max_call_s=max_call_s)
         assert not isinstance(model, Invalid), f"fast path accepted what the model refuses: {messages[n]!r}: {model}"
         assert row == to_table([model]).to_pylist()[0], f"fast path and model differ for {messages[n]!r}"
     return [n in accepted for n in range(len(messages))]
@@ -89,13 +99,21 @@ STAMP = "2024-03-09T10:11:12"
         ({"time_ended": "1969-12-31T23:59:59+00:00"}, False),
         ({"time_started": "1970-01-01T00:30:00+01:00", "time_answered": None}, False),  # before 1970 in UTC
         ({"time_started": "1975-01-01 10:00:00", "time_answered": None}, False),  # Viet Nam was +08:00
-        ({"time_ended": "2106-02-07T06:28:16+00:00"}, True),
+        ({"time_ended": "2106-02-07T06:28:16+00:00"}, False),  # a call of 82 years
+        ({"time_ended": "2024-03-10T10:00:00+00:00", "duration": 86_400}, True),  # a day: the longest
+        ({"time_ended": "2024-03-10T10:00:00.001+00:00", "duration": 86_400}, False),
+        ({"time_ended": "2024-03-09T10:11:14+00:00"}, True),  # 2 s over duration: the tolerance
+        ({"time_ended": "2024-03-09T10:11:14.001+00:00"}, False),
+        ({"time_ended": "2024-03-09T10:11:00+00:00"}, True),  # duration above the span is taken
+        ({"time_ended": "2299-12-31T23:59:59.999999+00:00"}, False),  # a call of 275 years
+        ({"time_ended": "2299-12-31T23:59:59-01:00"}, False),  # 2300 in UTC
         ({"time_ended": "2024-02-29T10:00:60+00:00"}, False),
         (
             {
                 "time_ended": "2024-02-29T10:00:00+00:00",
                 "time_started": "2024-02-29T09:00:00+00:00",
                 "time_answered": None,
+                "duration": 3600,
             },
             True,
         ),
@@ -105,7 +123,7 @@ STAMP = "2024-03-09T10:11:12"
         ({"billsec": 10**6, "duration": 5}, False),
         ({"duration": -1}, False),
         ({"duration": 4294967296}, False),
-        ({"duration": 4294967295, "billsec": 4294967295}, True),
+        ({"duration": 4294967295, "billsec": 4294967295}, False),  # longer than a call may last
         ({"duration": 5.0}, False),
         ({"duration": "5"}, False),
         ({"duration": True}, False),
@@ -167,7 +185,9 @@ STAMP = "2024-03-09T10:11:12"
     ],
 )
 def test_edge_cases(changes: dict[str, Any], fast: bool) -> None:
-    base = event(time_started="2024-03-09T10:00:00+00:00", time_answered="2024-03-09T10:00:05+00:00")
+    base = event(
+        time_started="2024-03-09T10:00:00+00:00", time_answered="2024-03-09T10:00:05+00:00", duration=672, billsec=667
+    )
     base.update(changes)
     message = json.dumps(
         {k: v for k, v in base.items() if v is not ...}, separators=(",", ":"), ensure_ascii=False
@@ -217,7 +237,7 @@ def test_message_shapes_agree() -> None:
     ],
 )
 def test_naive_times_in_a_zone_with_dst_go_to_the_model(started: str, ended: str, fast: bool) -> None:
-    message = orjson.dumps(event(time_started=started, time_answered=None, time_ended=ended))
+    message = orjson.dumps(event(time_started=started, time_answered=None, time_ended=ended, duration=3600))
     assert check([message], BERLIN) == [fast]
 
 
@@ -236,6 +256,10 @@ _values = st.one_of(
             "2024-13-09T10:11:12Z",
             "2024-04-31 10:11:12",
             "1970-01-01T00:00:00Z",
+            "1899-12-31T23:59:59Z",
+            "2299-12-31T23:59:59-01:00",
+            "2299-12-31 23:59:59",
+            "2024-03-10T10:11:12Z",
             "ANSWERED",
             "inbound",
             "Outbound",
@@ -253,12 +277,95 @@ _fields = st.sampled_from(list(event()))
     mutations=st.lists(st.dictionaries(_fields, _values, max_size=3), min_size=20, max_size=60),
     seed=st.integers(0, 1000),
     zone=st.sampled_from([HCM, BERLIN, ZoneInfo("UTC"), ZoneInfo("America/St_Johns")]),
+    tenant_zones=st.sampled_from([None, {"t.example": TOKYO}, {"t.example": BERLIN, "1": HCM}]),
+    max_call_s=st.sampled_from([MAX_CALL_S, 600]),
 )
-def test_fast_path_never_disagrees_with_the_model(mutations: list[dict[str, Any]], seed: int, zone: ZoneInfo) -> None:
+def test_fast_path_never_disagrees_with_the_model(
+    mutations: list[dict[str, Any]],
+    seed: int,
+    zone: ZoneInfo,
+    tenant_zones: dict[str, ZoneInfo] | None,
+    max_call_s: int,
+) -> None:
     messages = []
     for k, changes in enumerate(mutations):
         data = event(seed + k)
         data.update(changes)
         separators = (", ", ": ") if k % 3 == 0 else (",", ":")
         messages.append(json.dumps(data, separators=separators, ensure_ascii=k % 2 == 0).encode())
-    check(messages, zone)
+    check(messages, zone, tenant_zones, max_call_s)
+
+
+def implausible(**changes: Any) -> bytes:
+    """A call of 20 s from 2024-03-09 10:00:00 UTC, with ``changes``."""
+    data = event(
+        time_started="2024-03-09T10:00:00Z",
+        time_answered=None,
+        time_ended="2024-03-09T10:00:20Z",
+        duration=20,
+        billsec=0,
+        emitted_at="2024-03-09T10:00:21Z",
+    )
+    return orjson.dumps(data | changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"time_started": "1850-01-01T00:00:00Z"}, "time_started: 1850-01-01T00:00:00+00:00 is outside 1900-01-01"),
+        ({"time_started": "1899-12-31T23:59:59Z"}, "time_started: 1899-12-31T23:59:59+00:00 is outside"),
+        ({"time_ended": "2350-01-01T00:00:00Z"}, "time_ended: 2350-01-01T00:00:00+00:00 is outside"),
+        ({"time_ended": "2299-12-31T23:59:59-01:00"}, "time_ended: 2299-12-31T23:59:59-01:00 is outside"),
+        ({"time_ended": "2299-12-31 23:59:59"}, "event: time_ended is 8703813599 s after"),  # naive: UTC here
+        ({"time_answered": "1899-12-31T23:59:59Z"}, "time_answered: 1899-12-31T23:59:59+00:00 is outside"),
+        ({"emitted_at": "1899-12-31T23:59:59Z"}, "emitted_at: 1899-12-31T23:59:59+00:00 is outside"),
+        ({"time_ended": "2024-03-10T10:00:00Z"}, "event: duration (20) is shorter than time_ended - time_started"),
+        (
+            {"time_ended": "2024-03-10T10:00:01Z", "duration": 86_401, "billsec": 0},
+            "event: time_ended is 86401 s after time_started, longer than a call may last (86400 s",
+        ),
+        ({"duration": 86_401}, "event: duration (86401) is longer than a call may last (86400 s"),
+        ({"time_ended": "2024-03-09T10:00:22.000001Z"}, "(22.000001 s) by more than 2 s"),
+    ],
+)
+def test_both_paths_refuse_implausible_times_naming_the_field(changes: dict[str, Any], reason: str) -> None:
+    message = implausible(**changes)
+    assert check([message], ZoneInfo("UTC")) == [False], "the fast path leaves it to the model"
+    refused = validate(message, ZoneInfo("UTC"), LATEST)
+    assert isinstance(refused, Invalid) and refused.kind == "invalid_event"
+    assert refused.reason.startswith(reason) or reason in refused.reason, refused.reason
+    # And so does the batch's verdict, whichever path meets it.
+    verdicts = validate_batch([implausible(), message], TenantZones(ZoneInfo("UTC")), LATEST)
+    assert verdicts.rows.num_rows == 1 and verdicts.invalid == {1: refused}
+
+
+def test_the_max_call_length_is_the_settings() -> None:
+    hour = implausible(time_ended="2024-03-09T11:00:00Z", duration=3600)
+    assert check([hour], ZoneInfo("UTC"), max_call_s=3600) == [True]
+    assert check([hour], ZoneInfo("UTC"), max_call_s=3599) == [False]
+    refused = validate_batch([hour], TenantZones(ZoneInfo("UTC")), LATEST, max_call_s=3599).invalid[0]
+    assert "longer than a call may last (3599 s, CDR_MAX_CALL_SECONDS)" in refused.reason
+
+
+def test_naive_times_are_read_in_each_tenants_zone() -> None:
+    def naive(tenant: str) -> bytes:
+        return implausible(
+            tenant_id=tenant,
+            time_started="2024-03-09 10:00:00",
+            time_ended="2024-03-09 10:00:20",
+            emitted_at="2024-03-09 10:00:21",
+        )
+
+    zones = {"tokyo.example": TOKYO, "ny.example": NY}
+    messages = [naive("tokyo.example"), naive("hcm.example"), naive("ny.example"), naive("tokyo.example")]
+    # Tokyo's and the default's fixed offsets take the fast path; New York's DST the model.
+    assert check(messages, HCM, zones) == [True, True, False, True]
+    verdicts = validate_batch(messages, TenantZones(HCM, zones), LATEST)
+    assert not verdicts.invalid and verdicts.lean == 3 and verdicts.model == 1
+    started = verdicts.rows.column("time_started").to_pylist()
+    assert started == [
+        datetime(2024, 3, 9, 1, tzinfo=UTC),  # +09:00
+        datetime(2024, 3, 9, 3, tzinfo=UTC),  # not listed: the PBX timezone, +07:00
+        datetime(2024, 3, 9, 15, tzinfo=UTC),  # EST, -05:00
+        datetime(2024, 3, 9, 1, tzinfo=UTC),
+    ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from cdr.api.errors import Unauthorized
 from cdr.api.tenants import Directory, TenantProfile
 from cdr.settings import SettingsError
+from cdr.tenants import FileStamp, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,8 @@ class TokenAuthority:
         self._directory = load()
         self._entries = list(self._directory.digests.items())  # (sha256 hex, tenant)
 
-    def _file_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
-        stamps: list[tuple[int, int, int] | None] = []
-        for path in self._watched:
-            try:
-                st = os.stat(path)  # follows the symlink a Secret volume swaps
-            except OSError:
-                stamps.append(None)
-                continue
-            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        return tuple(stamps)
+    def _file_stamp(self) -> tuple[FileStamp, ...]:
+        return tuple(file_stamp(path) for path in self._watched)
 
     def _reload_if_changed(self) -> None:
         now = self._clock()

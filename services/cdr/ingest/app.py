@@ -27,6 +27,7 @@ from cdr.metrics import Metrics
 from cdr.settings import Settings
 from cdr.startup import with_retries
 from cdr.store import Store
+from cdr.tenants import ZoneDirectory
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,9 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         initial_backoff_s=initial_s,
         max_backoff_s=max_s,
     )
-    validator = Validator(settings.zone, settings.validation_processes)
+    # Naive PBX times in each tenant's zone of the tenant directory (re-read when it changes).
+    zones = ZoneDirectory(settings.zone, settings.tenants_file)
+    validator = Validator(zones, settings.validation_processes, settings.max_call_seconds)
     pipeline = Pipeline(
         validator=validator,
         max_event_bytes=settings.max_event_bytes,

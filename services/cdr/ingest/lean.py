@@ -17,8 +17,10 @@ to ``CallEnded``, which stores it or names each bad field for the dead-letter to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Annotated, Any, NotRequired, cast
 from zoneinfo import ZoneInfo
 
@@ -28,7 +30,7 @@ from pydantic import Field, StrictStr, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from cdr.ingest.processor import DIRECTION_CODE, PLAIN_URL, SCHEMA, TIME, URL_SCHEME, recording_file
-from cdr.model.event import CallEnded
+from cdr.model.event import DURATION_TOLERANCE_S, MAX_CALL_S, STORE_END, CallEnded
 
 _US = pa.timestamp("us", tz="UTC")
 _NAIVE_US = pa.timestamp("us")
@@ -87,6 +89,7 @@ class NaiveTimes:
     until_us: int
 
     @classmethod
+    @cache  # one walk per zone and process, whatever number of tenants share it
     def for_zone(cls, zone: ZoneInfo) -> NaiveTimes:
         """Walks back a day at a time from 2100 to the zone's last offset change."""
         end = datetime(2100, 1, 1, tzinfo=UTC)
@@ -116,10 +119,19 @@ class Parsed:
 
 
 class LeanParser:
-    """The fast path for one PBX timezone (naive timestamps are read in it)."""
+    """The fast path: naive timestamps read in their tenant's zone of ``tenant_zones``, else
+    in ``zone``; a call at most ``max_call_s`` long."""
 
-    def __init__(self, zone: ZoneInfo) -> None:
+    def __init__(
+        self, zone: ZoneInfo, tenant_zones: Mapping[str, ZoneInfo] | None = None, max_call_s: int = MAX_CALL_S
+    ) -> None:
         self._naive = NaiveTimes.for_zone(zone)
+        self._max_call_s = max_call_s
+        # The listed tenants, and each one's rule at the same index.
+        listed = sorted((tenant_zones or {}).items())
+        self._tenants = pa.array([tenant for tenant, _ in listed], pa.string())
+        rules = [NaiveTimes.for_zone(z) for _, z in listed]
+        self._rules = [pa.array([getattr(r, name) for r in rules], pa.int64()) for name in _RULE_PARTS]
 
     def parse(self, values: list[bytes], latest_emitted_at: datetime) -> Parsed:
         validate = _ADAPTER.validate_json
@@ -143,10 +155,13 @@ class LeanParser:
     def _columns(self, e: list[dict[str, Any]], positions: list[int], latest: datetime) -> tuple[pa.Table, list[int]]:
         """The events' columns, less the rows a cross-field rule (or a time this path does
         not take) refuses; the refused rows' positions."""
-        raw = pa.Table.from_pylist(e, schema=_RAW)  # column by column in C++
+        raw = pa.Table.from_pylist(e, schema=_RAW).combine_chunks()  # column by column in C++
         refusals: list[pa.Array] = []
-        emitted, started, answered, ended = (self._utc(raw.column(name), refusals) for name in _TIMES)
+        rule = self._naive_rule(raw.column("tenant_id"))
+        emitted, started, answered, ended = (self._utc(raw.column(name), rule, refusals) for name in _TIMES)
         durations, billsecs = raw.column("duration"), raw.column("billsec")
+        span_us = pc.subtract(ended.cast(pa.int64()), started.cast(pa.int64()))
+        slack_us = pc.multiply(pc.add(durations.cast(pa.int64()), DURATION_TOLERANCE_S), 1_000_000)
         refusals += [
             pc.greater(billsecs, durations),
             pc.less(ended, started),
@@ -156,6 +171,13 @@ class LeanParser:
             # Arrow truncates a time before 1970 toward zero when it drops the
             # microseconds; to_table floors it.
             pc.less(pc.min_element_wise(*(t.cast(pa.int64()) for t in (emitted, started, answered, ended))), 0),
+            # The years the shape takes end in 2299 of local time, which an offset can move past.
+            pc.greater_equal(
+                pc.max_element_wise(*(t.cast(pa.int64()) for t in (emitted, started, answered, ended))), _END_US
+            ),
+            pc.greater(span_us, self._max_call_s * 1_000_000),
+            pc.greater(durations, self._max_call_s),
+            pc.greater(span_us, slack_us),
         ]
         refused = refusals[0]
         for more in refusals[1:]:
@@ -191,15 +213,28 @@ class LeanParser:
         gone = cast(list[int], table.column("n").filter(refused).to_pylist())
         return table.filter(pc.invert(refused)), gone
 
-    def _utc(self, column: pa.ChunkedArray, refusals: list[pa.Array]) -> pa.ChunkedArray:
+    def _naive_rule(self, tenants: pa.ChunkedArray) -> tuple[Any, Any, Any]:
+        """Each row's (offset, since, until) of ``NaiveTimes``: its tenant's, or the
+        default's (as scalars when no listed tenant is in the batch)."""
+        default = self._naive
+        scalars = tuple(pa.scalar(getattr(default, name), pa.int64()) for name in _RULE_PARTS)
+        if not len(self._tenants):
+            return scalars
+        at = pc.index_in(tenants, value_set=self._tenants)
+        if at.null_count == len(at):
+            return scalars
+        offset, since, until = (pc.fill_null(part.take(at), d) for part, d in zip(self._rules, scalars, strict=True))
+        return offset, since, until
+
+    def _utc(self, column: pa.ChunkedArray, rule: tuple[Any, Any, Any], refusals: list[pa.Array]) -> pa.ChunkedArray:
         """A column of timestamp strings as UTC microseconds; appends to ``refusals`` the
         rows it cannot convert as the model does."""
+        offset, since, until = rule
         with_offset = pc.match_substring_regex(column, _OFFSET_SUFFIX)
         aware = _parsed(pc.if_else(with_offset, column, _NO_STRING), _US, refusals)
         naive = _parsed(pc.if_else(with_offset, _NO_STRING, column), _NAIVE_US, refusals).cast(pa.int64())
-        rule = self._naive
-        refusals.append(pc.or_(pc.less(naive, rule.since_us), pc.greater_equal(naive, rule.until_us)))
-        local = pc.subtract(naive, pa.scalar(rule.offset_us, pa.int64())).cast(_US)
+        refusals.append(pc.or_(pc.less(naive, since), pc.greater_equal(naive, until)))
+        local = pc.subtract(naive, offset).cast(_US)
         return pc.if_else(with_offset, aware, local)
 
 
@@ -234,6 +269,8 @@ def _parsed(strings: pa.ChunkedArray, to: pa.DataType, refusals: list[pa.Array])
 
 _UNPARSED = object()
 _TIMES = ("emitted_at", "time_started", "time_answered", "time_ended")
+_RULE_PARTS = ("offset_us", "since_us", "until_us")
+_END_US = (STORE_END - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 _SCHEME_AND_HOST = rf"^{URL_SCHEME}[^/]*"
 # The validated dicts' fields as Arrow reads them: the table's columns, times as the
 # strings they are parsed from; direction, status and recording_file are derived.

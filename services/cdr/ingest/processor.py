@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 from pydantic import ValidationError
 
-from cdr.model.event import CallEnded
+from cdr.model.event import MAX_CALL_S, CallEnded
 from cdr.model.record import Direction
 
 TIME = pa.timestamp("ms", tz="UTC")
@@ -59,11 +60,25 @@ def precheck(value: bytes | None, max_bytes: int) -> Invalid | None:
     return None
 
 
-def validate(value: bytes, zone: ZoneInfo, latest_emitted_at: datetime | None = None) -> CallEnded | Invalid:
-    """The pydantic model's verdict on one message that passed ``precheck``;
-    ``latest_emitted_at``: a later ``emitted_at`` is refused."""
+def validate(
+    value: bytes,
+    zone: ZoneInfo,
+    latest_emitted_at: datetime | None = None,
+    *,
+    tenant_zones: Mapping[str, ZoneInfo] | None = None,
+    max_call_s: int = MAX_CALL_S,
+) -> CallEnded | Invalid:
+    """The pydantic model's verdict on one message that passed ``precheck``: naive times
+    read in the tenant's zone of ``tenant_zones``, else ``zone``; ``latest_emitted_at``: a
+    later ``emitted_at`` is refused; ``max_call_s``: the longest call."""
+    context = {
+        "timezone": zone,
+        "tenant_zones": tenant_zones or {},
+        "latest_emitted_at": latest_emitted_at,
+        "max_call_s": max_call_s,
+    }
     try:
-        return CallEnded.model_validate_json(value, context={"timezone": zone, "latest_emitted_at": latest_emitted_at})
+        return CallEnded.model_validate_json(value, context=context)
     except ValidationError as exc:
         return Invalid(_kind(exc), describe(exc))
 

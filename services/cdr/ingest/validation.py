@@ -21,7 +21,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
 from multiprocessing.process import BaseProcess
 from zoneinfo import ZoneInfo
 
@@ -30,7 +29,8 @@ import pyarrow.compute as pc
 
 from cdr.ingest.lean import LeanParser
 from cdr.ingest.processor import Invalid, to_table, validate
-from cdr.model.event import CallEnded
+from cdr.model.event import MAX_CALL_S, CallEnded
+from cdr.tenants import TenantZones, ZoneDirectory
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +47,36 @@ class Verdicts:
     model: int = 0
 
 
-@cache
-def _parser(zone: ZoneInfo) -> LeanParser:
-    # One per zone and process: building it walks the zone's offsets back from 2100.
-    return LeanParser(zone)
+@dataclass
+class _Parsers:
+    """The parser of the zones and limit last used (a process serves one stream of batches)."""
+
+    key: tuple[TenantZones, int] | None = None
+    parser: LeanParser | None = None
+
+    def of(self, zones: TenantZones, max_call_s: int) -> LeanParser:
+        if self.parser is None or self.key != (zones, max_call_s):
+            self.parser = LeanParser(zones.default, zones.by_tenant, max_call_s)
+            self.key = (zones, max_call_s)
+        return self.parser
 
 
-def validate_batch(values: Sequence[bytes], zone: ZoneInfo, latest_emitted_at: datetime) -> Verdicts:
+_PARSERS = _Parsers()
+
+
+def validate_batch(
+    values: Sequence[bytes], zones: TenantZones, latest_emitted_at: datetime, max_call_s: int = MAX_CALL_S
+) -> Verdicts:
     """The lean fast path over the whole batch; the model for the messages it leaves
     (invalid ones, and valid ones in shapes it does not take)."""
-    lean = _parser(zone).parse(list(values), latest_emitted_at)
+    lean = _PARSERS.of(zones, max_call_s).parse(list(values), latest_emitted_at)
     invalid: dict[int, Invalid] = {}
     events: list[CallEnded] = []
     positions: list[int] = []
     for i in lean.rest:
-        outcome = validate(values[i], zone, latest_emitted_at)
+        outcome = validate(
+            values[i], zones.default, latest_emitted_at, tenant_zones=zones.by_tenant, max_call_s=max_call_s
+        )
         if isinstance(outcome, Invalid):
             invalid[i] = outcome
         else:
@@ -89,19 +104,49 @@ def _exit_with(parent: BaseProcess) -> None:
     os._exit(0)
 
 
-def _warm(zone: ZoneInfo) -> None:
-    """A new worker's first task: imports done and the parser built before a batch waits."""
-    _parser(zone)
+class ZonesUnknown(Exception):
+    """A worker was sent the version of tenant zones it does not hold: send them whole."""
+
+
+# In a worker: the tenant zones last sent to it. Only a change crosses with a batch: the
+# consumer sends their version, and the zones themselves to a worker that answers
+# ZonesUnknown (once per worker and change).
+_held: TenantZones | None = None
+
+
+def _hold(zones: TenantZones) -> None:
+    global _held
+    _held = zones
+
+
+def _validate_in_worker(
+    values: Sequence[bytes], zones: TenantZones | int, latest_emitted_at: datetime, max_call_s: int
+) -> Verdicts:
+    if isinstance(zones, TenantZones):
+        _hold(zones)
+    elif _held is None or _held.version != zones:
+        raise ZonesUnknown(zones)
+    assert _held is not None
+    return validate_batch(values, _held, latest_emitted_at, max_call_s)
+
+
+def _warm(zones: TenantZones, max_call_s: int) -> None:
+    """A new worker's first task: imports done, zones held and the parser built before a batch waits."""
+    _hold(zones)
+    _PARSERS.of(zones, max_call_s)
 
 
 class Validator:
     """Runs ``validate_batch`` on ``processes`` worker processes (0: a thread of this one).
 
     A worker that dies (killed, out of memory) takes no batch with it: the batch is
-    validated here instead, and the next one goes to a new worker."""
+    validated here instead, and the next one goes to a new worker. Naive times are read
+    in ``zones``: one zone, or the tenants' zones of a directory (a change to it applies
+    from the next batch)."""
 
-    def __init__(self, zone: ZoneInfo, processes: int) -> None:
-        self._zone = zone
+    def __init__(self, zones: ZoneInfo | ZoneDirectory, processes: int, max_call_s: int = MAX_CALL_S) -> None:
+        self._zones = zones if isinstance(zones, ZoneDirectory) else ZoneDirectory(zones)
+        self._max_call_s = max_call_s
         self._processes = processes
         self._pool: ProcessPoolExecutor | None = None
         # Batches validated at once: each worker's, and one more queued so that a worker
@@ -115,7 +160,9 @@ class Validator:
             self._pool = pool = self._new_pool()
             loop = asyncio.get_running_loop()
             # Submitted together: the pool starts a worker for each task no idle one takes.
-            await asyncio.gather(*(loop.run_in_executor(pool, _warm, self._zone) for _ in range(self._processes)))
+            zones = self._zones.current()
+            warm = (loop.run_in_executor(pool, _warm, zones, self._max_call_s) for _ in range(self._processes))
+            await asyncio.gather(*warm)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # Spawned, never forked: this process runs threads (the store's, aiokafka's
@@ -124,17 +171,26 @@ class Validator:
         return ProcessPoolExecutor(self._processes, mp_context=context, initializer=_worker_started)
 
     async def __call__(self, values: Sequence[bytes], latest_emitted_at: datetime) -> Verdicts:
+        zones = self._zones.current()
+        limit = self._max_call_s
         pool = self._pool
         if pool is not None:
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(pool, validate_batch, values, self._zone, latest_emitted_at)
+                try:
+                    return await loop.run_in_executor(
+                        pool, _validate_in_worker, values, zones.version, latest_emitted_at, limit
+                    )
+                except ZonesUnknown:
+                    return await loop.run_in_executor(
+                        pool, _validate_in_worker, values, zones, latest_emitted_at, limit
+                    )
             except BrokenProcessPool:
                 log.error("a validation worker died; this batch is validated in the consumer, the next on a new worker")
                 if self._pool is pool:  # the first of the batches it held to fail replaces it
                     self._pool = self._new_pool()
                     pool.shutdown(wait=False, cancel_futures=True)
-        return await asyncio.to_thread(validate_batch, values, self._zone, latest_emitted_at)
+        return await asyncio.to_thread(validate_batch, values, zones, latest_emitted_at, limit)
 
     def close(self) -> None:
         if self._pool is not None:
