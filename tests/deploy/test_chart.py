@@ -331,16 +331,16 @@ def test_the_tenant_directory_is_mounted_from_its_secret() -> None:
     values = scenario(CHART / "ci" / "minimal-values.yaml")
     values["api"]["tenants"] = {"existingSecret": "cdr-tenants", "key": "tenants.yaml"}
     objects = render(values)
-    config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-api"))
-    assert config["data"]["CDR_TENANTS_FILE"] == "/etc/cdr/tenants/tenants.yaml"
-    pod = workload(objects, "api")["spec"]["template"]["spec"]
-    volume = next(v for v in pod["volumes"] if v["name"] == "tenants")
-    assert volume["secret"]["secretName"] == "cdr-tenants"
-    assert {"name": "tenants", "mountPath": "/etc/cdr/tenants", "readOnly": True} in pod["containers"][0][
-        "volumeMounts"
-    ]
     plain = render(scenario(CHART / "ci" / "minimal-values.yaml"))
-    assert (
-        "CDR_TENANTS_FILE"
-        not in next(o for o in by_kind(plain, "ConfigMap") if o["metadata"]["name"].endswith("-api"))["data"]
-    )
+    # The ingestor too: it reads each tenant's naive PBX times in the tenant's timezone.
+    for component in ("api", "ingest"):
+        config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith(f"-{component}"))
+        assert config["data"]["CDR_TENANTS_FILE"] == "/etc/cdr/tenants/tenants.yaml"
+        pod = workload(objects, component)["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "tenants")
+        assert volume["secret"]["secretName"] == "cdr-tenants"
+        assert {"name": "tenants", "mountPath": "/etc/cdr/tenants", "readOnly": True} in pod["containers"][0][
+            "volumeMounts"
+        ]
+        without = next(o for o in by_kind(plain, "ConfigMap") if o["metadata"]["name"].endswith(f"-{component}"))
+        assert "CDR_TENANTS_FILE" not in without["data"]
