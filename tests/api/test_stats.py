@@ -4,7 +4,7 @@ filters, for every group_by, including after re-sent and corrected events."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -94,6 +94,7 @@ async def test_stats_follow_filters_and_corrections(stats_api: Api) -> None:
             "billsec": 0,
             "duration": 7,
             "time_answered": None,
+            "time_ended": (datetime.fromisoformat(e["time_started"]) + timedelta(seconds=7)).isoformat(),
             "recording_url": None,
             "emitted_at": "2030-01-01T00:00:00+00:00",
         }
