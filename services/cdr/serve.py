@@ -71,5 +71,6 @@ def http_server(app: ASGIApp, host: str, port: int, settings: Settings) -> uvico
         lifespan="on",
         http=_JsonErrorsProtocol,
         h11_max_incomplete_event_size=settings.api_max_url_bytes + settings.api_max_header_bytes + 4096,
+        timeout_keep_alive=settings.api_keep_alive_s,
     )
     return _QuietServer(config)

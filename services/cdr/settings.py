@@ -384,6 +384,16 @@ class Settings(BaseSettings):
     api_max_header_bytes: int = Field(
         16_384, ge=1_024, le=1_048_576, description="Largest total of request headers the API accepts; larger is a 431."
     )
+    api_keep_alive_s: int = Field(
+        75,
+        ge=1,
+        le=3_600,
+        description=(
+            "Seconds the API keeps an idle HTTP connection open. Above the upstream idle timeout of whatever"
+            " proxies it (ingress-nginx and most cloud load balancers: 60 s), so the proxy, never the API,"
+            " closes an idle connection: otherwise a request sent as the API closes it gets a 502."
+        ),
+    )
     phone_region: str = Field("VN", description="Region for reading national phone numbers.")
     rate_limit_per_s: float = Field(
         0, ge=0, description="Requests per second per tenant and API replica; 0 turns the limit off."

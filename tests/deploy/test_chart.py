@@ -3,6 +3,7 @@ Kubernetes schemas; the rendered objects keep the promises of the README."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,10 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from starlette.applications import Starlette
 
 from cdr.api.openapi import openapi_document
+from cdr.serve import http_server
 from cdr.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,13 +113,24 @@ def test_rendered_objects_keep_their_promises(path: Path) -> None:
             assert c[probe]["httpGet"]["port"] in ports
     assert containers["api"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
-    # The migration runs as a hook before the workloads; whatever it reads exists by then.
+    # The migration runs as a hook before the workloads; whatever it reads exists by then:
+    # hooks of lower weight (its ServiceAccount, its Secret), never a release resource.
     annotations = job["metadata"]["annotations"]
     assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
-    for secret in by_kind(objects, "Secret"):
-        assert "pre-install" in secret["metadata"]["annotations"]["helm.sh/hook"]
-        assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
-    assert "serviceAccountName" not in job["spec"]["template"]["spec"]
+    hooks = {
+        (o["kind"], o["metadata"]["name"]): int(o["metadata"]["annotations"]["helm.sh/hook-weight"])
+        for o in objects
+        if "helm.sh/hook" in o["metadata"].get("annotations", {})
+    }
+    job_pod = job["spec"]["template"]["spec"]
+    read = {("ServiceAccount", job_pod["serviceAccountName"])} | {
+        ("Secret", e["valueFrom"]["secretKeyRef"]["name"])
+        for e in containers["migrate"]["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    charts = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for kind_name in read & charts:
+        assert hooks.get(kind_name, 0) < int(annotations["helm.sh/hook-weight"]), kind_name
 
     # Ingest has no Service; the API has one.
     services = by_kind(objects, "Service")
@@ -226,7 +240,7 @@ def test_the_api_can_read_as_a_user_of_its_own() -> None:
     for other in (env("ingest"), migrate):
         assert other["CDR_CLICKHOUSE_URL"]["value"] == "http://default@clickhouse:8123"
         assert other["CDR_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "clickhouse-password"
-    secret = by_kind(objects, "Secret")[0]
+    secret = next(o for o in by_kind(objects, "Secret") if o["metadata"]["name"] == "cdr-secrets")
     assert {"clickhouse-password", "clickhouse-api-password"} <= set(secret["data"])
     # Unset, the API reads with the common credentials.
     assert "CDR_CLICKHOUSE_PASSWORD" not in env_of(render(scenario(CHART / "ci" / "minimal-values.yaml")), "api")
@@ -344,3 +358,182 @@ def test_the_tenant_directory_is_mounted_from_its_secret() -> None:
         ]
         without = next(o for o in by_kind(plain, "ConfigMap") if o["metadata"]["name"].endswith(f"-{component}"))
         assert "CDR_TENANTS_FILE" not in without["data"]
+
+
+def notes(values: dict[str, Any], *, upgrade: bool = False) -> str:
+    chart = helm.Chart.load(str(CHART))
+    manifests = chart.render(values, name="cdr", namespace="pbx", is_install=not upgrade, is_upgrade=upgrade)
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
+def pod_of(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The pod spec of the api or ingest Deployment, or of the migration Job."""
+    owner = by_kind(objects, "Job")[0] if component == "migrate" else workload(objects, component)
+    pod: dict[str, Any] = owner["spec"]["template"]["spec"]
+    return pod
+
+
+def test_a_private_clickhouse_ca_reaches_every_pod_that_talks_to_clickhouse() -> None:
+    """Issue 26 item 1: the TLS Secret is mounted into the API, the ingestors and the migration
+    Job (the first to connect), its files named by the settings the client reads; each of the
+    three takes extra env, envFrom, volumes and mounts."""
+    objects = render(scenario(CHART / "ci" / "replicated-ca-values.yaml"))
+    for component in ("api", "ingest", "migrate"):
+        pod = pod_of(objects, component)
+        container = pod["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["CDR_CLICKHOUSE_CA_FILE"]["value"] == "/etc/cdr/clickhouse-tls/ca.crt", component
+        assert env["CDR_CLICKHOUSE_CLIENT_CERT_FILE"]["value"] == "/etc/cdr/clickhouse-tls/tls.crt", component
+        assert env["CDR_CLICKHOUSE_CLIENT_KEY_FILE"]["value"] == "/etc/cdr/clickhouse-tls/tls.key", component
+        assert {
+            "name": "clickhouse-tls",
+            "secret": {"secretName": "clickhouse-client-tls", "defaultMode": 0o440},
+        } in pod["volumes"], component
+        assert {"name": "clickhouse-tls", "mountPath": "/etc/cdr/clickhouse-tls", "readOnly": True} in container[
+            "volumeMounts"
+        ], component
+        plain = {
+            k.removeprefix("CDR_").lower(): e["value"] for k, e in env.items() if k.startswith("CDR_") and "value" in e
+        }
+        settings = load_settings(**plain)
+        assert str(settings.clickhouse_ca_file) == "/etc/cdr/clickhouse-tls/ca.crt", component
+    api, ingest, migrate = (pod_of(objects, c) for c in ("api", "ingest", "migrate"))
+    assert {"name": "extra-ca", "configMap": {"name": "corporate-ca"}} in api["volumes"]
+    assert {"name": "extra-ca", "mountPath": "/etc/cdr/extra-ca", "readOnly": True} in api["containers"][0][
+        "volumeMounts"
+    ]
+    assert {"configMapRef": {"name": "cdr-ingest-tuning", "optional": True}} in ingest["containers"][0]["envFrom"]
+    assert {"name": "TZ", "value": "UTC"} in migrate["containers"][0]["env"]
+    # The shipped production example names its in-cluster CA too.
+    production = render(scenario(CHART / "ci" / "production-values.yaml"))
+    for component in ("api", "ingest", "migrate"):
+        env = {e["name"]: e for e in pod_of(production, component)["containers"][0]["env"]}
+        assert env["CDR_CLICKHOUSE_CA_FILE"]["value"] == "/etc/cdr/clickhouse-tls/ca.crt", component
+    # A TLS Secret for a plain-HTTP ClickHouse is a mistake, said at render time.
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["clickhouse"]["tls"] = {"secretName": "clickhouse-ca"}
+    with pytest.raises(helm.HelmError, match=r"no clickhouse URL is https"):
+        render(values)
+
+
+def test_the_migration_hook_runs_as_its_own_identity_outside_the_mesh_and_cleans_up() -> None:
+    """Issue 26 item 3: pod annotations (Istio's sidecar would keep the Job from completing),
+    scheduling, a ServiceAccount that exists at pre-install, ttlSecondsAfterFinished, and a
+    --timeout in the NOTES longer than the Job's deadline."""
+    values = scenario(CHART / "ci" / "replicated-ca-values.yaml")
+    objects = render(values)
+    job = by_kind(objects, "Job")[0]
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert pod["metadata"]["annotations"]["proxy.istio.io/config"]  # the common podAnnotations too
+    assert pod["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["spec"]["tolerations"][0]["key"] == "dedicated"
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+    account = next(o for o in by_kind(objects, "ServiceAccount") if o["metadata"]["name"] == "cdr-migrate")
+    assert pod["spec"]["serviceAccountName"] == "cdr-migrate"
+    assert account["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(account["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    text = notes(values)
+    minutes = int(next(line for line in text.splitlines() if "--timeout" in line).split("--timeout ")[1].split("m")[0])
+    assert minutes * 60 > job["spec"]["activeDeadlineSeconds"] == 1200
+
+
+def test_the_charts_secret_is_a_release_resource_and_missing_secrets_fail_to_render() -> None:
+    """Issue 26 item 6: the Secret of inline values is no hook (rollback restores it, uninstall
+    deletes it, Argo CD syncs it once); the hook Secret carries only what the Job reads; a
+    missing token source or cursor key fails `helm install`, naming the value."""
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["clickhouse"]["password"] = {"value": "writer-password"}
+    objects = render(values)
+    secrets = {o["metadata"]["name"]: o for o in by_kind(objects, "Secret")}
+    assert "helm.sh/hook" not in secrets["cdr-secrets"]["metadata"].get("annotations", {})
+    assert {"api-tokens", "cursor-secret", "clickhouse-password"} <= set(secrets["cdr-secrets"]["data"])
+    assert set(secrets["cdr-migrate"]["data"]) == {"clickhouse-password"}
+    assert secrets["cdr-migrate"]["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    migrate = {e["name"]: e for e in pod_of(objects, "migrate")["containers"][0]["env"]}
+    assert migrate["CDR_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "cdr-migrate",
+        "key": "clickhouse-password",
+    }
+    assert env_of(objects, "ingest")["CDR_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "cdr-secrets"
+    # Existing Secrets only: no chart Secret at all, hook or not.
+    assert not by_kind(render(scenario(CHART / "ci" / "replicated-ca-values.yaml")), "Secret")
+
+    for path, change, message in [
+        (("api", "cursorSecret"), {"value": ""}, r"api\.cursorSecret is required"),
+        (("api", "cursorSecret"), {"value": "too-short"}, r"at least 32 characters"),
+        (("api", "tokens"), {"value": ""}, r"api\.tokens is required"),
+    ]:
+        broken = scenario(CHART / "ci" / "minimal-values.yaml")
+        broken[path[0]][path[1]] = change
+        with pytest.raises(helm.HelmError, match=message):
+            render(broken)
+    # The tenant directory alone is a token source: no token file is mounted then.
+    tenants_only = scenario(CHART / "ci" / "minimal-values.yaml")
+    tenants_only["api"]["tokens"] = {"value": ""}
+    tenants_only["api"]["tenants"] = {"existingSecret": "cdr-tenants"}
+    api = pod_of(render(tenants_only), "api")
+    assert [v["name"] for v in api["volumes"]] == ["tmp", "tenants"]
+
+
+def test_the_api_drains_before_it_stops_and_outlives_the_proxys_idle_timeout() -> None:
+    """Issue 26 item 8: a preStop sleep inside the grace period; a keep-alive above 60 s that
+    reaches uvicorn; a PDB that bounds a drain to a share; spread over zones; HPA behavior."""
+    objects = render(scenario(CHART / "ci" / "production-values.yaml"))
+    pod = pod_of(objects, "api")
+    pre_stop = pod["containers"][0]["lifecycle"]["preStop"]
+    assert pre_stop == {"sleep": {"seconds": 10}}  # Kubernetes >= 1.30 (validated at KUBE_VERSION)
+    assert pod["terminationGracePeriodSeconds"] > pre_stop["sleep"]["seconds"]
+
+    config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == "cdr-api")
+    settings = load_settings(api_keep_alive_s=config["data"]["CDR_API_KEEP_ALIVE_S"])
+    server = http_server(Starlette(), "127.0.0.1", 0, settings)
+    assert server.config.timeout_keep_alive == settings.api_keep_alive_s > 60
+
+    (budget,) = (o for o in by_kind(objects, "PodDisruptionBudget") if o["metadata"]["name"] == "cdr-api")
+    assert "minAvailable" not in budget["spec"]
+    share = budget["spec"]["maxUnavailable"]
+    assert isinstance(share, str) and math.ceil(20 * int(share.rstrip("%")) / 100) <= 2  # of 20 replicas
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= set(spread)
+    assert spread["topology.kubernetes.io/zone"]["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
+    (hpa,) = by_kind(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    # The sizing the operator needs: ClickHouse reads at most replicas x pool size.
+    assert "20 x clickhouse.poolSize = 160 concurrent reads" in notes(scenario(CHART / "ci" / "production-values.yaml"))
+
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["api"]["preStopSleepSeconds"] = 30
+    values["api"]["terminationGracePeriodSeconds"] = 30
+    with pytest.raises(helm.HelmError, match=r"terminationGracePeriodSeconds must exceed"):
+        render(values)
+
+
+def test_conventions_global_probes_egress_notes_and_an_alert_on_absent_ingestors() -> None:
+    """Issue 26 item 9."""
+    values = scenario(CHART / "ci" / "replicated-ca-values.yaml")
+    assert "global" in values
+    objects = render(values)  # validates against the schema, `global` included
+    # Probes take the operator's timings; the paths stay the chart's.
+    api = pod_of(objects, "api")["containers"][0]
+    assert api["livenessProbe"]["periodSeconds"] == 20 and api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod_of(objects, "ingest")["containers"][0]["readinessProbe"]["timeoutSeconds"] == 5
+    # Egress is restricted too: DNS, ClickHouse's port for all, Kafka's for the ingestors only.
+    policies = {o["metadata"]["name"]: o["spec"] for o in by_kind(objects, "NetworkPolicy")}
+    for name in ("cdr-api", "cdr-ingest", "cdr-migrate"):
+        assert "Egress" in policies[name]["policyTypes"], name
+        ports = {p["port"] for rule in policies[name]["egress"] for p in rule["ports"]}
+        assert {53, 8443} <= ports, name
+        assert (9093 in ports) == (name == "cdr-ingest"), name
+    # NOTES reach the health routes where they are served: the pods' ops port, not the Service.
+    text = notes(values)
+    service_ports = {p["port"] for s in by_kind(objects, "Service") for p in s["spec"]["ports"]}
+    health = next(line for line in text.splitlines() if "/readyz" in line and "curl" in line)
+    forward = next(line for line in text.splitlines() if "port-forward" in line and "9100" in line)
+    assert "deploy/cdr-api" in forward and 9100 not in service_ports and ":9100/" in health
+    assert "Upgrading" not in text and "Upgrading" in notes(values, upgrade=True)
+    # An alert that fires when no ingestor is scraped at all (the others would go blind).
+    (rule,) = by_kind(objects, "PrometheusRule")
+    exprs = {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert exprs["CdrIngestAbsent"].startswith("absent(") and "-ingest" in exprs["CdrIngestAbsent"]

@@ -84,8 +84,9 @@ app.kubernetes.io/part-of: cdr
   value: {{ .Values.logLevel | quote }}
 {{- end }}
 
-{{/* ClickHouse URL and password: (list <url+password values> root). The API may read
-with a user of its own (clickhouse.api), granted SELECT only; the rest use clickhouse. */}}
+{{/* ClickHouse URL, password and TLS files: (list <url+password values> root [secret name]).
+The API may read with a user of its own (clickhouse.api), granted SELECT only; the rest use
+clickhouse. The migration Job names its hook Secret (the third item) for an inline password. */}}
 {{- define "cdr.clickhouseEnv" -}}
 {{- $ch := index . 0 }}{{- $root := index . 1 }}
 - name: CDR_CLICKHOUSE_URL
@@ -94,8 +95,72 @@ with a user of its own (clickhouse.api), granted SELECT only; the rest use click
 - name: CDR_CLICKHOUSE_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "cdr.secretName" (list $ch.password $root) }}
+      name: {{ if and (gt (len .) 2) (not $ch.password.existingSecret) }}{{ index . 2 }}{{ else }}{{ include "cdr.secretName" (list $ch.password $root) }}{{ end }}
       key: {{ $ch.password.key }}
+{{- end }}
+{{- $tls := $root.Values.clickhouse.tls }}
+{{- if $tls.secretName }}
+{{- if $tls.caKey }}
+- name: CDR_CLICKHOUSE_CA_FILE
+  value: /etc/cdr/clickhouse-tls/{{ $tls.caKey }}
+{{- end }}
+{{- if $tls.certKey }}
+- name: CDR_CLICKHOUSE_CLIENT_CERT_FILE
+  value: /etc/cdr/clickhouse-tls/{{ $tls.certKey }}
+{{- with $tls.keyKey }}
+- name: CDR_CLICKHOUSE_CLIENT_KEY_FILE
+  value: /etc/cdr/clickhouse-tls/{{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $tls.verify }}
+- name: CDR_CLICKHOUSE_VERIFY
+  value: "false"
+{{- end }}
+{{- end }}
+
+{{/* The ClickHouse TLS Secret: a volume and its mount, in every pod that talks to ClickHouse. */}}
+{{- define "cdr.clickhouseTlsVolume" -}}
+{{- with .Values.clickhouse.tls.secretName }}
+- name: clickhouse-tls
+  secret: {secretName: {{ . | quote }}, defaultMode: 0440}
+{{- end }}
+{{- end }}
+{{- define "cdr.clickhouseTlsMount" -}}
+{{- if .Values.clickhouse.tls.secretName }}
+- {name: clickhouse-tls, mountPath: /etc/cdr/clickhouse-tls, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{/* Scheduling of a pod: (list <workload values> root <component>); topology spread of the
+component's pods over topologySpread.topologyKeys. */}}
+{{- define "cdr.scheduling" -}}
+{{- $w := index . 0 }}{{- $root := index . 1 }}{{- $component := index . 2 }}
+{{- with $w.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $w.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $w.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $w.topologySpread }}
+{{- if .topologyKeys }}
+topologySpreadConstraints:
+  {{- range .topologyKeys }}
+  - topologyKey: {{ . }}
+    maxSkew: {{ $w.topologySpread.maxSkew }}
+    whenUnsatisfiable: {{ $w.topologySpread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "cdr.selectorLabels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ $component }}
+  {{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -144,11 +209,104 @@ the password by Secret reference, PEM files from the mounted tls Secret (cdr.kaf
 {{- if .Values.clickhouse.api.url }}{{ toJson .Values.clickhouse.api }}{{ else }}{{ toJson .Values.clickhouse }}{{ end }}
 {{- end }}
 
+{{/* A probe: the chart's path on the ops port, the operator's timings. */}}
 {{- define "cdr.probe" -}}
 httpGet:
   path: {{ .path }}
-  port: {{ .port }}
-periodSeconds: {{ .period | default 10 }}
-timeoutSeconds: 3
-failureThreshold: {{ .failures | default 3 }}
+  port: ops
+{{- with .timings }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Render-time checks: a value the pods cannot start without fails `helm install`, naming
+it, instead of a pod stuck in CreateContainerConfigError. */}}
+{{- define "cdr.checks" -}}
+{{- $api := .Values.api }}
+{{- if not (or $api.cursorSecret.value $api.cursorSecret.existingSecret) }}
+{{- fail "api.cursorSecret is required: give .existingSecret (or .value, at least 32 characters)" }}
+{{- end }}
+{{- if and $api.cursorSecret.value (not $api.cursorSecret.existingSecret) (lt (len $api.cursorSecret.value) 32) }}
+{{- fail "api.cursorSecret.value must be at least 32 characters" }}
+{{- end }}
+{{- if not (or $api.tokens.value $api.tokens.existingSecret $api.tenants.value $api.tenants.existingSecret) }}
+{{- fail "api.tokens is required: give .existingSecret (or .value), or the tenant directory api.tenants" }}
+{{- end }}
+{{- $tls := .Values.clickhouse.tls }}
+{{- if and $tls.secretName (not (or (hasPrefix "https://" .Values.clickhouse.url) (hasPrefix "https://" .Values.clickhouse.api.url))) }}
+{{- fail "clickhouse.tls.secretName is set but no clickhouse URL is https://" }}
+{{- end }}
+{{- if and (or $tls.certKey $tls.keyKey) (not $tls.secretName) }}
+{{- fail "clickhouse.tls.certKey/keyKey need clickhouse.tls.secretName (the Secret holding them)" }}
+{{- end }}
+{{- if and $api.preStopSleepSeconds (le (int $api.terminationGracePeriodSeconds) (int $api.preStopSleepSeconds)) }}
+{{- fail "api.terminationGracePeriodSeconds must exceed api.preStopSleepSeconds (the sleep counts against it)" }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the API mounts a token file (tokens may come from the tenant directory alone). */}}
+{{- define "cdr.apiTokens" -}}
+{{- if or .Values.api.tokens.value .Values.api.tokens.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* Whether the migration Job reads an inline ClickHouse password (from its hook Secret). */}}
+{{- define "cdr.migrateSecret" -}}
+{{- $pw := .Values.clickhouse.password }}
+{{- if and .Values.migrations.enabled $pw.value (not $pw.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "cdr.migrateServiceAccountName" -}}
+{{- $sa := .Values.migrations.serviceAccount }}
+{{- if $sa.create }}
+{{- default (printf "%s-migrate" (include "cdr.fullname" .)) $sa.name }}
+{{- else }}
+{{- default "default" $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/* Ports a list of host:port addresses (or URLs) name, for egress rules. */}}
+{{- define "cdr.clickhousePorts" -}}
+{{- $ports := list }}
+{{- range (list .Values.clickhouse.url .Values.clickhouse.api.url) }}
+{{- if . }}
+{{- $u := urlParse . }}
+{{- $hostport := splitList ":" $u.host }}
+{{- if gt (len $hostport) 1 }}
+{{- $ports = append $ports (last $hostport | int) }}
+{{- else }}
+{{- $ports = append $ports (ternary 443 80 (eq $u.scheme "https")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | toJson }}
+{{- end }}
+{{- define "cdr.kafkaPorts" -}}
+{{- $ports := list }}
+{{- range splitList "," .Values.kafka.bootstrapServers }}
+{{- $ports = append $ports (last (splitList ":" (trim .)) | int) }}
+{{- end }}
+{{- $ports | uniq | toJson }}
+{{- end }}
+
+{{/* Egress every pod needs: DNS, ClickHouse on the ports of its URLs, the operator's extra rules. */}}
+{{- define "cdr.egressCommon" -}}
+{{- $np := .Values.networkPolicy }}
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+  {{- with $np.egress.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+- ports:
+    {{- range (include "cdr.clickhousePorts" . | fromJsonArray) }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  {{- with $np.egress.clickhouseTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- with $np.egress.extra }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
