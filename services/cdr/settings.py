@@ -190,6 +190,18 @@ class Settings(BaseSettings):
             " would win over every correction of the call until then (a PBX clock far ahead)."
         ),
     )
+    correction_grace_s: int = Field(
+        10,
+        ge=0,
+        le=86_400,
+        description=(
+            "A call's first version is emitted when it ends: an event emitted within this many seconds"
+            " after its time_ended is taken for one. Any other is looked up among the stored versions of"
+            " its call before it is written, so that a correction that moves time_started leaves one"
+            " record (a lookup reads ~one granule of a key table per event). Set it above the PBX's"
+            " hang-up-to-emission delay; a correction emitted within it of its own end is not looked up."
+        ),
+    )
     max_call_seconds: int = Field(
         MAX_CALL_S,
         ge=60,
@@ -199,6 +211,7 @@ class Settings(BaseSettings):
             " time_started, or whose duration is longer, is dead-lettered. A day by default: a longer"
             " call is a channel the PBX never hung up or a clock jump, not a conversation."
         ),
+    )
     dlq_max_ratio: float = Field(
         0.5,
         gt=0,

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -16,6 +17,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import LogicSubscriber
 
+from cdr.ingest.corrections import Corrections
 from cdr.ingest.dlq import DlqLimit
 from cdr.ingest.health import IngestHealth
 from cdr.ingest.pipeline import Pipeline
@@ -135,7 +137,10 @@ async def _within(deadline: float, step: Awaitable[None], what: str) -> bool:
 def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingestor:
     stopping = asyncio.Event()
     initial_s, max_s = settings.insert_retry_initial_ms / 1000, settings.insert_retry_max_ms / 1000
-    writer = BatchWriter(store, metrics, stopping, initial_backoff_s=initial_s, max_backoff_s=max_s)
+    corrections = Corrections(store, timedelta(seconds=settings.correction_grace_s))
+    writer = BatchWriter(
+        store, metrics, stopping, initial_backoff_s=initial_s, max_backoff_s=max_s, corrections=corrections
+    )
     timeout_s = settings.kafka_request_timeout_ms / 1000
     security = kafka_security(settings)  # key files and password file read once
     options = options_of(security)

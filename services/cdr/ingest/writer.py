@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from cdr.ingest.corrections import Corrections
 from cdr.ingest.retry import Backoff
 from cdr.metrics import Metrics
 from cdr.store import Store, StoreError, StoreUnavailable
@@ -55,11 +56,14 @@ class BatchWriter:
         initial_backoff_s: float,
         max_backoff_s: float,
         table: str = "cdr",
+        corrections: Corrections | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._backoff = Backoff(initial_backoff_s, max_backoff_s, stopping)
         self._table = table
+        # Resolved on every attempt: the lookup reads what the attempt before stored.
+        self._corrections = corrections
         self.healthy = True
 
     async def write(self, rows: pa.Table, *, max_refused: int) -> list[Refused]:
@@ -105,7 +109,8 @@ class BatchWriter:
     async def _insert(self, rows: pa.Table) -> None:
         async def insert() -> None:
             started = time.perf_counter()
-            await self._store.insert_arrow(self._table, rows)
+            resolved = rows if self._corrections is None else await self._corrections.resolve(rows)
+            await self._store.insert_arrow(self._table, resolved)
             self._metrics.insert_seconds.observe(time.perf_counter() - started)
 
         def failed(attempt: int, exc: BaseException, retry_in_s: float) -> None:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from cdr.settings import Settings
 
-Param = str | int | float | datetime | uuid.UUID | Sequence[str] | None
+Param = str | int | float | datetime | uuid.UUID | Sequence[str] | Sequence[uuid.UUID] | None
 Row = list[Any]
 T = TypeVar("T")
 
@@ -293,8 +293,12 @@ class Store:
         if self._closed:
             raise StoreUnavailable("the store is closed")
 
-    async def query(self, sql: str, params: Mapping[str, Param] | None = None, *, health: bool = False) -> list[Row]:
-        """Rows of a SELECT, on a read worker (``health``: on the health check's own worker).
+    async def query(
+        self, sql: str, params: Mapping[str, Param] | None = None, *, health: bool = False, writer: bool = False
+    ) -> list[Row]:
+        """Rows of a SELECT, on a read worker (``health``: on the health check's own worker;
+        ``writer``: on a write worker, for the ingestor's reads before an insert, which
+        neither take an API reader nor count against the API's read budget).
 
         Cancelled (its client went away), a read that has not started never runs; one
         that has is killed on a server and waited for, so the caller's slot stays taken
@@ -302,7 +306,8 @@ class Store:
         cancel; its reads end at the read budget's time limit)."""
         self._check_open()
         query_id = uuid.uuid4().hex
-        work = (self._health if health else self._reads).submit(_rows, sql, dict(params or {}), query_id)
+        lane = self._health if health else self._writes if writer else self._reads
+        work = lane.submit(_rows, sql, dict(params or {}), query_id)
         return await self._outcome(work, query_id, wait_if_cancelled=not health)
 
     async def stream_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> AsyncGenerator[bytes, None]:

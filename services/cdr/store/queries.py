@@ -109,8 +109,14 @@ class Query:
     params: dict[str, Param]
 
 
+# After FINAL (a filter on a column outside the sort key is applied to the merged rows):
+# the version of a call that a correction moved away, or a stale one at another time
+# (cdr.ingest.corrections), is never a record.
+_LIVE = "superseded = 0"
+
+
 def _where(tenant: str, f: SearchFilters) -> tuple[list[str], dict[str, Param]]:
-    clauses = ["tenant_id = {tenant:String}"]
+    clauses = ["tenant_id = {tenant:String}", _LIVE]
     params: dict[str, Param] = {"tenant": tenant}
     ranges = (
         ("start", "time_started >= {start:DateTime64(3, 'UTC')}"),
@@ -267,8 +273,9 @@ def scroll_query(
 
 
 def tenant_edge_query(table: str, tenant: str, *, latest: bool) -> Query:
-    """The tenant's earliest (or latest) time_started; versions of a record share it,
-    so no FINAL is needed."""
+    """The tenant's earliest (or latest) time_started, without FINAL: a superseded
+    version or a tombstone (cdr.ingest.corrections) can only widen it, which costs the
+    caller speed, never a record."""
     fn = "max" if latest else "min"
     return Query(
         f"SELECT {fn}(time_started), count() > 0 FROM {table} WHERE tenant_id = {{tenant:String}}",
@@ -281,7 +288,7 @@ def id_lookup_query(table: str, tenant: str, id_: UUID, *, tz: str) -> Query:
     (every version of a record shares it): a few granules are read."""
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL "
-        "WHERE tenant_id = {tenant:String} AND id = {id:UUID} LIMIT 1" + _FINAL_SETTINGS
+        f"WHERE tenant_id = {{tenant:String}} AND id = {{id:UUID}} AND {_LIVE} LIMIT 1" + _FINAL_SETTINGS
     )
     return Query(sql, {"tenant": tenant, "id": id_, "tz": tz})
 
@@ -293,7 +300,7 @@ def call_id_lookup_query(table: str, tenant: str, call_id: str, *, tz: str) -> Q
     an OR of the two would defeat both seeks."""
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL "
-        "WHERE tenant_id = {tenant:String} AND sip_call_id = {key:String} AND (time_started, id) IN "
+        f"WHERE tenant_id = {{tenant:String}} AND sip_call_id = {{key:String}} AND {_LIVE} AND (time_started, id) IN "
         f"(SELECT time_started, id FROM {table}_key_by_call_id "
         "WHERE tenant_id = {tenant:String} AND sip_call_id = {key:String}) "
         "ORDER BY time_started, id LIMIT 1" + _FINAL_SETTINGS
