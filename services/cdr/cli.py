@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -31,27 +30,10 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _create_topics(settings: Settings) -> int:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
+    from cdr.topics import create_topics
 
-    from cdr.kafka_security import check_kafka_access, kafka_client_options
-
-    security = kafka_client_options(settings)
-    await check_kafka_access(settings, security)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **security)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [t for t in (settings.kafka_topic, settings.kafka_dlq_topic) if t not in existing]
-        if wanted:
-            # Another process may create them at the same moment; that is fine.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(t, num_partitions=settings.kafka_partitions, replication_factor=1) for t in wanted]
-                )
-        log.info("topics ready", extra={"topics_created": wanted})
-    finally:
-        await admin.close()
+    created = await create_topics(settings)
+    log.info("topics ready", extra={"topics_created": created})
     return 0
 
 

@@ -425,6 +425,14 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(
         4, ge=1, description="Partitions of the topics `cdr create-topics` creates (ingestor replicas at most)."
     )
+    kafka_replication_factor: int = Field(
+        -1,
+        ge=-1,
+        description=(
+            "Replication factor of the topics `cdr create-topics` creates; -1: the brokers'"
+            " default.replication.factor. Never below the brokers' min.insync.replicas (acks=all)."
+        ),
+    )
 
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
 
@@ -437,6 +445,13 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{server!r} is not host:port (comma-separated for several brokers)")
         return ",".join(servers)
+
+    @field_validator("kafka_replication_factor")
+    @classmethod
+    def _replication_factor(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the brokers' default) or at least 1")
+        return value
 
     @field_validator("kafka_topic", "kafka_dlq_topic")
     @classmethod
