@@ -36,11 +36,11 @@ def replication_factor(wanted: int, brokers: BrokerDefaults) -> int:
     brokers, or fewer than ``min.insync.replicas`` (every acks=all send would fail)."""
     if wanted == -1:
         if brokers.default_replication_factor is None:
-            problem = (
+            unknown = (
                 "the brokers' default.replication.factor cannot be read (DescribeConfigs on the cluster);"
                 " set the replication factor explicitly"
             )
-            raise SettingsError(f"{_SETTING}: {problem}", [{"setting": _SETTING, "value": "-1", "error": problem}])
+            raise SettingsError(f"{_SETTING}: {unknown}", [{"setting": _SETTING, "value": "-1", "error": unknown}])
         factor = brokers.default_replication_factor
     else:
         factor = wanted
