@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from cdr.api.app import READY_TIMEOUT_S, api_ops_app, create_app
 from cdr.ingest.app import Ingestor, build_ingestor
-from cdr.metrics import Metrics
+from cdr.metrics import Metrics, Role
 from cdr.ops import ops_routes
 from cdr.serve import http_server
 from cdr.settings import Settings
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 async def run_api(settings: Settings) -> int:
     """Serve the API on CDR_API_PORT and its /healthz, /readyz, /metrics on CDR_OPS_PORT;
     the schema is migrated by `cdr migrate` (a Helm hook in production)."""
-    metrics = Metrics()
+    metrics = Metrics(roles=("api",))
     store = open_store(settings)
     app = create_app(settings, store, metrics, close_store=True, ops_routes_here=False)
     servers = [
@@ -62,6 +62,7 @@ async def run_all(settings: Settings) -> int:
         lambda ingestor, store, metrics: create_app(settings, store, metrics, extra_ready=ingestor.ready),
         settings.api_port,
         migrate,
+        ("ingest", "api"),
     )
 
 
@@ -69,7 +70,7 @@ async def run_ingest(settings: Settings) -> int:
     """The ingestor alone, with /healthz, /readyz and /metrics on CDR_OPS_PORT. It does not
     migrate (`cdr migrate`, the chart's Job, does): it waits for the schema to be current,
     and its /readyz says so meanwhile."""
-    return await _ingest_and_serve(settings, _ingest_ops_app, settings.ops_port, schema_step(settings))
+    return await _ingest_and_serve(settings, _ingest_ops_app, settings.ops_port, schema_step(settings), ("ingest",))
 
 
 def schema_step(settings: Settings) -> Callable[[Store], Awaitable[object]]:
@@ -122,9 +123,10 @@ async def _ingest_and_serve(
     make_app: Callable[[Ingestor, Store, Metrics], ASGIApp],
     port: int,
     schema: Callable[[Store], Awaitable[object]],
+    roles: tuple[Role, ...],
 ) -> int:
     _tune_interpreter()
-    metrics = Metrics()
+    metrics = Metrics(roles=roles)
     store = open_store(settings)
     ingestor = build_ingestor(settings, store, metrics)
     # Serving from the start: /healthz answers (and /readyz says "starting") while

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import httpx
 import promql_parser
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from cdr.api.auth import token_digest
 from tests.api.conftest import free_port
@@ -27,6 +29,8 @@ from tests.helpers import cdr_process, encoded, events, produce, service_env, wa
 # and the series it makes itself for each target.
 TARGET_LABELS = {"namespace", "pod", "job", "instance", "container", "endpoint", "service"}
 PROMETHEUS_SERIES = {"up"}
+# Samples that count (counters, and a histogram's buckets, count and sum): 0 until work is done.
+COUNTED = ("_total", "_bucket", "_count", "_sum")
 TENANT, TOKEN = "observed.example", "observability-token"
 
 
@@ -88,6 +92,57 @@ def exported(text: str) -> dict[str, set[str]]:
     return found
 
 
+def rule_groups() -> dict[str, list[str]]:
+    """Rule group name -> the expressions of its rules."""
+    (rule,) = by_kind(monitoring_objects(), "PrometheusRule")
+    return {group["name"]: [r["expr"] for r in group["rules"]] for group in rule["spec"]["groups"]}
+
+
+# Which process each rule group watches: its series must come from that process only,
+# or every pod of the other would feed the alert too (unless the rule selects a job).
+GROUP_PROCESSES = {"cdr-ingest": {"ingest"}, "cdr-api": {"api"}, "cdr-pods": {"ingest", "api"}}
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One series selector of an expression: the metric and its matchers (name, op, value)."""
+
+    name: str
+    matchers: tuple[tuple[str, str, str], ...]
+
+    def matches(self, sample: Sample) -> bool:
+        if sample.name != self.name:
+            return False
+        for label, op, value in self.matchers:
+            if label in TARGET_LABELS:
+                continue  # set by Prometheus, not the process
+            have = sample.labels.get(label, "")
+            hit = have == value if op in ("Equal", "NotEqual") else re.fullmatch(value, have) is not None
+            if hit != (op in ("Equal", "Re")):
+                return False
+        return True
+
+    @property
+    def selects_job(self) -> bool:
+        return any(label == "job" for label, _, _ in self.matchers)
+
+
+def selectors(expr: str) -> list[Selector]:
+    found: list[Selector] = []
+
+    def enter(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name not in PROMETHEUS_SERIES:
+            matchers = tuple((m.name, str(m.op).removeprefix("MatchOp."), m.value) for m in node.matchers.matchers)
+            found.append(Selector(node.name, matchers))
+
+    promql_parser.walk(promql_parser.parse(expr), enter, lambda node: None)
+    return found
+
+
+def samples(text: str) -> list[Sample]:
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
 def test_every_expression_is_promql() -> None:
     exprs = [r["expr"] for r in alert_rules()] + dashboard_expressions()
     assert len(exprs) >= 25
@@ -147,14 +202,7 @@ async def test_what_the_dashboard_and_alerts_read_is_exported(kafka_bootstrap: s
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=5) as client,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_ops}", timeout=5) as ops,
         ):
-
-            async def ready() -> bool:
-                try:
-                    return (await ops.get("/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await wait_for(ready, 60, "the API ready")
+            await wait_for(lambda: answers_ready(ops), 60, "the API ready")
             assert (await client.get("/v1/cdr")).status_code == 200
             assert (await client.get("/v1/cdr", params={"limit": "0"})).status_code == 400
             assert (await client.get("/v1/cdr/no-such-call")).status_code == 404
@@ -176,6 +224,65 @@ async def test_what_the_dashboard_and_alerts_read_is_exported(kafka_bootstrap: s
             if absent:
                 missing.append(f"{name} has no label {sorted(absent)} (in {expr!r})")
     assert not missing, "\n".join(missing)
+
+
+async def test_every_series_read_exists_at_zero_from_the_start(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A fresh `cdr ingest` (nothing on its topic) and `cdr api` (no request yet) export
+    every series the dashboard and the alerts select, counters at 0: a panel of a healthy
+    service shows 0 rather than "No data", and ``rate()`` sees the first dead letter or
+    5xx. The series an alert group reads come only from the process it watches."""
+    ingest_port, api_port, api_ops = free_port(), free_port(), free_port()
+    env, _ = await service_env(kafka_bootstrap, tmp_path / "ingest-store", ops_port=ingest_port)
+    api_env = {
+        **env,
+        "CDR_DATA_DIR": str(tmp_path / "api-store"),
+        "CDR_API_PORT": str(api_port),
+        "CDR_OPS_PORT": str(api_ops),
+        "CDR_API_TOKENS": f"{TENANT}:{token_digest(TOKEN)}",
+        "CDR_CURSOR_SECRET": "observability-cursor-secret-0123456789",
+    }
+    exposed: dict[str, list[Sample]] = {}
+    with (
+        cdr_process("ingest", env, tmp_path / "ingest.log"),
+        cdr_process("migrate", api_env, tmp_path / "migrate.log") as migrate,
+    ):
+        assert migrate.wait(120) == 0, (tmp_path / "migrate.log").read_text()[-2000:]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ingest_port}", timeout=5) as ops:
+            await wait_for(lambda: answers_ready(ops), 90, "the ingestor ready")
+            # The lag series are per assigned partition, refreshed by each readiness probe.
+            await wait_for(lambda: metrics_show(ops, "cdr_consumer_lag{"), 30, "the lag of each partition")
+            exposed["ingest"] = samples((await ops.get("/metrics")).text)
+    with cdr_process("api", api_env, tmp_path / "api.log"):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_ops}", timeout=5) as ops:
+            await wait_for(lambda: answers_ready(ops), 60, "the API ready")
+            exposed["api"] = samples((await ops.get("/metrics")).text)
+
+    reads = [(GROUP_PROCESSES[group], expr) for group, exprs in rule_groups().items() for expr in exprs]
+    reads += [(set(exposed), expr) for expr in dashboard_expressions()]
+    problems = []
+    for processes, expr in reads:
+        for selector in selectors(expr):
+            matched = {process: [s for s in exposed[process] if selector.matches(s)] for process in exposed}
+            if not any(matched[process] for process in processes):
+                problems.append(f"no {selector} (in {expr!r})")
+            if processes != set(exposed) and not selector.selects_job:
+                problems += [
+                    f"{p} exports {selector.name}, read by {expr!r}" for p in set(exposed) - processes if matched[p]
+                ]
+            problems += [
+                f"{s.name}{s.labels} = {s.value} at start"
+                for found in matched.values()
+                for s in found
+                if s.name.endswith(COUNTED) and s.value != 0
+            ]
+    assert not problems, "\n".join(sorted(set(problems)))
+
+
+async def answers_ready(ops: httpx.AsyncClient) -> bool:
+    try:
+        return (await ops.get("/readyz")).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.mark.parametrize("expr", ["sum(rate(x[5m])", "rate(x[5minutes])"])

@@ -21,7 +21,14 @@ from cdr.api.console import console_routes
 from cdr.api.cursor import CursorCodec
 from cdr.api.docs import docs_routes
 from cdr.api.errors import ApiError, Internal, InvalidParameter, MethodNotAllowed, NotFound, error_response
-from cdr.api.middleware import REQUEST_ID, CancelOnDisconnect, ObservedResponses, RequestLimits
+from cdr.api.middleware import (
+    REQUEST_ID,
+    RESPONSE_STATUSES,
+    UNMATCHED_ROUTE,
+    CancelOnDisconnect,
+    ObservedResponses,
+    RequestLimits,
+)
 from cdr.api.openapi import openapi_document
 from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
@@ -131,6 +138,7 @@ def create_app(
         *console_routes(),
         *(ops_routes(metrics, ready) if ops_routes_here else []),
     ]
+    metrics.count_routes([*(route.path for route in routes), UNMATCHED_ROUTE], RESPONSE_STATUSES)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -84,15 +84,24 @@ class Internal(ApiError):
     code = "internal"
 
 
-def error_codes() -> list[str]:
-    """Every code the API can send: one per error class (the OpenAPI enum is built from it)."""
-    found: set[str] = set()
+def _error_classes() -> list[type[ApiError]]:
+    found: list[type[ApiError]] = []
     pending: list[type[ApiError]] = [ApiError]
     while pending:
         cls = pending.pop()
-        found.add(cls.code)
+        found.append(cls)
         pending.extend(cls.__subclasses__())
-    return sorted(found)
+    return found
+
+
+def error_codes() -> list[str]:
+    """Every code the API can send: one per error class (the OpenAPI enum is built from it)."""
+    return sorted({cls.code for cls in _error_classes()})
+
+
+def error_statuses() -> list[int]:
+    """Every HTTP status an error of the API is sent with."""
+    return sorted({cls.status for cls in _error_classes()})
 
 
 def error_response(error: ApiError) -> Response:

@@ -13,7 +13,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cdr.api.errors import ApiError, HeadersTooLarge, InvalidParameter, UriTooLong, error_response
+from cdr.api.errors import ApiError, HeadersTooLarge, InvalidParameter, UriTooLong, error_response, error_statuses
 from cdr.metrics import Metrics
 
 log = logging.getLogger("cdr.api.access")
@@ -23,6 +23,10 @@ EXTRA_HEADERS = "cdr.response_headers"
 CLIENT_LEFT = "cdr.client_left"
 # nginx's code for a request whose client closed the connection before the answer.
 _CLIENT_CLOSED = 499
+# The route label of a request no route matches (never its raw path: unbounded).
+UNMATCHED_ROUTE = "other"
+# The statuses ObservedResponses counts that are known up front (their series start at 0).
+RESPONSE_STATUSES = (200, *error_statuses(), _CLIENT_CLOSED)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", re.ASCII)
 
 
@@ -105,7 +109,7 @@ class ObservedResponses:
             if scope.get(CLIENT_LEFT):
                 status = _CLIENT_CLOSED
             elapsed = time.perf_counter() - started
-            route = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "other")
+            route = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), UNMATCHED_ROUTE)
             self.metrics.http_requests.labels(route=route, status=str(status)).inc()
             self.metrics.http_seconds.labels(route=route).observe(elapsed)
             log.log(

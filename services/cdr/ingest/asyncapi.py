@@ -23,6 +23,7 @@ from cdr.ingest.dlq import (
     HEADER_TIMESTAMP,
     HEADER_TOPIC,
 )
+from cdr.metrics import DEAD_LETTER_KINDS
 from cdr.model.event import CallEnded
 from cdr.settings import Settings
 
@@ -31,8 +32,8 @@ ASYNCAPI_FILE = "asyncapi.json"
 _DLQ = (
     "Messages the ingestor could not store, each published unchanged (its key, value and headers; a value over"
     " CDR_MAX_EVENT_BYTES cut to that size) with headers saying why and where from: "
-    f"{HEADER_ERROR} (the reason, naming each bad field), {HEADER_KIND} (not_json, not_object, invalid_event,"
-    f" unknown_schema_version, too_large, empty), {HEADER_TOPIC}, {HEADER_PARTITION}, {HEADER_OFFSET} (together"
+    f"{HEADER_ERROR} (the reason, naming each bad field), {HEADER_KIND} ({', '.join(DEAD_LETTER_KINDS)}),"
+    f" {HEADER_TOPIC}, {HEADER_PARTITION}, {HEADER_OFFSET} (together"
     f" they identify the original; a letter may be published twice after a crash), {HEADER_TIMESTAMP}, and"
     f" {HEADER_ORIGINAL_SIZE} when the value was cut. Compressed with gzip."
 )

@@ -227,8 +227,8 @@ class Pipeline:
         ``invalid``: validation's verdict on each record; ``rows``: the others, in order."""
         records = message.raw_message
         validated = time.perf_counter()
-        stage = self._metrics.stage_seconds
-        stage.labels(stage="validate").observe(validate_s)
+        stage = self._metrics.stage
+        stage("validate").observe(validate_s)
         self._metrics.events_consumed.inc(len(records))
         self._metrics.batch_size.observe(len(records))
 
@@ -237,7 +237,7 @@ class Pipeline:
             refused = await self._writer.write(rows, max_refused=self._max_refused(rows.num_rows))
             stored = rows.num_rows - len(refused)
             self._metrics.events_stored.inc(stored)
-            stage.labels(stage="write").observe(time.perf_counter() - validated)
+            stage("write").observe(time.perf_counter() - validated)
             _mark_refused(invalid, refused)
         written = time.perf_counter()
 
@@ -245,9 +245,9 @@ class Pipeline:
         letters = self._dead_letters_of(records, invalid)
         if letters:
             await self._dead_letters.send(letters)
-            stage.labels(stage="dead_letter").observe(time.perf_counter() - written)
+            stage("dead_letter").observe(time.perf_counter() - written)
             for letter in letters:
-                self._metrics.events_dead_lettered.labels(reason=letter.invalid.kind).inc()
+                self._metrics.dead_lettered(letter.invalid.kind).inc()
                 log.warning(
                     "dead-lettered",
                     extra={
@@ -261,7 +261,7 @@ class Pipeline:
         sent = time.perf_counter()
 
         committed = await self._commit(message.consumer, records)
-        stage.labels(stage="commit").observe(time.perf_counter() - sent)
+        stage("commit").observe(time.perf_counter() - sent)
         log.debug(
             "batch stored",
             extra={
@@ -298,8 +298,8 @@ class Pipeline:
         verdicts = await self._validator(values, datetime.now(UTC) + self._skew)
         for k, problem in verdicts.invalid.items():
             invalid[candidates[k]] = problem
-        self._metrics.events_parsed.labels(parser="lean").inc(verdicts.lean)
-        self._metrics.events_parsed.labels(parser="pydantic").inc(verdicts.model)
+        self._metrics.parsed("lean").inc(verdicts.lean)
+        self._metrics.parsed("pydantic").inc(verdicts.model)
         return verdicts.rows, invalid
 
     def _dead_letters_of(

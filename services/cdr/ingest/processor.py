@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 from pydantic import ValidationError
 
+from cdr.metrics import DeadLetterKind
 from cdr.model.event import MAX_CALL_S, CallEnded
 from cdr.model.record import Direction
 
@@ -47,7 +48,7 @@ SCHEMA = pa.schema(
 class Invalid:
     """Why a message cannot be stored; ``kind`` is a short metric label."""
 
-    kind: str
+    kind: DeadLetterKind
     reason: str
 
 
@@ -83,7 +84,7 @@ def validate(
         return Invalid(_kind(exc), describe(exc))
 
 
-def _kind(exc: ValidationError) -> str:
+def _kind(exc: ValidationError) -> DeadLetterKind:
     first = exc.errors(include_url=False)[0]
     if first["type"] == "json_invalid":
         return "not_json"
