@@ -1,7 +1,14 @@
 # The CDR service image: `cdr` is the entrypoint; the chart runs `cdr api`,
 # `cdr ingest` and `cdr migrate` from this one image.
 
-FROM python:3.11-slim-bookworm AS build
+# The base image, by tag. Pin it by digest where you build, so a rebuild cannot change the
+# base under an unchanged Dockerfile:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm   # the index digest
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> .
+# (This repository's CI has no registry access to resolve one; no digest is guessed here.)
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PROJECT_ENVIRONMENT=/opt/venv \
@@ -13,9 +20,12 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY services ./services
 COPY schemas ./schemas
+# No extra: the embedded engine (chdb, ~530 MB, the `embedded` extra) stays out of the
+# image; its pods reach a ClickHouse server (CDR_CLICKHOUSE_URL). .ci/image-env.sh builds
+# this same environment without Docker and runs `cdr --help` and `--check-config` from it.
 RUN uv sync --frozen --no-dev --no-editable
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin cdr
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

@@ -6,8 +6,11 @@ UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 PYTEST_ARGS ?=
+# The development environment has the embedded engine (the `embedded` extra) that the tests and
+# `make run` use; `uv run` would otherwise sync it away. The image leaves it out (Dockerfile).
+UV_RUN := $(UV) run --frozen --extra embedded
 
-.PHONY: help setup browser test run lint bench kafka-start kafka-stop clean
+.PHONY: help setup browser test image-env run lint bench kafka-start kafka-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -16,8 +19,8 @@ $(UV):
 	python3 -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
-setup: $(UV) ## create .venv with the locked dependencies
-	$(UV) sync --frozen
+setup: $(UV) ## create .venv with the locked dependencies and the embedded engine
+	$(UV) sync --frozen --extra embedded
 
 # The console's browser tests drive Debian's Chromium through its driver: installed here,
 # as uv and the Kafka jars are, so `make test` passes on a fresh machine by itself.
@@ -34,19 +37,22 @@ browser: ## install Debian's chromium and chromium-driver when missing (the cons
 	fi
 
 test: setup browser ## run the whole test suite (starts its own Kafka unless CDR_KAFKA_BOOTSTRAP_SERVERS is set)
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(UV_RUN) pytest $(PYTEST_ARGS)
+
+image-env: $(UV) ## build the image's Python environment as the Dockerfile does (no chdb) and run cdr from it
+	UV=$(UV) .ci/image-env.sh
 
 run: setup ## local Kafka + ingest + API + PBX simulator; prints a curl line (Ctrl-C stops all)
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/local/run.sh
 
 lint: setup ## ruff, mypy and the dead-code finder
-	$(UV) run --frozen ruff check services tests bench
-	$(UV) run --frozen ruff format --check services tests bench
-	$(UV) run --frozen mypy
-	$(UV) run --frozen vulture
+	$(UV_RUN) ruff check services tests bench
+	$(UV_RUN) ruff format --check services tests bench
+	$(UV_RUN) mypy
+	$(UV_RUN) vulture
 
 bench: setup ## benchmarks (not part of test): ingest, freshness and API, each beside its baseline
-	$(UV) run --frozen python bench/run.py
+	$(UV_RUN) python bench/run.py
 
 kafka-start: ## start the local Kafka broker (prints CDR_KAFKA_BOOTSTRAP_SERVERS=...)
 	deploy/local/kafka.sh start

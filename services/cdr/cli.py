@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cdr.logs import configure_logging
 from cdr.settings import Settings, SettingsError, load_settings
-from cdr.startup import StartupFailed
+from cdr.startup import StartupFailed, masked_url
 from cdr.store import StoreError, open_store
 from cdr.store.migrations import migrate
 
@@ -26,6 +26,29 @@ async def _migrate(settings: Settings) -> int:
         await store.close()
     names = [f"{m.version:04d}_{m.name}" for m in applied]
     log.info("schema is current", extra={"applied": names})
+    return 0
+
+
+async def _check_config(settings: Settings, command: str) -> int:
+    """``--check-config``: what ``command`` checks before it connects to anything (the
+    settings, the embedded engine when no server is set, the cursor secret, the token, tenant
+    and key files), by building what it builds, then exit 0 without connecting: an image's
+    smoke test, and an operator's check of a configuration before a rollout."""
+    from cdr.metrics import Metrics
+
+    store = open_store(settings)  # no connection yet: clients are made by the first query
+    try:
+        if command in ("api", "run"):
+            from cdr.api.app import create_app
+
+            create_app(settings, store, Metrics())
+        if command in ("ingest", "run"):
+            from cdr.ingest.app import build_ingestor
+
+            build_ingestor(settings, store, Metrics())
+    finally:
+        await store.close()
+    log.info("configuration valid", extra={"command": command, "clickhouse": masked_url(settings.clickhouse_dsn)})
     return 0
 
 
@@ -112,11 +135,19 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="apply pending ClickHouse schema migrations")
+    checked = [
+        sub.add_parser("migrate", help="apply pending ClickHouse schema migrations"),
+        sub.add_parser("ingest", help="consume call-ended events into ClickHouse"),
+        sub.add_parser("api", help="serve the CDR query API"),
+        sub.add_parser("run", help="migrate, ingest and serve the API in one process (how an embedded store runs)"),
+    ]
+    for command in checked:
+        command.add_argument(
+            "--check-config",
+            action="store_true",
+            help="check the configuration as the command would at start-up, then exit (0: valid) without connecting",
+        )
     sub.add_parser("create-topics", help="create the call-ended and dead-letter topics if missing")
-    sub.add_parser("ingest", help="consume call-ended events into ClickHouse")
-    sub.add_parser("api", help="serve the CDR query API")
-    sub.add_parser("run", help="migrate, ingest and serve the API in one process (how an embedded store runs)")
     sch = sub.add_parser("schemas", help="write the event JSON Schema and the OpenAPI document")
     sch.add_argument("--dir", default="schemas", help="folder to write to (default: schemas)")
     sch.add_argument("--check", action="store_true", help="only check the files are current")
@@ -158,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schemas":
         return _schemas(settings, args.dir, args.check)
     try:
+        if getattr(args, "check_config", False):
+            return asyncio.run(_check_config(settings, args.command))
         if args.command in ("api", "run", "ingest"):
             from cdr import runner
 

@@ -15,6 +15,7 @@ so a read never queues behind a batch parse or insert.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import math
 import queue
 import threading
@@ -95,6 +96,22 @@ class ServerTls:
         }
 
 
+EMBEDDED_MISSING = (
+    "the embedded engine is not installed: set CDR_CLICKHOUSE_URL or install the 'embedded' extra"
+    " (pip install 'cdr-service[embedded]'; `make setup` does)"
+)
+
+
+def require_embedded_engine() -> None:
+    """SettingsError unless the embedded engine (chdb, the ``embedded`` extra) can be loaded:
+    the production image leaves it out, so a pod without CDR_CLICKHOUSE_URL is told so at once."""
+    if importlib.util.find_spec("chdb") is None:
+        raise SettingsError(
+            f"CDR_CLICKHOUSE_URL: {EMBEDDED_MISSING}",
+            [{"setting": "CDR_CLICKHOUSE_URL", "value": "(unset)", "error": EMBEDDED_MISSING}],
+        )
+
+
 def connect(
     dsn: str,
     password: str | None,
@@ -111,6 +128,7 @@ def connect(
     every = {**_CLIENT_SETTINGS, **(settings or {})}
     try:
         if parts.scheme == "chdb":
+            require_embedded_engine()
             return clickhouse_connect.get_client(dsn=dsn, settings=every)
         return clickhouse_connect.get_client(
             host=parts.hostname,
@@ -275,10 +293,13 @@ class Store:
 
         budget = read_budget or ReadBudget()
 
+        # On a cluster: how far a replica may be behind (None: one server, never behind).
+        # The change feed reads only rows at least this old there (cdr.store.feed).
+        self.max_replica_delay_s = max_replica_delay_s
         read_settings = budget.settings()
         if max_replica_delay_s is not None:
             lag = replica_lag_filter(database, max_replica_delay_s)
-            read_settings["additional_table_filters"] = {self.qualified("cdr"): lag}
+            read_settings["additional_table_filters"] = {self.qualified(t): lag for t in ("cdr", "cdr_changes")}
 
         def make_read_client() -> Client:
             return connect(dsn, password, read_settings, timeout_s=budget.seconds + 1, tls=tls)
@@ -397,6 +418,7 @@ def open_store(settings: Settings) -> Store:
     """The store the settings ask for (``CDR_CLICKHOUSE_URL``, else chdb in ``CDR_DATA_DIR``)."""
     dsn = settings.clickhouse_dsn
     if settings.embedded:
+        require_embedded_engine()
         path = urlsplit(dsn).path
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
