@@ -49,7 +49,9 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def workload(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
-    return next(o for o in by_kind(objects, "Deployment") if o["metadata"]["name"].endswith(component))
+    """The component's Deployment, or StatefulSet (ingest.staticMembership)."""
+    kinds = ("Deployment", "StatefulSet")
+    return next(o for o in objects if o["kind"] in kinds and o["metadata"]["name"].endswith(component))
 
 
 def test_there_are_scenarios() -> None:
@@ -251,15 +253,52 @@ def env_of(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
     return {e["name"]: e for e in pod["containers"][0]["env"]}
 
 
-def test_a_changed_inline_secret_rolls_the_pods() -> None:
+def _rolled(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
+    """The components whose pod template changed between two renders of the values."""
+    old, new = render(before), render(after)
+
+    def template(objects: list[dict[str, Any]], component: str) -> Any:
+        return workload(objects, component)["spec"]["template"]
+
+    return {c for c in ("api", "ingest") if template(old, c) != template(new, c)}
+
+
+@pytest.mark.parametrize(
+    ("change", "rolled"),
+    [
+        (lambda v: v["api"]["cursorSecret"].update(value="another-cursor-secret-of-at-least-32-chars"), {"api"}),
+        (lambda v: v["clickhouse"].update(password={"value": "another-password"}), {"api", "ingest"}),
+        (lambda v: v.setdefault("api", {}).update(maxLimit=500), {"api"}),
+        (lambda v: v.setdefault("ingest", {}).update(batchSize=5000), {"ingest"}),
+    ],
+    ids=["cursor-secret", "clickhouse-password", "api-setting", "ingest-setting"],
+)
+def test_a_change_rolls_only_the_pods_that_read_it(change: Any, rolled: set[str]) -> None:
+    """Each pod's checksum annotations cover only its own ConfigMap and the secret values it
+    reads: an API-only change must not restart (and rebalance) the ingestors."""
     values = scenario(CHART / "ci" / "minimal-values.yaml")
-    before = render(values)
-    values["api"]["cursorSecret"]["value"] = "another-cursor-secret-of-at-least-32-chars"
-    after = render(values)
-    for component in ("api", "ingest"):
-        old = workload(before, component)["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
-        new = workload(after, component)["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
-        assert old != new, component
+    changed = yaml.safe_load(yaml.safe_dump(values))
+    change(changed)
+    assert _rolled(values, changed) == rolled
+
+
+def test_static_membership_runs_ingest_as_a_statefulset_named_by_its_pods() -> None:
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values.setdefault("ingest", {})["staticMembership"] = {"enabled": True, "sessionTimeoutMs": 45_000}
+    objects = render(values)
+    assert not [o for o in by_kind(objects, "Deployment") if o["metadata"]["name"].endswith("-ingest")]
+    ingest = workload(objects, "-ingest")
+    assert ingest["kind"] == "StatefulSet"
+    assert ingest["spec"]["podManagementPolicy"] == "Parallel"
+    kubernetes_validate.validate(ingest, KUBE_VERSION, strict=True)
+    env = env_of(objects, "ingest")
+    assert env["CDR_KAFKA_GROUP_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["CDR_KAFKA_SESSION_TIMEOUT_MS"]["value"] == "45000"
+    # The PodDisruptionBudget and the API are unchanged by it; off, ingest is a Deployment without the id.
+    assert workload(objects, "-api")["kind"] == "Deployment"
+    default = render(scenario(CHART / "ci" / "minimal-values.yaml"))
+    assert workload(default, "-ingest")["kind"] == "Deployment"
+    assert "CDR_KAFKA_GROUP_INSTANCE_ID" not in env_of(default, "ingest")
 
 
 def test_ingest_grace_period_covers_its_shutdown_timeout() -> None:

@@ -310,3 +310,11 @@ it, instead of a pod stuck in CreateContainerConfigError. */}}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* checksum/secret of a pod: the hash of the inline secret values it reads (list of
+{value, existingSecret, key} entries), so changing one component's secret restarts only it. */}}
+{{- define "cdr.secretChecksum" -}}
+{{- $inline := list }}
+{{- range . }}{{ if and .value (not .existingSecret) }}{{ $inline = append $inline (list .key .value) }}{{ end }}{{ end }}
+{{- toJson $inline | sha256sum }}
+{{- end }}
