@@ -126,6 +126,28 @@ def encoded(evs: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
     return [(e["id"].encode(), orjson.dumps(e)) for e in evs]
 
 
+# The partition (toYYYYMM(time_started)) of the placeholder row refuse_inserts adds: no test's events.
+_PLACEHOLDER_MONTH = "197001"
+
+
+async def refuse_inserts(store: Store) -> None:
+    """ClickHouse refuses every insert into the CDR table with a transient error (TOO_MANY_PARTS,
+    code 252: a table setting, a real server condition) until ``accept_inserts``. A placeholder
+    row in a month of its own gives the table the part the limit counts."""
+    table = store.qualified("cdr")
+    await store.command(
+        f"INSERT INTO {table} (tenant_id, id, time_started, time_ended, emitted_at)"
+        " VALUES ('placeholder', generateUUIDv4(), '1970-01-02 00:00:00', '1970-01-02 00:00:00', '1970-01-02 00:00:00')"
+    )
+    await store.command(f"ALTER TABLE {table} MODIFY SETTING max_parts_in_total = 1")
+
+
+async def accept_inserts(store: Store) -> None:
+    table = store.qualified("cdr")
+    await store.command(f"ALTER TABLE {table} RESET SETTING max_parts_in_total")
+    await store.command(f"ALTER TABLE {table} DROP PARTITION {_PLACEHOLDER_MONTH}")
+
+
 async def stored_ids(store: Store) -> list[str]:
     rows = await store.query(f"SELECT toString(id) FROM {store.qualified('cdr')} FINAL")
     return [r[0] for r in rows]

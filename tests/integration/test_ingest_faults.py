@@ -20,12 +20,14 @@ from cdr.ingest.app import Ingestor, build_ingestor
 from cdr.metrics import Metrics
 from cdr.store import open_store
 from tests.helpers import (
+    accept_inserts,
     committed_offsets,
     create_topics,
     encoded,
     events,
     produce,
     read_all,
+    refuse_inserts,
     stored_ids,
     wait_for,
 )
@@ -133,7 +135,6 @@ async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp
 async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: IngestEnv) -> None:
     settings = ingest_env.settings
     store = ingest_env.store
-    table = store.qualified("cdr")
     first = events(1_000, seed=6)
     second = events(4_000, seed=7)
     async with ingest_env.running() as ingestor:
@@ -152,7 +153,7 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
 
         await wait_for(first_committed, 30, "the first commit")
 
-        await store.command(f"DETACH TABLE {table}")
+        await refuse_inserts(store)
         await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(second))
 
         async def failing() -> bool:
@@ -166,7 +167,7 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
         )
         assert sum(offsets.values()) == len(first), "committed during the outage"
 
-        await store.command(f"ATTACH TABLE {table}")
+        await accept_inserts(store)
 
         async def all_stored() -> bool:
             return len(await stored_ids(store)) == len(first) + len(second)
@@ -182,6 +183,22 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
 async def _ready(ingestor: object) -> bool:
     ready, _ = await ingestor.ready()  # type: ignore[attr-defined]
     return ready
+
+
+async def test_a_table_missing_after_the_schema_was_current_halts_ingest(ingest_env: IngestEnv) -> None:
+    """The CDR table is not on the server that answers (a replica migrated without
+    CDR_CLICKHOUSE_CLUSTER, or a table detached): not an outage, so ingest halts at once
+    with an error naming the setting, commits nothing, and never retries."""
+    settings, store = ingest_env.settings, ingest_env.store
+    await store.command(f"DETACH TABLE {store.qualified('cdr')}")
+    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(events(200, seed=13)))
+    async with ingest_env.running() as ingestor:
+        await asyncio.wait_for(ingestor.pipeline.halted.wait(), 60)
+        fatal = ingestor.pipeline.fatal
+    assert fatal is not None and "UNKNOWN_TABLE" in fatal and "CDR_CLICKHOUSE_CLUSTER" in fatal, fatal
+    assert ingest_env.metrics.insert_failures._value.get() == 0, "a missing table was retried"
+    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    assert sum(offsets.values()) == 0
 
 
 async def test_a_schema_mismatch_halts_ingest_instead_of_retrying(ingest_env: IngestEnv) -> None:

@@ -21,7 +21,7 @@ from cdr.ingest.writer import BatchWriter
 from cdr.metrics import Metrics
 from cdr.store import Store
 from cdr.store.migrations import migrate
-from tests.helpers import create_topics, encoded, events, stored_ids, unique, wait_for
+from tests.helpers import create_topics, encoded, events, refuse_inserts, stored_ids, unique, wait_for
 
 
 @dataclass
@@ -100,12 +100,12 @@ async def test_a_batch_commits_only_the_partitions_still_assigned(rig: Rig) -> N
 
 
 async def test_a_revoke_waits_for_the_batch_in_flight_then_gives_up(rig: Rig) -> None:
-    """ClickHouse refuses the insert for a while (the table detached): the revoke waits
+    """ClickHouse refuses the insert for a while (too many parts): the revoke waits
     revoke_wait_s for the batch, no longer, and starts the partition's DLQ window afresh;
     the batch commits nothing while its insert is failing."""
     pipeline = rig.pipeline(revoke_wait_s=0.5)
     rig.limit.observe(rig.topic, 0, [True] * 5)
-    await rig.store.command(f"DETACH TABLE {rig.store.qualified('cdr')}")
+    await refuse_inserts(rig.store)
     await pipeline.handle(rig.batch([0, 1], seed=2))
     began = time.monotonic()
     await pipeline.on_revoked({TopicPartition(rig.topic, 0)})
@@ -173,7 +173,7 @@ async def test_an_abandoned_stop_cancels_every_batch_in_flight_uncommitted(rig: 
     """A stop that cannot wait for an insert being retried (ClickHouse away) gives up the
     batch being written and the one validated behind it: nothing is committed."""
     pipeline = rig.pipeline(revoke_wait_s=5)
-    await rig.store.command(f"DETACH TABLE {rig.store.qualified('cdr')}")
+    await refuse_inserts(rig.store)
     await pipeline.handle(rig.batch([0, 1], seed=9))
     await pipeline.handle(rig.batch([0, 1], seed=10))
     await asyncio.sleep(0.3)  # the first insert is failing and being retried

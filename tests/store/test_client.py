@@ -20,7 +20,7 @@ from cdr.ingest.processor import validate as validate_event
 from cdr.model.event import CallEnded
 from cdr.store import Store, StoreError, StoreUnavailable
 from cdr.store.client import connect
-from cdr.store.errors import Code
+from cdr.store.errors import Code, SchemaMissing
 from cdr.store.migrations import migrate
 from tests.helpers import encoded, events
 
@@ -78,9 +78,14 @@ def test_a_datetime_binds_as_utc_whatever_the_servers_timezone(store: Store) -> 
 
 
 async def test_errors_are_classified_by_code(store: Store) -> None:
-    with pytest.raises(StoreUnavailable) as missing:
+    # A missing table is configuration (a replica without our tables), not an outage to retry.
+    with pytest.raises(SchemaMissing) as missing:
         await store.query("SELECT count() FROM cdr.no_such_table")
-    assert missing.value.code == Code.UNKNOWN_TABLE
+    assert missing.value.code == Code.UNKNOWN_TABLE and not isinstance(missing.value, StoreUnavailable)
+    assert "CDR_CLICKHOUSE_CLUSTER" in str(missing.value) and "{replica}" in str(missing.value)
+    with pytest.raises(SchemaMissing) as no_database:
+        await store.query("SELECT count() FROM no_such_database.cdr")
+    assert no_database.value.code == Code.UNKNOWN_DATABASE
     with pytest.raises(StoreError) as bad:
         await store.query("SELEC 1")
     assert bad.value.code == SYNTAX_ERROR and not isinstance(bad.value, StoreUnavailable)

@@ -3,9 +3,9 @@
 clickhouse-connect raises the same exception types, with the server's numeric error
 code, over HTTP and on the embedded engine; this module turns them into the two
 errors the service acts on. ``StoreUnavailable``: worth retrying (the server is
-unreachable, overloaded, out of disk, or a table is missing or detached until an
-operator acts). ``StoreError`` alone: retrying cannot help (a bad statement, a
-schema that does not match the code); ingest halts on it instead of retrying forever.
+unreachable, overloaded, out of disk, replication trouble). ``StoreError`` alone: retrying
+cannot help (a bad statement, a schema that does not match the code, a table or database
+that is not there: ``SchemaMissing``); ingest halts on it instead of retrying forever.
 """
 
 from __future__ import annotations
@@ -77,16 +77,17 @@ class Code(IntEnum):
 
 
 # Conditions that pass by themselves or by an operator's fix outside this service:
-# load and resource limits, I/O and disk trouble, replication, and a table or
-# database that is missing or detached (created by `cdr migrate`, re-attached).
+# load and resource limits, I/O and disk trouble, replication. Not a missing table or
+# database (SCHEMA_MISSING): the processes that query start only once the schema was seen
+# current, so one missing later is a server without our tables (typically a replica behind a
+# load balancer, migrated without CDR_CLICKHOUSE_CLUSTER) or a table an operator detached:
+# retrying would look like an outage forever, on some requests only.
 TRANSIENT = frozenset(
     {
         Code.CANNOT_WRITE_TO_OSTREAM,
-        Code.UNKNOWN_TABLE,
         Code.CANNOT_READ_FROM_FILE_DESCRIPTOR,
         Code.CANNOT_WRITE_TO_FILE_DESCRIPTOR,
         Code.CANNOT_OPEN_FILE,
-        Code.UNKNOWN_DATABASE,
         Code.TIMEOUT_EXCEEDED,
         Code.CANNOT_CREATE_DIRECTORY,
         Code.CANNOT_ALLOCATE_MEMORY,
@@ -147,6 +148,16 @@ DATA = frozenset(
 )
 
 
+SCHEMA_MISSING = frozenset({Code.UNKNOWN_TABLE, Code.UNKNOWN_DATABASE})
+
+_SCHEMA_HINT = (
+    " -- the ClickHouse server that answered lacks a table or database of the service. Run `cdr migrate`;"
+    " if it ran, this server is not where it created them: with several replicas behind one address, set"
+    " CDR_CLICKHOUSE_CLUSTER (Replicated tables on every replica; needs the {shard} and {replica} macros)"
+    " and migrate again, or point CDR_CLICKHOUSE_URL at the one server migrated."
+)
+
+
 # A read stopped by its budget (``ReadBudget``): the API says so rather than "unavailable".
 BUDGET = frozenset({Code.TOO_MANY_ROWS, Code.TIMEOUT_EXCEEDED, Code.MEMORY_LIMIT_EXCEEDED})
 
@@ -163,6 +174,11 @@ class StoreUnavailable(StoreError):
     """ClickHouse cannot be reached or cannot take the operation now; worth retrying."""
 
 
+class SchemaMissing(StoreError):
+    """A table or database of the service is not on the server that answered: configuration
+    (or an operator's detach), not an outage; the message says what to check."""
+
+
 class StoreDataError(StoreError):
     """ClickHouse refused a value of the data: the same statement with other rows works."""
 
@@ -174,6 +190,8 @@ def classify(exc: ClickHouseError | OSError) -> StoreError:
         return StoreUnavailable(f"{type(exc).__name__}: {exc}")
     text = str(exc)
     code = getattr(exc, "code", None)
+    if isinstance(code, int) and code in SCHEMA_MISSING:
+        return SchemaMissing(text + _SCHEMA_HINT, code)
     if isinstance(code, int) and code in TRANSIENT:
         return StoreUnavailable(text, code)
     if isinstance(code, int) and code in DATA:

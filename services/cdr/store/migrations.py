@@ -31,7 +31,7 @@ from string import Template
 
 from cdr.settings import SettingsError
 from cdr.store.client import Store
-from cdr.store.errors import Code, StoreError, StoreUnavailable
+from cdr.store.errors import SchemaMissing, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,46 @@ async def check_one_shard(store: Store) -> None:
         )
 
 
+def unreplicated_problem(macros: dict[str, str], database_engine: str) -> str | None:
+    """Why migrating without a cluster would leave unreplicated tables on one replica of a
+    replicated setup, or None. ``macros``: the server's ``system.macros``; ``database_engine``:
+    the engine our database has (or would get). A server with a ``replica`` macro is one
+    replica of several: the tables would exist on it alone, and behind a load balancer the
+    others answer UNKNOWN_TABLE. A Replicated (or ClickHouse Cloud's Shared) database
+    replicates its tables itself, so that is fine."""
+    if "replica" not in macros or database_engine in ("Replicated", "Shared"):
+        return None
+    named = ", ".join(f"{{{name}}}={value}" for name, value in sorted(macros.items()) if name in ("shard", "replica"))
+    return (
+        f"unset, but the server that answered is a replica ({named}): the tables would be created"
+        " unreplicated on it alone and be missing on the others. Set it to the cluster of"
+        " system.clusters that holds the replicas (one shard)"
+    )
+
+
+async def check_replicated_setup(store: Store) -> None:
+    """Refuse to migrate a replica of a replicated setup without CDR_CLICKHOUSE_CLUSTER."""
+    if store.cluster is not None:
+        return
+    rows = await store.query("SELECT macro, substitution FROM system.macros")
+    macros = {str(name): str(value) for name, value in rows}
+    # Our database's engine; not created yet, the one CREATE DATABASE will give it.
+    engine = await store.query("SELECT engine FROM system.databases WHERE name = {db:String}", {"db": store.database})
+    if not engine:
+        engine = await store.query("SELECT value FROM system.settings WHERE name = 'default_database_engine'")
+    problem = unreplicated_problem(macros, str(engine[0][0]) if engine else "")
+    if problem is not None:
+        raise SettingsError(
+            f"CDR_CLICKHOUSE_CLUSTER: {problem}",
+            [{"setting": "CDR_CLICKHOUSE_CLUSTER", "value": "(unset)", "error": problem}],
+        )
+
+
 async def migrate(store: Store, migrations: list[Migration] | None = None) -> list[Migration]:
     """Apply the migrations not yet recorded, in order; returns those applied (by this run)."""
     migrations = migrations if migrations is not None else load_migrations()
     await check_one_shard(store)
+    await check_replicated_setup(store)
     await _bootstrap(store)
     applied = []
     for migration in migrations:
@@ -172,9 +208,7 @@ async def missing_migrations(store: Store, *, health: bool = False) -> list[Migr
     ClickHouse cannot answer."""
     try:
         done = await applied_versions(store, health=health)
-    except StoreUnavailable as exc:
-        if exc.code not in (Code.UNKNOWN_DATABASE, Code.UNKNOWN_TABLE):
-            raise
+    except SchemaMissing:
         done = {}
     return [m for m in load_migrations() if m.version not in done]
 
