@@ -30,8 +30,8 @@ from cdr.store.queries import (
     SearchFilters,
     call_id_lookup_query,
     count_query,
-    export_hours_query,
     export_query,
+    export_window_end_query,
     id_lookup_query,
     page_query,
     scroll_query,
@@ -42,6 +42,9 @@ from tests.helpers import encoded, events, parse_event
 
 TABLE = "cdr.cdr"
 TZ = "Asia/Ho_Chi_Minh"
+# The two ends of the key space the store holds: an export window through either is all.
+FIRST_KEY = (datetime(1900, 1, 1, tzinfo=UTC), UUID(int=0))
+LAST_KEY = (datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC), UUID(int=2**128 - 1))
 
 
 def _literal(value: Any) -> str:
@@ -108,11 +111,12 @@ def main() -> None:
         )
         for group in GROUP_BY:
             run(db, f"stats by {group} ({label})", stats_query(TABLE, "t.example", filters, group_by=group, tz=TZ))
-        run(db, f"export hours ({label})", export_hours_query(TABLE, "t.example", filters))
-        exported = export_query(TABLE, "t.example", filters, tz=TZ, desc=True, window=window)
+        end = export_window_end_query(TABLE, "t.example", filters, desc=True, after=after, rows=1_000)
+        run(db, f"export window end ({label})", end)
+        exported = export_query(TABLE, "t.example", filters, tz=TZ, desc=True, after=after, last=FIRST_KEY)
         run(db, f"export window, CSV ({label})", exported)
         run(db, f"export window, JSONEachRow ({label})", exported, "JSONEachRow")
-    everything = export_query(TABLE, "t.example", SearchFilters(), tz=TZ, desc=False, window=(None, None))
+    everything = export_query(TABLE, "t.example", SearchFilters(), tz=TZ, desc=False, after=None, last=LAST_KEY)
     lines = run(db, "export, every record", everything, "JSONEachRow").splitlines()
     if len(lines) != len(rows) or orjson.loads(lines[0])["id"] != min(rows, key=_sort_key)["id"]:
         sys.exit("the export did not return every record in list order with the API's field names")

@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from cdr.ingest.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
+from cdr.store.migrations import load_migrations
 from tests.api.conftest import free_port
 from tests.e2e.own_broker import Broker, exit_code, get_or_none, json_lines, metrics_show, start_cdr
 from tests.helpers import committed_offsets, encoded, events, produce, read_all, service_env, unique, wait_for
@@ -166,9 +167,26 @@ async def test_a_stuck_dead_letter_topic_turns_readiness_off_then_recovers(broke
         await admin.close()
 
 
+def _native_string(value: str) -> bytes:
+    data = value.encode()
+    return bytes([len(data)]) + data  # LEB128 of a length < 128
+
+
+def _applied_migrations_native() -> bytes:
+    """``SELECT version, checksum FROM schema_migrations`` in ClickHouse's Native format:
+    every migration recorded, as `cdr migrate` would have left it."""
+    applied = load_migrations()
+    block = bytes([2, len(applied)])
+    block += _native_string("version") + _native_string("UInt32")
+    block += b"".join(m.version.to_bytes(4, "little") for m in applied)
+    block += _native_string("checksum") + _native_string("String")
+    block += b"".join(_native_string(m.checksum) for m in applied)
+    return block
+
+
 class _HangingInserts(BaseHTTPRequestHandler):
-    """A ClickHouse HTTP peer that answers the client's start-up and the migrations
-    (empty results) and takes the events' inserts without ever answering them."""
+    """A ClickHouse HTTP peer that answers the client's start-up (empty results, and every
+    migration recorded) and takes the events' inserts without ever answering them."""
 
     inserts = threading.Event()  # an insert of events arrived
     release = threading.Event()  # the test is over: let the hung handlers go
@@ -182,7 +200,12 @@ class _HangingInserts(BaseHTTPRequestHandler):
             type(self).inserts.set()
             type(self).release.wait()
             return
-        answer = b"24.8.1.1\tUTC\n" if b"version()" in body else b""
+        if b"version()" in body:
+            answer = b"24.8.1.1\tUTC\n"
+        elif b"schema_migrations" in body and body.lstrip().upper().startswith(b"SELECT"):
+            answer = _applied_migrations_native()  # the schema is current: ingest does not wait
+        else:
+            answer = b""
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
