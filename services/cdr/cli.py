@@ -21,7 +21,7 @@ log = logging.getLogger("cdr")
 async def _migrate(settings: Settings) -> int:
     store = open_store(settings)
     try:
-        applied = await migrate(store)
+        applied = await migrate(store, feed_retention_days=settings.feed_retention_days)
     finally:
         await store.close()
     names = [f"{m.version:04d}_{m.name}" for m in applied]

@@ -2,6 +2,13 @@
 own validation (the same pydantic model, size limit and emitted_at skew) and the same
 columnar insert, so an imported call is stored exactly as if the PBX had published it.
 
+Each batch is resolved against the stored versions of its calls first (a correction that
+moves a call: ``cdr.ingest.corrections``, as the ingestor's writer does), then gets its
+change-feed positions: partition -1 and ``batch_start_ms * 1_000_000 + row``, stamped
+right before its insert; batches are inserted one after another, so the feed, which reads
+partition -1 only ``cdr.store.feed.IMPORT_HORIZON_S`` behind the clock, sees each batch whole and in
+order (README, "Change feed").
+
 Files are NDJSON call-ended events or CSV with the event's field names as the header
 (empty cells are absent fields), plain or gzip. Rejected lines go to a rejects file
 (NDJSON: file, line, kind, error, value) and never stop the import. Importing the same
@@ -23,11 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
+from cdr.ingest.corrections import Corrections
 from cdr.ingest.processor import Invalid, precheck, to_table, validate
 from cdr.model.event import CallEnded
 from cdr.settings import Settings, SettingsError
-from cdr.store import open_store
+from cdr.store import Store, open_store
+from cdr.store.feed import IMPORT_PARTITION, ROWS_PER_MS
 from cdr.store.migrations import migrate
 from cdr.tenants import ZoneDirectory
 
@@ -37,6 +47,29 @@ _INTEGER_FIELDS = frozenset({"duration", "billsec", "schema_version"})
 # An empty cell of these is an absent field (null); of any other, an empty string.
 _OPTIONAL_FIELDS = frozenset(name for name, spec in CallEnded.model_fields.items() if not spec.is_required())
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+class _ImportWriter:
+    """Inserts batches one after another: resolved against the stored versions, then
+    stamped with feed positions that grow from batch to batch."""
+
+    def __init__(self, store: Store, corrections: Corrections) -> None:
+        self._store = store
+        self._corrections = corrections
+        self._last_ms = 0
+
+    async def write(self, batch: list[CallEnded]) -> None:
+        rows = await self._corrections.resolve(to_table(batch))
+        if rows.num_rows > ROWS_PER_MS:
+            raise ValueError(f"an import batch holds at most {ROWS_PER_MS} rows")
+        # Taken right before the insert (after the lookup): the feed's horizon bounds the
+        # time from this stamp to the insert being visible.
+        start_ms = max(time.time_ns() // 1_000_000, self._last_ms + 1)
+        self._last_ms = start_ms
+        first = start_ms * ROWS_PER_MS
+        rows = rows.append_column("source_partition", pa.array([IMPORT_PARTITION] * rows.num_rows, pa.int32()))
+        rows = rows.append_column("source_offset", pa.array(range(first, first + rows.num_rows), pa.int64()))
+        await self._store.insert_arrow("cdr", rows)
 
 
 @dataclass
@@ -143,8 +176,9 @@ async def import_files(
     latest = datetime.now(UTC) + timedelta(seconds=settings.max_future_skew_s)
     # Naive times in each tenant's zone, and the longest call, as the ingestor reads them.
     tenant_zones = ZoneDirectory(settings.zone, settings.tenants_file).current().by_tenant
+    writer = _ImportWriter(store, Corrections(store, timedelta(seconds=settings.correction_grace_s)))
     try:
-        await migrate(store)
+        await migrate(store, feed_retention_days=settings.feed_retention_days)
         with rejects.open("wb") as rejected:
             done_before = 0
             for source in sources:
@@ -160,12 +194,12 @@ async def import_files(
                     else:
                         batch.append(outcome)
                     if len(batch) >= batch_size:
-                        await store.insert_arrow("cdr", to_table(batch))
+                        await writer.write(batch)
                         report.stored += len(batch)
                         batch = []
                     progress.update(done_before + source.position(), report.lines)
                 if batch:
-                    await store.insert_arrow("cdr", to_table(batch))
+                    await writer.write(batch)
                     report.stored += len(batch)
                 done_before += source.size
                 source.close()

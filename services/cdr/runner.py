@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -14,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from cdr.api.app import READY_TIMEOUT_S, api_ops_app, create_app
+from cdr.api.feed import FeedHub, feed_hub_for
 from cdr.ingest.app import Ingestor, build_ingestor
 from cdr.metrics import Metrics, Role
 from cdr.ops import ops_routes
@@ -59,9 +61,11 @@ async def run_all(settings: Settings) -> int:
     """
     return await _ingest_and_serve(
         settings,
-        lambda ingestor, store, metrics: create_app(settings, store, metrics, extra_ready=ingestor.ready),
+        lambda ingestor, store, metrics: create_app(
+            settings, store, metrics, extra_ready=ingestor.ready, feed_hub=_feed_hub_poked_by(ingestor, settings, store)
+        ),
         settings.api_port,
-        migrate,
+        _migrate_for(settings),
         ("ingest", "api"),
     )
 
@@ -78,7 +82,19 @@ def schema_step(settings: Settings) -> Callable[[Store], Awaitable[object]]:
     `cdr migrate` (several replicas must not race DDL, and need no DDL grants). An
     embedded store is owned by this one process, so nobody else could migrate it: it
     migrates, as `cdr run` does."""
-    return migrate if settings.embedded else wait_until_current
+    return _migrate_for(settings) if settings.embedded else wait_until_current
+
+
+def _migrate_for(settings: Settings) -> Callable[[Store], Awaitable[object]]:
+    """``migrate``, applying the change feed's retention of ``settings``."""
+    return functools.partial(migrate, feed_retention_days=settings.feed_retention_days)
+
+
+def _feed_hub_poked_by(ingestor: Ingestor, settings: Settings, store: Store) -> FeedHub:
+    """The API's change feed reads right after each batch the ingestor beside it stored."""
+    hub = feed_hub_for(settings, store)
+    ingestor.pipeline.on_stored = hub.poke
+    return hub
 
 
 def _ingest_ops_app(ingestor: Ingestor, store: Store, metrics: Metrics) -> Starlette:

@@ -377,6 +377,30 @@ class Settings(BaseSettings):
         ),
     )
     cursor_ttl_s: int = Field(3_600, ge=1, description="How long a scroll_id stays valid, in seconds.")
+    feed_retention_days: int = Field(
+        7,
+        ge=1,
+        le=3_650,
+        description=(
+            "Days the change feed (GET /v1/cdr/changes) keeps a change, and a feed cursor stays valid;"
+            " `cdr migrate` applies a changed value to the table."
+        ),
+    )
+    feed_poll_interval_ms: int = Field(
+        200,
+        ge=10,
+        le=10_000,
+        description=(
+            "How often each API replica reads new changes for all its open streams and long polls at once"
+            " (in `cdr run`, also right after each stored batch)."
+        ),
+    )
+    feed_heartbeat_s: float = Field(
+        15.0, gt=0, le=300, description="Seconds between heartbeat comments on an idle change stream."
+    )
+    feed_max_streams_per_tenant: int = Field(
+        10, ge=1, description="Open change streams (SSE) a tenant may hold on one API replica; more get a 429."
+    )
     default_limit: int = Field(10, ge=1, description="Records per response when limit is not given.")
     max_limit: int = Field(1_000, ge=1, description="Largest accepted limit.")
     max_offset: int = Field(

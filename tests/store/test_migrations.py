@@ -5,6 +5,7 @@ rule of cluster mode (issue 25, items 7 and 8)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -94,7 +95,9 @@ async def test_ingest_waits_for_the_schema_and_does_not_migrate(
 def test_only_an_embedded_ingestor_migrates(tmp_path_factory: pytest.TempPathFactory) -> None:
     embedded = load_settings(data_dir=tmp_path_factory.mktemp("embedded"), clickhouse_url=None)
     server = load_settings(clickhouse_url="http://clickhouse.example:8123")
-    assert schema_step(embedded) is migrate
+    step = schema_step(embedded)
+    assert isinstance(step, functools.partial) and step.func is migrate
+    assert step.keywords == {"feed_retention_days": embedded.feed_retention_days}
     assert schema_step(server) is wait_until_current
 
 

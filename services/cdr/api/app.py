@@ -21,6 +21,7 @@ from cdr.api.console import console_routes
 from cdr.api.cursor import CursorCodec
 from cdr.api.docs import docs_routes
 from cdr.api.errors import ApiError, Internal, InvalidParameter, MethodNotAllowed, NotFound, error_response
+from cdr.api.feed import FeedHub, FeedRoutes, feed_hub_for
 from cdr.api.middleware import (
     REQUEST_ID,
     RESPONSE_STATUSES,
@@ -99,31 +100,32 @@ def create_app(
     close_store: bool = False,
     ops_routes_here: bool = True,
     clock: Callable[[], float] = time.monotonic,
+    feed_hub: FeedHub | None = None,
 ) -> Starlette:
     """The API over an open store. ``close_store``: the app's lifespan closes it.
     ``ops_routes_here``: /healthz, /readyz and /metrics on this app too (``cdr run``, one
     port); ``cdr api`` serves them on ``CDR_OPS_PORT`` instead (``api_ops_app``), so the
     public port and an Ingress in front of it expose the CDR routes only. ``clock``: the one
-    the token and tenant files are rechecked by (a test moves it on instead of waiting)."""
+    the token and tenant files are rechecked by (a test moves it on instead of waiting).
+    ``feed_hub``: the change feed's shared reader, when the caller pokes it (`cdr run`'s
+    ingestor, after each stored batch); else one of its own."""
     if settings.cursor_secret is None:
         raise SettingsError("CDR_CURSOR_SECRET is required by the API (at least 32 characters)")
     watched = [path for path in (settings.api_tokens_file, settings.tenants_file) if path is not None]
     tokens = TokenAuthority(lambda: load_directory(settings), watched, clock)
     if not tokens.tenants:
         log.warning("no API tokens configured (CDR_API_TOKENS / CDR_API_TOKENS_FILE): every request gets 401")
-    cdr = CdrRoutes(
-        settings,
-        store,
-        tokens,
-        CursorCodec(
-            settings.cursor_secret.get_secret_value().encode(),
-            settings.cursor_ttl_s,
-            previous=(
-                settings.cursor_secret_previous.get_secret_value().encode() if settings.cursor_secret_previous else None
-            ),
+    cursors = CursorCodec(
+        settings.cursor_secret.get_secret_value().encode(),
+        settings.cursor_ttl_s,
+        previous=(
+            settings.cursor_secret_previous.get_secret_value().encode() if settings.cursor_secret_previous else None
         ),
-        TenantRateLimiter(),
+        feed_ttl_s=settings.feed_retention_days * 86_400,
     )
+    cdr = CdrRoutes(settings, store, tokens, cursors, TenantRateLimiter())
+    hub = feed_hub or feed_hub_for(settings, store)
+    feed = FeedRoutes(settings, store, cdr, cursors, hub)
     document = openapi_document(settings)
 
     ready = _readiness(store, metrics, extra_ready)
@@ -132,6 +134,8 @@ def create_app(
         return OrjsonResponse(document)
 
     routes: list[Route | Mount] = [
+        # Before the lookup route, whose {key:path} would take "changes" for a Call-ID.
+        *feed.routes(),
         *cdr.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
         *docs_routes(),
@@ -146,6 +150,8 @@ def create_app(
         try:
             yield
         finally:
+            # Streams end (their clients reconnect elsewhere) before the store goes.
+            await hub.close()
             if close_store:
                 await store.close()
 

@@ -22,16 +22,30 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cdr.api.errors import InvalidScrollId
+from cdr.api.errors import InvalidParameter, InvalidScrollId
 
 _VERSION = 2
 _AAD = b"cdr scroll cursor v2"
+# Change-feed cursors are sealed with their own associated data (and key, derived with
+# it): a scroll_id does not open as a feed cursor, nor a feed cursor as a scroll_id.
+_FEED_VERSION = 1
+_FEED_AAD = b"cdr change feed cursor v1"
 _NONCE = 12
 
 
-def _cipher(secret: bytes) -> AESGCM:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_AAD).derive(secret)
+def _cipher(secret: bytes, purpose: bytes = _AAD) -> AESGCM:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret)
     return AESGCM(key)
+
+
+@dataclass(frozen=True)
+class FeedPosition:
+    """Where a change-feed reader is: the last offset delivered per source partition."""
+
+    tenant: str
+    filters: dict[str, Any]
+    offsets: dict[int, int]
+    issued_at: int
 
 
 @dataclass(frozen=True)
@@ -49,10 +63,68 @@ class CursorCodec:
     """Seals with ``secret``; also opens cursors sealed with ``previous`` (the key being
     rotated out), so a key rotation does not break the scrolls in progress."""
 
-    def __init__(self, secret: bytes, ttl_s: int, previous: bytes | None = None) -> None:
+    def __init__(self, secret: bytes, ttl_s: int, previous: bytes | None = None, feed_ttl_s: int = 7 * 86_400) -> None:
         self._current = _cipher(secret)
         self._ciphers = (self._current,) if previous is None else (self._current, _cipher(previous))
         self._ttl = ttl_s
+        self._feed_current = _cipher(secret, _FEED_AAD)
+        self._feed_ciphers = (
+            (self._feed_current,) if previous is None else (self._feed_current, _cipher(previous, _FEED_AAD))
+        )
+        self._feed_ttl = feed_ttl_s
+
+    def encode_feed(self, position: FeedPosition) -> str:
+        payload = orjson.dumps(
+            {
+                "v": _FEED_VERSION,
+                "t": position.tenant,
+                "f": position.filters,
+                "k": sorted([p, o] for p, o in position.offsets.items()),
+                "i": position.issued_at,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+        nonce = os.urandom(_NONCE)
+        return _b64(nonce + self._feed_current.encrypt(nonce, payload, _FEED_AAD))
+
+    def decode_feed(self, token: str, *, tenant: str, now: int) -> FeedPosition:
+        """Verify and open a feed cursor; any problem is a 400 naming ``cursor``. It stays
+        valid for the feed's retention (CDR_FEED_RETENTION_DAYS) after it was issued."""
+
+        def bad(why: str) -> InvalidParameter:
+            return InvalidParameter(f"cursor {why}", param="cursor")
+
+        try:
+            sealed = _unb64(token)
+        except ValueError:
+            raise bad("is malformed") from None
+        if _b64(sealed) != token or len(sealed) <= _NONCE:
+            raise bad("is malformed")
+        payload = None
+        for cipher in self._feed_ciphers:
+            try:
+                payload = cipher.decrypt(sealed[:_NONCE], sealed[_NONCE:], _FEED_AAD)
+            except InvalidTag:
+                continue
+        if payload is None:
+            raise bad("is not valid (altered, truncated, from elsewhere, or not a change-feed cursor)")
+        try:
+            data = orjson.loads(payload)
+            position = FeedPosition(
+                tenant=str(data["t"]),
+                filters=dict(data["f"]),
+                offsets={int(p): int(o) for p, o in data["k"]},
+                issued_at=int(data["i"]),
+            )
+            if data["v"] != _FEED_VERSION:
+                raise ValueError("version")
+        except (ValueError, KeyError, TypeError, IndexError, orjson.JSONDecodeError):
+            raise bad("is malformed") from None
+        if not hmac.compare_digest(position.tenant.encode(), tenant.encode()):
+            raise bad("is not valid (altered, truncated, from elsewhere, or not a change-feed cursor)")
+        if now - position.issued_at > self._feed_ttl:
+            raise bad("is older than the feed's retention; start again with since")
+        return position
 
     def encode(self, position: Position) -> str:
         payload = orjson.dumps(

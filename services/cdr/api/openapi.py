@@ -6,7 +6,7 @@ from typing import Any
 
 from cdr import __version__
 from cdr.api.errors import error_codes
-from cdr.api.params import Limits, Param, export_params, list_params, stats_params
+from cdr.api.params import Limits, Param, export_params, feed_params, list_params, stats_params
 from cdr.settings import Settings
 from cdr.store.queries import GROUP_BY, STAT_QUANTILE_FIELDS, STAT_QUANTILES
 
@@ -45,6 +45,14 @@ def _error(description: str) -> dict[str, Any]:
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+
+
+_FEED_GUARANTEES = (
+    "Guarantees: at-least-once (a change may come again, with the same id and version: de-duplicate on"
+    " them); a version is never delivered after a newer version of the same call (a stale one is left"
+    " out); a cursor stays valid for the feed's retention (CDR_FEED_RETENTION_DAYS); any replica continues"
+    " any cursor. Filters are sealed in the cursor."
+)
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
@@ -181,6 +189,52 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/cdr/changes": {
+                "get": {
+                    "operationId": "cdrChanges",
+                    "summary": "The change feed: every new or corrected CDR after a cursor, in order.",
+                    "description": _FEED_GUARANTEES,
+                    "parameters": [_query_param(p) for p in feed_params(limits)],
+                    "responses": {
+                        "200": {
+                            "description": "The changes after the cursor (possibly none) and the next cursor.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Changes"}}},
+                        },
+                        **common_errors,
+                    },
+                }
+            },
+            "/v1/cdr/changes/stream": {
+                "get": {
+                    "operationId": "cdrChangesStream",
+                    "summary": "The change feed as Server-Sent Events, live.",
+                    "description": (
+                        "Each event: `id:` the cursor after its change, `data:` one change (schema Change). Resume"
+                        " with the Last-Event-ID header (or cursor). A comment line is sent every"
+                        f" {settings.feed_heartbeat_s:g} s so proxies keep the connection. At most"
+                        f" {settings.feed_max_streams_per_tenant} open streams per tenant and replica, else 429"
+                        " with Retry-After. The stream ends when the replica stops: reconnect with the last"
+                        " event id. " + _FEED_GUARANTEES
+                    ),
+                    "parameters": [
+                        *(_query_param(p) for p in feed_params(limits, stream=True)),
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "The id of the last event received: where to continue.",
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "An endless text/event-stream of changes.",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **common_errors,
+                    },
+                }
+            },
             "/v1/cdr/{id}": {
                 "get": {
                     "operationId": "getCdr",
@@ -250,6 +304,27 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "properties": record_properties,
                     "required": list(record_properties),
                     "additionalProperties": False,
+                },
+                "Change": {
+                    "type": "object",
+                    "properties": {
+                        **record_properties,
+                        "version": {
+                            "type": "string",
+                            "description": "The version's emitted_at, RFC 3339 UTC: 2026-12-07T10:00:00.123Z.",
+                        },
+                        "change": {"type": "string", "enum": ["created", "corrected"]},
+                    },
+                    "required": [*record_properties, "version", "change"],
+                    "additionalProperties": False,
+                },
+                "Changes": {
+                    "type": "object",
+                    "properties": {
+                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}},
+                        "cursor": {"type": "string", "description": "Where to continue; always given."},
+                    },
+                    "required": ["data", "cursor"],
                 },
                 "Page": {
                     "type": "object",

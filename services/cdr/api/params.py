@@ -20,6 +20,7 @@ import phonenumbers
 
 from cdr.api.errors import InvalidParameter, InvalidScrollId
 from cdr.model.record import Direction
+from cdr.store.feed import FeedFilters
 from cdr.store.queries import GROUP_BY
 from cdr.store.queries import SearchFilters as Filters
 
@@ -493,4 +494,81 @@ def _filters(given: dict[str, Any]) -> Filters:
         phones=given.get("phone"),
         phone_prefixes=given.get("phone_prefix"),
         direction=given.get("direction"),
+    )
+
+
+FEED_FILTER_PARAMS: tuple[str, ...] = ("direction", "status", "extension", "cause")
+MAX_FEED_WAIT_S = 30
+MAX_FEED_LIMIT = 1000
+_FEED_DEFAULT_LIMIT = 100
+
+
+def feed_params(limits: Limits, *, stream: bool = False) -> tuple[Param, ...]:
+    """Every query parameter of GET /v1/cdr/changes (``stream``: of /v1/cdr/changes/stream,
+    which has no limit and no wait: it sends each change as it comes)."""
+    filters = tuple(p for p in list_params(limits) if p.name in FEED_FILTER_PARAMS)
+    paging = (
+        Param(
+            "limit",
+            _whole(1, MAX_FEED_LIMIT),
+            f"Changes per response, at most (default {_FEED_DEFAULT_LIMIT}). A response may hold fewer, none"
+            " included, while more follow: continue with its cursor.",
+            _integer(1, MAX_FEED_LIMIT),
+        ),
+        Param(
+            "wait",
+            _whole(0, MAX_FEED_WAIT_S),
+            f"Long poll: with no change after the cursor yet, wait up to this many seconds (0-{MAX_FEED_WAIT_S},"
+            " default 0) and answer as soon as one arrives; at the end of the wait, an empty page and the cursor.",
+            _integer(0, MAX_FEED_WAIT_S),
+        ),
+    )
+    return (
+        Param(
+            "cursor",
+            _string(SCROLL_ID_PATTERN, "is malformed", maxLength=_MAX_SCROLL_ID),
+            "The cursor of the previous response (or an event id of the stream), unchanged: where to continue."
+            " Valid for the feed's retention. Filters given beside it must be the ones it was issued for.",
+            _text,
+        ),
+        Param(
+            "since",
+            _DATE_SCHEMA,
+            "Without a cursor: start at the first change stored at or after this time (within the feed's"
+            " retention). Without cursor and since: start now." + _DATE_RULE,
+            _moment,
+        ),
+        *filters,
+        *(() if stream else paging),
+    )
+
+
+@dataclass(frozen=True)
+class FeedRequest:
+    """What GET /v1/cdr/changes(/stream) asked for."""
+
+    filters: FeedFilters
+    given_filters: frozenset[str]
+    cursor: str | None
+    since: datetime | None
+    limit: int
+    wait_s: int
+
+
+def parse_feed_request(query: MultiQuery, params: tuple[Param, ...], context: Context) -> FeedRequest:
+    given = read_query(query, params, context)
+    if "cursor" in given and "since" in given:
+        raise InvalidParameter("since starts a feed without a cursor; give one or the other", param="since")
+    return FeedRequest(
+        filters=FeedFilters(
+            direction=given.get("direction"),
+            status=given.get("status"),
+            extension=given.get("extension"),
+            cause=given.get("cause"),
+        ),
+        given_filters=frozenset(name for name in FEED_FILTER_PARAMS if name in given),
+        cursor=given.get("cursor"),
+        since=given.get("since"),
+        limit=given.get("limit", _FEED_DEFAULT_LIMIT),
+        wait_s=given.get("wait", 0),
     )

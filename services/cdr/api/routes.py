@@ -133,22 +133,22 @@ class CdrRoutes:
         return Caller(tenant, profile.timezone, Context(profile.zone, profile.phone_region))
 
     def routes(self) -> list[Route]:
-        """Every /v1 route, each built by ``_tenant_route``: authentication, the tenant's
+        """Every /v1 route, each built by ``tenant_route``: authentication, the tenant's
         rate limit and its store read come with the route, not with each handler. A
         handler that reads more at once claims the others itself (a page's total), and
         an export holds its read until its stream ends, after the handler returned."""
         return [
-            self._tenant_route("/v1/cdr", self.list_cdrs),
+            self.tenant_route("/v1/cdr", self.list_cdrs),
             # Before the lookup route, whose {key:path} would take the word as a Call-ID.
-            self._tenant_route("/v1/cdr/export", self.export_cdrs, reads=0),
-            self._tenant_route("/v1/cdr/stats", self.cdr_stats),
-            self._tenant_route("/v1/cdr/{key:path}", self.get_cdr),
+            self.tenant_route("/v1/cdr/export", self.export_cdrs, reads=0),
+            self.tenant_route("/v1/cdr/stats", self.cdr_stats),
+            self.tenant_route("/v1/cdr/{key:path}", self.get_cdr),
         ]
 
-    def _tenant_route(self, path: str, handler: TenantHandler, reads: int = 1) -> Route:
+    def tenant_route(self, path: str, handler: TenantHandler, reads: int = 1) -> Route:
         async def endpoint(request: Request) -> Response:
             caller = self._caller(request)
-            release = self._claim_reads(caller.tenant, reads)
+            release = self.claim_reads(caller.tenant, reads)
             try:
                 return await handler(request, caller)
             finally:
@@ -185,7 +185,7 @@ class CdrRoutes:
         try:
             last = await self._export_window_end(caller, wanted, None)
             opening = self._export_window(caller, wanted, None, last)
-            first = await self._guarded(anext(opening, b""))
+            first = await self.guarded(anext(opening, b""))
         except BaseException:
             release()
             raise
@@ -240,7 +240,7 @@ class CdrRoutes:
             after=after,
             rows=self._settings.export_window_rows,
         )
-        found = await self._run(query.sql, query.params)
+        found = await self.run(query.sql, query.params)
         return (_as_utc(found[0][0]), found[0][1]) if found else None
 
     async def _export_window(
@@ -285,7 +285,7 @@ class CdrRoutes:
                     ),
                 )
             )
-            held.append(self._claim_reads(tenant, 1))
+            held.append(self.claim_reads(tenant, 1))
         except RateLimited:
             for release in held:
                 release()
@@ -300,7 +300,7 @@ class CdrRoutes:
     async def cdr_stats(self, request: Request, caller: Caller) -> Response:
         wanted = parse_stats_request(request.query_params, self._stats_params, caller.context)
         query = stats_query(self._table, caller.tenant, wanted.filters, group_by=wanted.group_by, tz=caller.timezone)
-        rows = await self._run(query.sql, query.params)
+        rows = await self.run(query.sql, query.params)
         if len(rows) > MAX_GROUPS:
             raise InvalidParameter(
                 f"more than {MAX_GROUPS} groups; narrow the filters or group by something coarser",
@@ -324,10 +324,10 @@ class CdrRoutes:
             pass
         else:
             by_id = id_lookup_query(self._table, tenant, id_, tz=tz)
-            rows = await self._run(by_id.sql, by_id.params)
+            rows = await self.run(by_id.sql, by_id.params)
         if not rows:
             by_call_id = call_id_lookup_query(self._table, tenant, key, tz=tz)
-            rows = await self._run(by_call_id.sql, by_call_id.params)
+            rows = await self.run(by_call_id.sql, by_call_id.params)
         if not rows:
             raise NotFound("no such CDR")
         return rows[0]
@@ -346,9 +346,9 @@ class CdrRoutes:
         )
         count = count_query(self._table, tenant, wanted.filters)
         # Two reads on two pool clients, at once: the route holds one, the total the other.
-        release = self._claim_reads(tenant, 1)
+        release = self.claim_reads(tenant, 1)
         try:
-            rows, total = await asyncio.gather(self._run(page.sql, page.params), self._run(count.sql, count.params))
+            rows, total = await asyncio.gather(self.run(page.sql, page.params), self.run(count.sql, count.params))
         finally:
             release()
         return {
@@ -423,7 +423,7 @@ class CdrRoutes:
             far = await self._tenant_edge(tenant, latest=not desc)
         if edge is None or (far is not None and abs(far - edge) <= _WINDOW):
             query = scroll_query(self._table, tenant, filters, tz=tz, limit=limit, desc=desc, after=after)
-            return await self._run(query.sql, query.params)
+            return await self.run(query.sql, query.params)
         # asc: [edge, edge + W), then [edge + W, ...);  desc: [edge - W, edge], then [..., edge - W)
         split = edge - _WINDOW if desc else edge + _WINDOW
         near_window = (split, None) if desc else (None, split)
@@ -431,13 +431,13 @@ class CdrRoutes:
         near = scroll_query(
             self._table, tenant, filters, tz=tz, limit=limit, desc=desc, after=after, window=near_window
         )
-        rows = await self._run(near.sql, near.params)
+        rows = await self.run(near.sql, near.params)
         if len(rows) > limit:
             return rows
         rest = scroll_query(
             self._table, tenant, filters, tz=tz, limit=limit - len(rows), desc=desc, after=after, window=rest_window
         )
-        return rows + await self._run(rest.sql, rest.params)
+        return rows + await self.run(rest.sql, rest.params)
 
     async def _tenant_edge(self, tenant: str, *, latest: bool) -> datetime | None:
         """The tenant's earliest (latest) call, cached for a while. A stale value only
@@ -448,15 +448,15 @@ class CdrRoutes:
         if cached is not None and now - cached[0] < _EDGE_TTL_S:
             return cached[1]
         query = tenant_edge_query(self._table, tenant, latest=latest)
-        found = await self._run(query.sql, query.params)
+        found = await self.run(query.sql, query.params)
         edge = _as_utc(found[0][0]) if found and found[0][1] else None
         self._edges[(tenant, latest)] = (now, edge)
         return edge
 
-    async def _run(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:
-        return await self._guarded(self._store.query(sql, params))
+    async def run(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:
+        return await self.guarded(self._store.query(sql, params))
 
-    async def _guarded(self, read: Awaitable[T]) -> T:
+    async def guarded(self, read: Awaitable[T]) -> T:
         """The read's result; a store failure as the API's error (503, with the reason)."""
         try:
             return await read
@@ -473,7 +473,7 @@ class CdrRoutes:
             log.error("ClickHouse unavailable", extra={"error": str(exc)[:300]})
             raise Unavailable("the CDR store is unavailable; retry shortly", headers={"Retry-After": "5"}) from exc
 
-    def _claim_reads(self, tenant: str, reads: int) -> Callable[[], None]:
+    def claim_reads(self, tenant: str, reads: int) -> Callable[[], None]:
         """``reads`` more of the tenant's concurrent store reads, or a 429: a flood from one
         tenant holds at most this many of the shared ClickHouse readers."""
         return self._reads.claim(

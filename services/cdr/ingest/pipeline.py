@@ -13,6 +13,7 @@ import contextvars
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -93,6 +94,9 @@ class Pipeline:
         # the rebalance completes, and a commit from the old generation can still be taken
         # by the broker then, after the new owner read its start offset: never commit them.
         self._given_up: set[TopicPartition] = set()
+        # Called after each batch's rows are stored: `cdr run` pokes the API's change feed,
+        # which then reads them at once instead of at its next interval.
+        self.on_stored: Callable[[], None] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -236,6 +240,8 @@ class Pipeline:
         if rows.num_rows:
             refused = await self._writer.write(rows, max_refused=self._max_refused(rows.num_rows))
             stored = rows.num_rows - len(refused)
+            if stored and self.on_stored is not None:
+                self.on_stored()
             self._metrics.events_stored.inc(stored)
             stage("write").observe(time.perf_counter() - validated)
             _mark_refused(invalid, refused)
@@ -300,7 +306,7 @@ class Pipeline:
             invalid[candidates[k]] = problem
         self._metrics.parsed("lean").inc(verdicts.lean)
         self._metrics.parsed("pydantic").inc(verdicts.model)
-        return verdicts.rows, invalid
+        return _with_sources(verdicts.rows, records, invalid), invalid
 
     def _dead_letters_of(
         self, records: tuple[ConsumerRecord[bytes, bytes], ...], invalid: list[Invalid | None]
@@ -357,6 +363,18 @@ class Pipeline:
         self.committed.update(offsets)
         self.last_commit = time.monotonic()
         return True
+
+
+def _with_sources(
+    rows: pa.Table, records: tuple[ConsumerRecord[bytes, bytes], ...], invalid: list[Invalid | None]
+) -> pa.Table:
+    """``rows`` with where each came from: its record's partition and offset (the change
+    feed's order, README "Change feed"). Two columns from two plain int lists: the
+    records are aiokafka's Python objects already, nothing more is built per row."""
+    kept = [record for record, problem in zip(records, invalid, strict=True) if problem is None]
+    return rows.append_column("source_partition", pa.array([r.partition for r in kept], pa.int32())).append_column(
+        "source_offset", pa.array([r.offset for r in kept], pa.int64())
+    )
 
 
 def _mark_refused(invalid: list[Invalid | None], refused: list[Refused]) -> None:

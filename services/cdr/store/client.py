@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from cdr.settings import Settings
 
-Param = str | int | float | datetime | uuid.UUID | Sequence[str] | Sequence[uuid.UUID] | None
+Param = str | int | float | datetime | uuid.UUID | Sequence[str] | Sequence[int] | Sequence[uuid.UUID] | None
 Row = list[Any]
 T = TypeVar("T")
 

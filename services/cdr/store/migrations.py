@@ -1,8 +1,8 @@
 """Versioned, idempotent schema migrations, recorded in the database.
 
 Each file ``NNNN_name.sql`` under ``schemas/clickhouse`` is one migration. Its text is
-a template: ``${db}``, ``${on_cluster}``, ``${replacing_engine}`` and ``${plain_engine}``
-are filled from the settings, so cluster mode is a setting, not a second schema.
+a template: ``${db}``, ``${on_cluster}``, ``${replacing_engine}``, ``${aggregating_engine}``
+and ``${plain_engine}`` are filled from the settings, so cluster mode is a setting, not a second schema.
 
 Only ``cdr migrate`` (the chart's Job) and ``cdr run`` migrate; ``cdr ingest`` and
 ``cdr api`` wait until the schema is current (``wait_until_current``, ``SchemaGate``), so
@@ -82,6 +82,7 @@ def render(migration: Migration, store: Store) -> list[str]:
         db=store.database,
         on_cluster=f"ON CLUSTER {cluster}" if cluster else "",
         replacing_engine="ReplicatedReplacingMergeTree" if cluster else "ReplacingMergeTree",
+        aggregating_engine="ReplicatedAggregatingMergeTree" if cluster else "AggregatingMergeTree",
         plain_engine="ReplicatedMergeTree" if cluster else "MergeTree",
     )
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
@@ -172,8 +173,11 @@ async def check_replicated_setup(store: Store) -> None:
         )
 
 
-async def migrate(store: Store, migrations: list[Migration] | None = None) -> list[Migration]:
-    """Apply the migrations not yet recorded, in order; returns those applied (by this run)."""
+async def migrate(
+    store: Store, migrations: list[Migration] | None = None, *, feed_retention_days: int | None = None
+) -> list[Migration]:
+    """Apply the migrations not yet recorded, in order; returns those applied (by this run).
+    ``feed_retention_days``: the change feed's retention to apply (``apply_feed_retention``)."""
     migrations = migrations if migrations is not None else load_migrations()
     await check_one_shard(store)
     await check_replicated_setup(store)
@@ -199,7 +203,34 @@ async def migrate(store: Store, migrations: list[Migration] | None = None) -> li
             {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
         )
         applied.append(migration)
+    if feed_retention_days is not None:
+        await apply_feed_retention(store, feed_retention_days)
     return applied
+
+
+_FEED_TTL = re.compile(r"TTL toDateTime\(ingested_at\) \+ toIntervalDay\((\d+)\)")
+
+
+async def apply_feed_retention(store: Store, days: int) -> None:
+    """The change feed keeps ``days`` days (CDR_FEED_RETENTION_DAYS): its TTL is a table
+    setting, not a migration's text, so a changed value is applied here, by
+    ``MODIFY TTL``, only when it differs from the table's (the ALTER recomputes the
+    TTL of every part: not to be run on every start)."""
+    rows = await store.query(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'cdr_changes'",
+        {"db": store.database},
+    )
+    if not rows:
+        return  # the feed's migration is not among those applied (a partial list, in tests)
+    found = _FEED_TTL.search(str(rows[0][0]))
+    if found is not None and int(found[1]) == days:
+        return
+    on_cluster = f"ON CLUSTER {store.cluster}" if store.cluster else ""
+    log.info("setting the change feed's retention", extra={"days": days})
+    await store.command(
+        f"ALTER TABLE {store.qualified('cdr_changes')} {on_cluster} "
+        f"MODIFY TTL toDateTime(ingested_at) + toIntervalDay({int(days)})"
+    )
 
 
 async def missing_migrations(store: Store, *, health: bool = False) -> list[Migration]:

@@ -1,0 +1,475 @@
+"""GET /v1/cdr/changes (pull, long poll) and GET /v1/cdr/changes/stream (SSE): the change
+feed (README, "Change feed"; the order and its reads: ``cdr.store.feed``).
+
+A reader reads its tenant's changes past its cursor itself (``_direct``) until it has read
+everything visible, then takes what the replica's ``FeedHub`` reads for all tenants at once:
+one query per interval however many streams and long polls are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+import orjson
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cdr.api.cursor import CursorCodec, FeedPosition
+from cdr.api.errors import InvalidParameter, RateLimited
+from cdr.api.params import FEED_FILTER_PARAMS, FeedRequest, Limits, MultiQuery, feed_params, parse_feed_request
+from cdr.api.ratelimit import Slots
+from cdr.api.responses import OrjsonResponse
+from cdr.api.routes import Caller, CdrRoutes
+from cdr.settings import Settings
+from cdr.store import Store, StoreError
+from cdr.store.feed import (
+    HUB_LOOKBACK_S,
+    MAX_PARTITIONS,
+    Change,
+    FeedFilters,
+    Offsets,
+    hub_read,
+    hub_start,
+    per_partition,
+    settle,
+    start_position,
+    tenant_read,
+    tenant_start,
+    versions_of,
+    versions_read,
+)
+
+log = logging.getLogger(__name__)
+
+# Rows one hub poll reads at most (it reads again at once when it got as many).
+_HUB_ROWS = 20_000
+# Changes a subscriber may have waiting; past that it reads for itself again (catch-up).
+_MAX_WAITING = 10_000
+# The hub stops polling this long after its last subscriber left.
+_HUB_IDLE_S = 30.0
+# Rows a stream reads at once while it catches up.
+_CATCH_UP_ROWS = 1_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Overflowed(Exception):
+    """A subscriber fell more than ``_MAX_WAITING`` changes behind the hub."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One reader's share of the hub: the changes of its tenant from polls ``first_poll``
+    on (those that started after it subscribed), in order."""
+
+    tenant: str
+    first_poll: int
+    waiting: deque[list[Change]] = field(default_factory=deque)
+    count: int = 0
+    overflowed: bool = False
+    closed: bool = False
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, changes: list[Change]) -> None:
+        if self.overflowed:
+            return
+        if self.count + len(changes) > _MAX_WAITING:
+            # Dropped back to catch-up, not buffered without limit.
+            self.overflowed = True
+            self.waiting.clear()
+            self.count = 0
+        else:
+            self.waiting.append(changes)
+            self.count += len(changes)
+        self.ready.set()
+
+    async def next(self, timeout_s: float | None) -> list[Change] | None:
+        """The next poll's changes for this tenant; None at the timeout or when the hub closes."""
+        while not self.waiting:
+            if self.overflowed:
+                raise Overflowed
+            if self.closed:
+                return None
+            self.ready.clear()
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout_s)
+            except TimeoutError:
+                return None
+        if self.overflowed:
+            raise Overflowed
+        changes = self.waiting.popleft()
+        self.count -= len(changes)
+        return changes
+
+
+class FeedHub:
+    """One per API replica: reads every tenant's new changes once per interval (and at once
+    when ``poke``d: the ingestor in `cdr run` does after each stored batch) and hands each
+    subscriber its tenant's share. Polls only while someone subscribes.
+
+    Completeness: a poll reads, per partition, every row past the hub's position that is
+    visible when the poll starts, among parts stamped since ``HUB_LOOKBACK_S`` (plus the
+    replica horizon) before the poll before it -- an insert is visible well within that of
+    its stamp. A subscriber takes the polls that start after it subscribed; it reads for
+    itself whatever was visible before (``FeedRoutes._direct``), so nothing falls between."""
+
+    def __init__(self, store: Store, *, interval_s: float, horizon_s: int | None) -> None:
+        self._store = store
+        self._table = store.qualified("cdr_changes")
+        self._versions = store.qualified("cdr_versions_by_id")
+        self._interval_s = interval_s
+        self._horizon_s = horizon_s
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._count = 0
+        self._polls_started = 0
+        self._position: Offsets = {}
+        self._last_poll_ms = 0
+        self._poked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Lock = asyncio.Lock()
+        self._closed = False
+        self.polls = 0  # polls that read (tests, and the README's cost figures)
+
+    def poke(self) -> None:
+        """New changes are stored: poll now, not at the next interval."""
+        self._poked.set()
+
+    async def subscribe(self, tenant: str) -> Subscription:
+        """Before the reader's own read: it gets every poll that starts from now on."""
+        async with self._starting:
+            if self._task is None or self._task.done():
+                await self._start()
+        sub = Subscription(tenant, self._polls_started + 1, closed=self._closed)
+        self._subscribers[tenant].add(sub)
+        self._count += 1
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subscribers.get(sub.tenant)
+        if subs is not None and sub in subs:
+            subs.discard(sub)
+            self._count -= 1
+            if not subs:
+                del self._subscribers[sub.tenant]
+
+    async def _start(self) -> None:
+        """Where polling starts: the last offset per partition among recent parts. A poll
+        counts as started here: subscribers read what was visible before for themselves."""
+        low = _now_ms() - (HUB_LOOKBACK_S + (self._horizon_s or 0)) * 1000
+        started = _now_ms()
+        self._polls_started += 1
+        query = hub_start(self._table, low_ms=low)
+        rows = await self._store.query(query.sql, query.params)
+        self._position = {int(p): int(o) for p, o in rows}
+        self._last_poll_ms = started
+        self._task = asyncio.create_task(self._run(), name="feed-hub")
+
+    async def _run(self) -> None:
+        idle_since: float | None = None
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked.wait(), self._interval_s)
+            self._poked.clear()
+            if not self._count:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > _HUB_IDLE_S:
+                    return
+                continue
+            idle_since = None
+            try:
+                full = await self._poll()
+            except StoreError as exc:
+                log.warning("change feed poll failed; retrying", extra={"error": str(exc)[:300]})
+                continue
+            if full:
+                self._poked.set()
+
+    async def _poll(self) -> bool:
+        """One read for every subscriber; True when it was cut at ``_HUB_ROWS`` (more wait)."""
+        started = _now_ms()
+        self._polls_started += 1
+        index = self._polls_started
+        low = self._last_poll_ms - (HUB_LOOKBACK_S + (self._horizon_s or 0)) * 1000
+        query = hub_read(
+            self._table, self._position, low_ms=low, limit=_HUB_ROWS, now_ms=started, horizon_s=self._horizon_s
+        )
+        rows = await self._store.query(query.sql, query.params)
+        self.polls += 1
+        changes = [Change.of(row) for row in rows]
+        if changes:
+            await _settle(self._store, self._versions, changes)
+        self._last_poll_ms = started
+        by_tenant: dict[str, list[Change]] = defaultdict(list)
+        for change in changes:
+            self._position[change.partition] = change.offset
+            by_tenant[change.tenant].append(change)
+        for tenant, theirs in by_tenant.items():
+            for sub in self._subscribers.get(tenant, ()):
+                if index >= sub.first_poll:
+                    sub.push(theirs)
+        return len(rows) >= _HUB_ROWS
+
+    async def close(self) -> None:
+        """Stop polling; every subscriber's wait ends (streams end cleanly)."""
+        self._closed = True
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.closed = True
+                sub.ready.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def feed_hub_for(settings: Settings, store: Store) -> FeedHub:
+    return FeedHub(store, interval_s=settings.feed_poll_interval_ms / 1000, horizon_s=store.max_replica_delay_s)
+
+
+async def _settle(store: Store, versions_table: str, changes: list[Change]) -> None:
+    query = versions_read(versions_table, {c.id for c in changes})
+    settle(changes, versions_of(await store.query(query.sql, query.params)))
+
+
+@dataclass
+class _Reader:
+    """One reader's progress through its tenant's changes."""
+
+    caller: Caller
+    filters: FeedFilters
+    position: Offsets
+    zone: ZoneInfo
+
+    def take(self, change: Change) -> dict[str, object] | None:
+        """Move past ``change``; its item when it is to be delivered (a version that is not
+        stale, matching the filters, not delivered before by this position)."""
+        if change.offset <= self.position.get(change.partition, -1):
+            return None  # read directly already
+        self.position[change.partition] = change.offset
+        if change.change and self.filters.match(change):
+            return change.render(self.zone)
+        return None
+
+
+class FeedRoutes:
+    """The two faces of the feed. Authentication and the rate limit come with the /v1
+    routes (``CdrRoutes.tenant_route``); a store read holds one of the tenant's read slots
+    only while it runs, never while a long poll or a stream waits."""
+
+    def __init__(self, settings: Settings, store: Store, cdr: CdrRoutes, cursors: CursorCodec, hub: FeedHub) -> None:
+        self._settings = settings
+        self._store = store
+        self._cdr = cdr
+        self._cursors = cursors
+        self._hub = hub
+        self._table = store.qualified("cdr_changes")
+        self._versions = store.qualified("cdr_versions_by_id")
+        self._horizon_s = store.max_replica_delay_s
+        limits = Limits(settings.default_limit, settings.max_limit, settings.max_offset)
+        self._params = feed_params(limits)
+        self._stream_params = feed_params(limits, stream=True)
+        self._streams = Slots(settings.feed_max_streams_per_tenant)
+        self._retention_s = settings.feed_retention_days * 86_400
+
+    def routes(self) -> list[Route]:
+        return [
+            self._cdr.tenant_route("/v1/cdr/changes", self.changes, reads=0),
+            self._cdr.tenant_route("/v1/cdr/changes/stream", self.stream, reads=0),
+        ]
+
+    async def changes(self, request: Request, caller: Caller) -> Response:
+        wanted = parse_feed_request(request.query_params, self._params, caller.context)
+        reader = await self._reader(caller, wanted)
+        sub = await self._hub.subscribe(caller.tenant) if wanted.wait_s else None
+        try:
+            items, complete = await self._direct(reader, wanted.limit)
+            if items or not complete or sub is None:
+                return self._page(reader, items)
+            deadline = time.monotonic() + wanted.wait_s
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    changes = await sub.next(left)
+                except Overflowed:
+                    self._hub.unsubscribe(sub)
+                    sub = await self._hub.subscribe(caller.tenant)
+                    items, complete = await self._direct(reader, wanted.limit)
+                    if items or not complete:
+                        break
+                    continue
+                if changes is None:
+                    break
+                for change in changes:
+                    item = reader.take(change)
+                    if item is not None:
+                        items.append(item)
+                        if len(items) == wanted.limit:
+                            break  # the rest of this poll is read again from the cursor
+                if items:
+                    break
+            return self._page(reader, items)
+        finally:
+            if sub is not None:
+                self._hub.unsubscribe(sub)
+
+    async def stream(self, request: Request, caller: Caller) -> Response:
+        last_event_id = request.headers.get("last-event-id")
+        query: MultiQuery = request.query_params
+        if last_event_id and "cursor" not in request.query_params:
+            query = _Query(request, "cursor", last_event_id)
+        wanted = parse_feed_request(query, self._stream_params, caller.context)
+        reader = await self._reader(caller, wanted)
+        release = self._streams.claim(
+            caller.tenant,
+            RateLimited(
+                f"this tenant already has {self._streams.limit} change streams open on this replica; close one"
+                " or retry shortly",
+                headers={"Retry-After": "5"},
+            ),
+        )
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            sub = await self._hub.subscribe(caller.tenant)
+            try:
+                complete = False
+                while True:
+                    if not complete:
+                        for item, cursor in await self._catch_up(reader):
+                            yield {"id": cursor, "data": orjson.dumps(item).decode()}
+                        complete = True
+                        continue
+                    try:
+                        changes = await sub.next(None)
+                    except Overflowed:
+                        self._hub.unsubscribe(sub)
+                        sub = await self._hub.subscribe(caller.tenant)
+                        complete = False
+                        continue
+                    if changes is None:
+                        return  # the replica is stopping: the client reconnects elsewhere
+                    for change in changes:
+                        taken = reader.take(change)
+                        if taken is not None:
+                            yield {"id": self._cursor(reader), "data": orjson.dumps(taken).decode()}
+            finally:
+                self._hub.unsubscribe(sub)
+                release()
+
+        try:
+            return EventSourceResponse(
+                events(), ping=self._settings.feed_heartbeat_s, headers={"Cache-Control": "no-store"}
+            )
+        except BaseException:
+            release()
+            raise
+
+    async def _catch_up(self, reader: _Reader) -> list[tuple[dict[str, object], str]]:
+        """Everything visible past the reader's position, read by itself, with each item's cursor."""
+        out: list[tuple[dict[str, object], str]] = []
+        while True:
+            changes, complete = await self._read(reader, _CATCH_UP_ROWS)
+            for change in changes:
+                item = reader.take(change)
+                if item is not None:
+                    out.append((item, self._cursor(reader)))
+            if complete:
+                return out
+
+    async def _direct(self, reader: _Reader, limit: int) -> tuple[list[dict[str, object]], bool]:
+        """One read of the reader's next changes: the items, and whether it read everything
+        visible (else more follow at once)."""
+        changes, complete = await self._read(reader, limit)
+        items: list[dict[str, object]] = []
+        for change in changes:
+            item = reader.take(change)
+            if item is not None:
+                items.append(item)
+        return items, complete
+
+    async def _read(self, reader: _Reader, limit: int) -> tuple[list[Change], bool]:
+        per = per_partition(limit, reader.position)
+        query = tenant_read(
+            self._table,
+            reader.caller.tenant,
+            reader.position,
+            limit=limit,
+            now_ms=_now_ms(),
+            horizon_s=self._horizon_s,
+        )
+        release = self._cdr.claim_reads(reader.caller.tenant, 1)
+        try:
+            rows = await self._cdr.run(query.sql, query.params)
+            changes = [Change.of(row) for row in rows]
+            if changes:
+                await self._cdr.guarded(_settle(self._store, self._versions, changes))
+        finally:
+            release()
+        counts: dict[int, int] = defaultdict(int)
+        for change in changes:
+            counts[change.partition] += 1
+        complete = len(changes) < limit and all(n < per for n in counts.values())
+        return changes, complete
+
+    async def _reader(self, caller: Caller, wanted: FeedRequest) -> _Reader:
+        zone = ZoneInfo(caller.timezone)
+        now = int(time.time())
+        if wanted.cursor is not None:
+            position = self._cursors.decode_feed(wanted.cursor, tenant=caller.tenant, now=now)
+            try:
+                filters = FeedFilters.from_canonical(position.filters)
+            except TypeError:
+                raise InvalidParameter(
+                    "cursor is from an incompatible version; start again with since", param="cursor"
+                ) from None
+            given = wanted.filters.canonical()
+            for name in FEED_FILTER_PARAMS:
+                if name in wanted.given_filters and given.get(name) != position.filters.get(name):
+                    raise InvalidParameter(
+                        f"{name} differs from the filters this cursor was issued for; start a new feed", param=name
+                    )
+            return _Reader(caller, filters, dict(position.offsets), zone)
+        since = wanted.since
+        if since is not None and since.timestamp() < now - self._retention_s:
+            raise InvalidParameter(
+                f"since is older than the feed's retention ({self._settings.feed_retention_days} days)", param="since"
+            )
+        query = tenant_start(self._table, caller.tenant, since)
+        release = self._cdr.claim_reads(caller.tenant, 1)
+        try:
+            rows = await self._cdr.run(query.sql, query.params)
+        finally:
+            release()
+        return _Reader(caller, wanted.filters, start_position(rows), zone)
+
+    def _cursor(self, reader: _Reader) -> str:
+        if len(reader.position) > MAX_PARTITIONS:
+            raise InvalidParameter("the feed spans more partitions than a cursor holds", param="cursor")
+        return self._cursors.encode_feed(
+            FeedPosition(reader.caller.tenant, reader.filters.canonical(), dict(reader.position), int(time.time()))
+        )
+
+    def _page(self, reader: _Reader, items: list[dict[str, object]]) -> Response:
+        return OrjsonResponse({"data": items, "cursor": self._cursor(reader)})
+
+
+@dataclass(frozen=True)
+class _Query:
+    """The request's query parameters with one more (the stream's Last-Event-ID as its cursor)."""
+
+    request: Request
+    name: str
+    value: str
+
+    def getlist(self, key: str) -> list[str]:
+        given = self.request.query_params.getlist(key)
+        return [*given, self.value] if key == self.name else given

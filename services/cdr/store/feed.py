@@ -1,0 +1,279 @@
+"""The change feed's reads (README, "Change feed"): SQL text and ``{name:Type}`` parameters,
+and the rows as ``Change``s. Pure: no I/O.
+
+A position is one offset per source partition (Kafka's partition and offset of the event;
+``cdr import`` rows are partition -1). A read returns the rows past a position in
+``(source_partition, source_offset)`` order; because every partition's rows become visible
+in offset order, a reader that saw offset o of partition p has seen every offset below it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from cdr.store.client import Param
+from cdr.store.queries import Query
+
+# The source partition of `cdr import` rows, whose offsets are batch_start_ms * ROWS_PER_MS + row.
+IMPORT_PARTITION = -1
+ROWS_PER_MS = 1_000_000
+# An import batch is read only this long after its stamp: its insert is visible by then
+# (a batch of 20,000 rows is stored in well under a second).
+IMPORT_HORIZON_S = 10
+# A poll across all tenants reads only parts whose ingested_at is at most this much older
+# than the poll before it: an insert is visible within this time of its stamp.
+HUB_LOOKBACK_S = 60
+# Partitions a cursor may name (a topic of more is not ours).
+MAX_PARTITIONS = 4096
+
+Offsets = dict[int, int]
+
+_COLUMNS = (
+    "tenant_id, toString(id), sip_call_id, cause, duration, billsec, CAST(direction, 'UInt8'), recording_url,"
+    " extension, from_number, to_number, receive_dest, toUnixTimestamp64Milli(time_started),"
+    " toUnixTimestamp64Milli(time_answered), toUnixTimestamp64Milli(time_ended), status,"
+    " toUnixTimestamp64Milli(emitted_at), source_partition, source_offset"
+)
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # what queries.TIME_FORMAT makes ClickHouse write
+
+
+@dataclass(frozen=True)
+class FeedFilters:
+    """The filters a feed reader may give; None: any."""
+
+    direction: int | None = None
+    status: str | None = None
+    extension: str | None = None
+    cause: str | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        return {name: value for name, value in self.__dict__.items() if value is not None}
+
+    @classmethod
+    def from_canonical(cls, data: Mapping[str, Any]) -> FeedFilters:
+        return cls(**data)
+
+    def match(self, change: Change) -> bool:
+        return (
+            (self.direction is None or change.direction == self.direction)
+            and (self.status is None or change.status == self.status)
+            and (self.extension is None or change.extension == self.extension)
+            and (self.cause is None or change.cause == self.cause)
+        )
+
+
+@dataclass
+class Change:
+    """One stored version, as read from the feed table (times in UTC milliseconds)."""
+
+    tenant: str
+    id: str
+    sip_call_id: str
+    cause: str
+    duration: int
+    billsec: int
+    direction: int
+    recording_url: str
+    extension: str
+    from_number: str
+    to_number: str
+    receive_dest: str
+    time_started_ms: int
+    time_answered_ms: int | None
+    time_ended_ms: int
+    status: str
+    emitted_ms: int
+    partition: int
+    offset: int
+    change: str = ""  # "created" | "corrected" once settled; "" for a stale version
+    _rendered: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, row: list[Any] | tuple[Any, ...]) -> Change:
+        return cls(*row)
+
+    def render(self, zone: ZoneInfo) -> dict[str, Any]:
+        """The item: the record as GET /v1/cdr/{id} shows it in ``zone``, plus ``version``
+        (emitted_at, RFC 3339 UTC) and ``change``. Made once per zone (a change fans out
+        to every stream of its tenant)."""
+        key = zone.key
+        item = self._rendered.get(key)
+        if item is None:
+            item = {
+                "id": self.id,
+                "sip_call_id": self.sip_call_id,
+                "cause": self.cause,
+                "duration": int(self.duration),
+                "billsec": int(self.billsec),
+                "direction": int(self.direction),
+                "recording_url": self.recording_url,
+                "extension": self.extension,
+                "from_number": self.from_number,
+                "to_number": self.to_number,
+                "receive_dest": self.receive_dest,
+                "time_started": _local(self.time_started_ms, zone),
+                "time_answered": "" if self.time_answered_ms is None else _local(self.time_answered_ms, zone),
+                "time_ended": _local(self.time_ended_ms, zone),
+                "status": self.status,
+                "version": version_text(self.emitted_ms),
+                "change": self.change,
+            }
+            self._rendered[key] = item
+        return item
+
+
+def _local(ms: int, zone: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=zone).strftime(_TIME_FORMAT)
+
+
+def version_text(ms: int) -> str:
+    """emitted_at as RFC 3339 UTC with milliseconds: ``2026-12-07T10:00:00.123Z``."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _after(position: Mapping[int, int], params: dict[str, Param]) -> str:
+    """Rows past ``position``: each named partition past its offset, any other whole.
+    Constants per partition, so that each is a seek on the sort key."""
+    tests = []
+    for i, (partition, offset) in enumerate(sorted(position.items())):
+        tests.append(f"(source_partition = {{p{i}:Int32}} AND source_offset > {{o{i}:Int64}})")
+        params[f"p{i}"], params[f"o{i}"] = partition, offset
+    tests.append("source_partition NOT IN {known:Array(Int32)}")
+    params["known"] = sorted(position)
+    return "(" + " OR ".join(tests) + ")"
+
+
+def _visible(params: dict[str, Param], *, now_ms: int, horizon_s: int | None) -> list[str]:
+    """Only rows every reader can see by now: imported ones ``IMPORT_HORIZON_S`` after
+    their stamp; on a cluster (``horizon_s``: the replica delay a read tolerates) only rows
+    that old, which every replica answering a read holds (it refuses the read otherwise)."""
+    lag_s = horizon_s or 0
+    params["import_through"] = (now_ms - (IMPORT_HORIZON_S + lag_s) * 1000) * ROWS_PER_MS
+    clauses = [f"(source_partition != {IMPORT_PARTITION} OR source_offset <= {{import_through:Int64}})"]
+    if lag_s:
+        clauses.append("ingested_at <= now64(3) - toIntervalSecond({horizon:UInt32})")
+        params["horizon"] = lag_s
+    return clauses
+
+
+def per_partition(limit: int, position: Mapping[int, int]) -> int:
+    """Rows a read takes of each partition: a fair share of ``limit`` among the partitions
+    the position names, so that a backlog in one does not hold up the others."""
+    return max(1, math.ceil(limit / max(1, len(position))))
+
+
+def tenant_read(
+    table: str, tenant: str, position: Mapping[int, int], *, limit: int, now_ms: int, horizon_s: int | None
+) -> Query:
+    """The tenant's next rows past ``position``: at most ``per_partition`` of each, ``limit`` in all."""
+    params: dict[str, Param] = {"tenant": tenant}
+    clauses = [
+        "tenant_id = {tenant:String}",
+        _after(position, params),
+        *_visible(params, now_ms=now_ms, horizon_s=horizon_s),
+    ]
+    params["per"] = per_partition(limit, position)
+    params["limit"] = limit
+    sql = (
+        f"SELECT {_COLUMNS} FROM {table} WHERE {' AND '.join(clauses)}"
+        " ORDER BY source_partition, source_offset LIMIT {per:UInt32} BY source_partition LIMIT {limit:UInt32}"
+    )
+    return Query(sql, params)
+
+
+def hub_read(
+    table: str, position: Mapping[int, int], *, low_ms: int, limit: int, now_ms: int, horizon_s: int | None
+) -> Query:
+    """Every tenant's rows past ``position`` among the parts stamped since ``low_ms`` (the
+    day partitions and their ingested_at ranges prune the rest)."""
+    params: dict[str, Param] = {"low": low_ms, "limit": limit}
+    clauses = [
+        "ingested_at >= fromUnixTimestamp64Milli({low:Int64}, 'UTC')",
+        _after(position, params),
+        *_visible(params, now_ms=now_ms, horizon_s=horizon_s),
+    ]
+    sql = (
+        f"SELECT {_COLUMNS} FROM {table} WHERE {' AND '.join(clauses)}"
+        " ORDER BY source_partition, source_offset LIMIT {limit:UInt32}"
+    )
+    return Query(sql, params)
+
+
+def hub_start(table: str, *, low_ms: int) -> Query:
+    """Where a poll across all tenants starts: the last offset of each partition stamped since ``low_ms``."""
+    return Query(
+        f"SELECT source_partition, max(source_offset) FROM {table}"
+        " WHERE ingested_at >= fromUnixTimestamp64Milli({low:Int64}, 'UTC') GROUP BY source_partition",
+        {"low": low_ms},
+    )
+
+
+def tenant_start(table: str, tenant: str, since: datetime | None) -> Query:
+    """Per partition of the tenant's changes: its last offset, and (``since``) the first
+    offset stamped at or after ``since`` with how many there are."""
+    params: dict[str, Param] = {"tenant": tenant}
+    if since is None:
+        return Query(
+            f"SELECT source_partition, max(source_offset), 0, 0 FROM {table}"
+            " WHERE tenant_id = {tenant:String} GROUP BY source_partition",
+            params,
+        )
+    params["since"] = since
+    after = "ingested_at >= {since:DateTime64(3, 'UTC')}"
+    return Query(
+        f"SELECT source_partition, max(source_offset), minIf(source_offset, {after}), countIf({after}) FROM {table}"
+        " WHERE tenant_id = {tenant:String} GROUP BY source_partition",
+        params,
+    )
+
+
+def start_position(rows: Iterable[list[Any] | tuple[Any, ...]]) -> Offsets:
+    """A position from ``tenant_start``'s rows: just before the first change since the
+    time asked, or at the last one of a partition with none since (partitions not named
+    start at their beginning)."""
+    position: Offsets = {}
+    for partition, last, first_since, since_count in rows:
+        position[int(partition)] = int(first_since) - 1 if int(since_count) else int(last)
+    return position
+
+
+def versions_read(table: str, ids: Iterable[str]) -> Query:
+    """The first and newest emitted_at of the live versions of each id (any tenant's: the
+    caller keys them by tenant)."""
+    return Query(
+        "SELECT tenant_id, toString(id), toUnixTimestamp64Milli(min(first)), toUnixTimestamp64Milli(max(newest))"
+        f" FROM {table} WHERE id IN {{ids:Array(UUID)}} GROUP BY tenant_id, id",
+        {"ids": sorted({UUID(i) for i in ids})},
+    )
+
+
+Versions = dict[tuple[str, str], tuple[int, int]]
+
+
+def versions_of(rows: Iterable[list[Any] | tuple[Any, ...]]) -> Versions:
+    return {(str(t), str(i)): (int(first), int(newest)) for t, i, first, newest in rows}
+
+
+def settle(changes: list[Change], versions: Versions) -> None:
+    """Mark what to deliver: a version older than the newest of its call (stored, or later
+    in this read) is stale (``change`` = ""): the newest is delivered at its own position,
+    before or after, so no version comes after a newer one. Each other one is ``created``
+    when it is its call's first version, else ``corrected``."""
+    newest_here: dict[tuple[str, str], int] = {}
+    for c in changes:
+        key = (c.tenant, c.id)
+        newest_here[key] = max(newest_here.get(key, c.emitted_ms), c.emitted_ms)
+    for c in changes:
+        key = (c.tenant, c.id)
+        first, newest = versions.get(key, (c.emitted_ms, c.emitted_ms))
+        if c.emitted_ms < max(newest, newest_here[key]):
+            c.change = ""
+        else:
+            c.change = "created" if c.emitted_ms <= first else "corrected"
