@@ -1,4 +1,4 @@
-"""The ``cdr`` command: migrate, create-topics, ingest, api, run, import, simulate."""
+"""The ``cdr`` command: migrate, create-topics, ingest, api, notify, run, import, simulate."""
 
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ async def _check_config(settings: Settings, command: str) -> int:
             from cdr.ingest.app import build_ingestor
 
             build_ingestor(settings, store, Metrics())
+        if command in ("notify", "run"):
+            from cdr.notify.notifier import Notifier
+
+            Notifier(settings, store, Metrics())
     finally:
         await store.close()
     log.info("configuration valid", extra={"command": command, "clickhouse": masked_url(settings.clickhouse_dsn)})
@@ -139,7 +143,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("migrate", help="apply pending ClickHouse schema migrations"),
         sub.add_parser("ingest", help="consume call-ended events into ClickHouse"),
         sub.add_parser("api", help="serve the CDR query API"),
-        sub.add_parser("run", help="migrate, ingest and serve the API in one process (how an embedded store runs)"),
+        sub.add_parser("notify", help="deliver each tenant's changes to its webhook endpoints (README, Webhooks)"),
+        sub.add_parser(
+            "run", help="migrate, ingest, serve the API and deliver webhooks in one process (an embedded store)"
+        ),
     ]
     for command in checked:
         command.add_argument(
@@ -196,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run = {"api": runner.run_api, "run": runner.run_all, "ingest": runner.run_ingest}[args.command]
             return asyncio.run(run(settings))
+        if args.command == "notify":
+            from cdr.notify.service import run_notify
+
+            return asyncio.run(run_notify(settings))
         if args.command == "import":
             return asyncio.run(_import(settings, args.files, args.rejects, args.batch_size))
         if args.command == "simulate":

@@ -24,8 +24,11 @@ DeadLetterKind = Literal[
 """Why a message was dead-lettered: the ``reason`` label, and the DLQ's ``x-dlq-kind`` header."""
 IngestStage = Literal["validate", "dead_letter", "write", "commit"]
 Parser = Literal["lean", "pydantic"]
-Role = Literal["ingest", "api"]
-"""What a process does: `cdr ingest`, `cdr api`, or both (`cdr run`)."""
+Role = Literal["ingest", "api", "notify"]
+"""What a process does: `cdr ingest`, `cdr api`, `cdr notify`, or all three (`cdr run`)."""
+DeliveryOutcome = Literal["delivered", "http_error", "timeout", "connection_error", "redirect", "refused"]
+"""How one webhook POST ended: 2xx; another status; no answer in time; the connection failed
+or was reset; a 3xx (never followed); the address refused (SSRF rule)."""
 
 DEAD_LETTER_KINDS: tuple[DeadLetterKind, ...] = get_args(DeadLetterKind)
 
@@ -43,6 +46,7 @@ class Metrics:
         r = self.registry
         ingest = r if "ingest" in roles else None
         api = r if "api" in roles else None
+        notify = r if "notify" in roles else None
         # Ingest
         self.events_consumed = Counter(
             "cdr_events_consumed_total", "Messages read from the call-ended topic.", registry=ingest
@@ -133,6 +137,29 @@ class Metrics:
             registry=api,
         )
 
+        # Notify
+        self.webhook_deliveries = Counter(
+            "cdr_webhook_deliveries_total",
+            "Webhook POSTs by outcome: delivered (2xx), http_error, timeout, connection_error, redirect, refused.",
+            ["outcome"],
+            registry=notify,
+        )
+        self.webhook_lag = Gauge(
+            "cdr_webhook_lag_seconds",
+            "Per endpoint: age (since it was emitted) of the oldest change read and not yet delivered; 0 when"
+            " every change read is delivered. One series per configured endpoint (at most 20 per tenant).",
+            ["tenant", "endpoint"],
+            registry=notify,
+        )
+        self.webhook_disabled = Gauge(
+            "cdr_webhook_endpoints_disabled",
+            "Endpoints not delivered to: failing past CDR_WEBHOOK_MAX_FAILING_S, their URL refused, or"
+            " enabled: false in the tenant directory.",
+            registry=notify,
+        )
+        for outcome in get_args(DeliveryOutcome):
+            self.webhook_deliveries.labels(outcome=outcome)
+
     def stage(self, name: IngestStage) -> Histogram:
         """The duration histogram of one step of a batch."""
         return self.stage_seconds.labels(stage=name)
@@ -140,6 +167,10 @@ class Metrics:
     def parsed(self, parser: Parser) -> Counter:
         """The count of messages one parser validated."""
         return self.events_parsed.labels(parser=parser)
+
+    def delivered(self, outcome: DeliveryOutcome) -> Counter:
+        """The count of webhook POSTs that ended one way."""
+        return self.webhook_deliveries.labels(outcome=outcome)
 
     def dead_lettered(self, kind: DeadLetterKind) -> Counter:
         """The count of messages dead-lettered for one reason."""

@@ -15,14 +15,15 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from cdr.api.app import READY_TIMEOUT_S, api_ops_app, create_app
-from cdr.api.feed import FeedHub, feed_hub_for
 from cdr.ingest.app import Ingestor, build_ingestor
 from cdr.metrics import Metrics, Role
+from cdr.notify.notifier import Notifier
 from cdr.ops import ops_routes
 from cdr.serve import http_server
 from cdr.settings import Settings
 from cdr.startup import masked_url, with_retries
 from cdr.store import Store, StoreUnavailable, open_store
+from cdr.store.feed_hub import FeedHub, feed_hub_for
 from cdr.store.migrations import SchemaGate, migrate, wait_until_current
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ async def run_api(settings: Settings) -> int:
 
 
 async def run_all(settings: Settings) -> int:
-    """Migrate, then ingest and serve the API from one process and one store.
+    """Migrate, then ingest, serve the API and deliver webhooks from one process and one store.
 
     The embedded store can be owned by one process only, so this is how a laptop
     runs the whole service.
@@ -66,7 +67,8 @@ async def run_all(settings: Settings) -> int:
         ),
         settings.api_port,
         _migrate_for(settings),
-        ("ingest", "api"),
+        ("ingest", "api", "notify"),
+        notify=True,
     )
 
 
@@ -93,7 +95,16 @@ def _migrate_for(settings: Settings) -> Callable[[Store], Awaitable[object]]:
 def _feed_hub_poked_by(ingestor: Ingestor, settings: Settings, store: Store) -> FeedHub:
     """The API's change feed reads right after each batch the ingestor beside it stored."""
     hub = feed_hub_for(settings, store)
-    ingestor.pipeline.on_stored = hub.poke
+    previous = ingestor.pipeline.on_stored
+    if previous is None:
+        ingestor.pipeline.on_stored = hub.poke
+    else:  # the notifier's hub too
+
+        def both() -> None:
+            previous()
+            hub.poke()
+
+        ingestor.pipeline.on_stored = both
     return hub
 
 
@@ -140,11 +151,16 @@ async def _ingest_and_serve(
     port: int,
     schema: Callable[[Store], Awaitable[object]],
     roles: tuple[Role, ...],
+    *,
+    notify: bool = False,
 ) -> int:
     _tune_interpreter()
     metrics = Metrics(roles=roles)
     store = open_store(settings)
     ingestor = build_ingestor(settings, store, metrics)
+    notifier = Notifier(settings, store, metrics) if notify else None
+    if notifier is not None:
+        ingestor.pipeline.on_stored = notifier.hub.poke  # webhooks read right after each stored batch
     # Serving from the start: /healthz answers (and /readyz says "starting") while
     # start-up waits for Kafka or ClickHouse.
     server = http_server(make_app(ingestor, store, metrics), settings.api_host, port, settings)
@@ -155,10 +171,14 @@ async def _ingest_and_serve(
     try:
         if await _unless_stopped(ingestor.stopping, _start(settings, store, ingestor, schema)):
             log.info("serving", extra={"url": f"http://{settings.api_host}:{port}/"})
+            notifying = None if notifier is None else asyncio.create_task(notifier.run(ingestor.stopping))
             # Until a signal, a halted pipeline, or the HTTP server stopping (e.g. port taken).
             ingesting = asyncio.create_task(ingestor.wait())
             await asyncio.wait({ingesting, serving}, return_when=asyncio.FIRST_COMPLETED)
             ingesting.cancel()
+            if notifying is not None:
+                ingestor.stopping.set()
+                await notifying
         else:
             log.info("stop asked for during start-up")
     finally:

@@ -401,6 +401,56 @@ class Settings(BaseSettings):
     feed_max_streams_per_tenant: int = Field(
         10, ge=1, description="Open change streams (SSE) a tenant may hold on one API replica; more get a 429."
     )
+    webhook_allow_private: bool = Field(
+        False,
+        description=(
+            "cdr notify: let webhook URLs reach loopback, private, link-local (metadata) and other non-public"
+            " addresses, and plain http. Off: such URLs are refused at load and after DNS resolution (SSRF)."
+        ),
+    )
+    webhook_batch_size: int = Field(100, ge=1, le=1_000, description="Changes per webhook POST, at most.")
+    webhook_batch_wait_ms: int = Field(
+        200,
+        ge=0,
+        le=1_000,
+        description="How long a batch waits for more changes after its first one before it is sent (at most 1 s).",
+    )
+    webhook_connect_timeout_s: float = Field(5.0, gt=0, le=60, description="Webhook POST: connect timeout.")
+    webhook_timeout_s: float = Field(
+        15.0, gt=0, le=300, description="Webhook POST: the whole request, connect to the end of the answer's head."
+    )
+    webhook_retry_base_s: float = Field(
+        1.0, gt=0, description="First retry's back-off ceiling; doubles per failure (full jitter), up to the cap."
+    )
+    webhook_retry_max_s: float = Field(
+        300.0, gt=0, description="Longest wait between two attempts, a Retry-After included."
+    )
+    webhook_max_failing_s: float = Field(
+        86_400.0,
+        gt=0,
+        description=(
+            "An endpoint failing without a success this long is disabled (shown with the reason by GET /v1/webhooks);"
+            " a replay, or enabled: false then true in the tenant directory, enables it again."
+        ),
+    )
+    webhook_max_concurrency: int = Field(
+        256, ge=1, le=10_000, description="Webhook POSTs in flight at once, all endpoints together (one per endpoint)."
+    )
+    webhook_reload_ms: int = Field(
+        2_000,
+        ge=50,
+        le=60_000,
+        description="How often cdr notify looks for a changed tenant directory and for replay requests.",
+    )
+    webhook_state_write_ms: int = Field(
+        1_000,
+        ge=50,
+        le=60_000,
+        description=(
+            "How often cdr notify writes endpoints' positions (one insert for all): a crash re-delivers at most"
+            " the batches of this long."
+        ),
+    )
     default_limit: int = Field(10, ge=1, description="Records per response when limit is not given.")
     max_limit: int = Field(1_000, ge=1, description="Largest accepted limit.")
     max_offset: int = Field(

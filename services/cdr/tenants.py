@@ -13,25 +13,111 @@ neither service imports the other.
         phone_region: VN
         rate_limit_per_s: 50
         rate_limit_burst: 100
+        webhooks:                      # cdr notify (README, "Webhooks")
+          - name: crm
+            url: https://crm.acme.vn/hooks/cdr
+            secrets: [whsec_<base64>]  # two during a rotation: both sign
+            filters: {direction: inbound, status: ANSWERED}
+            enabled: true
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import orjson
 import phonenumbers
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cdr.model.record import Direction
 from cdr.settings import SHA256_HEX, TENANT_ID, SettingsError, known_timezone
 
 log = logging.getLogger(__name__)
+
+WEBHOOK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SECRET = re.compile(r"^whsec_[A-Za-z0-9+/]+={0,2}$")
+MAX_WEBHOOKS = 20  # per tenant: each is a task and a state row in `cdr notify`
+
+
+class WebhookFilters(BaseModel):
+    """The change feed's filters, by its parameter names (as GET /v1/cdr/changes reads them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    direction: int | None = None
+    status: str | None = None
+    extension: str | None = None
+    cause: str | None = None
+
+    @field_validator("direction", mode="before")
+    @classmethod
+    def _direction(cls, value: object) -> int | None:
+        if value is None:
+            return None
+        try:
+            return int(Direction.parse(str(value)))
+        except (KeyError, ValueError):
+            raise ValueError("direction is inbound, outbound, local or 1, 2, 3") from None
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: str | None) -> str | None:
+        return None if value is None else value.upper()
+
+
+class WebhookEntry(BaseModel):
+    """One endpoint `cdr notify` POSTs the tenant's changes to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    url: str = Field(max_length=2048)
+    secrets: list[str] = Field(min_length=1, max_length=4)
+    filters: WebhookFilters = WebhookFilters()
+    enabled: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not WEBHOOK_NAME.fullmatch(value):
+            raise ValueError("a webhook name is 1-63 of a-z, 0-9, '_', '-', starting with a letter or digit")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("a webhook url is http(s)://host[:port][/path]")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("a webhook url carries no credentials (sign with secrets instead)")
+        if parts.fragment:
+            raise ValueError("a webhook url has no #fragment")
+        try:
+            parts.port  # noqa: B018 -- raises on a port out of range
+        except ValueError:
+            raise ValueError("a webhook url's port is 1-65535") from None
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: list[str]) -> list[str]:
+        for secret in value:
+            key = secret.removeprefix("whsec_")
+            if not _SECRET.fullmatch(secret) or len(key) % 4:
+                raise ValueError("each secret is whsec_ followed by base64 (the Standard Webhooks form)")
+            if not 24 <= len(base64.b64decode(key)) <= 64:
+                raise ValueError("a secret's key is 24 to 64 bytes (Standard Webhooks)")
+        return value
 
 
 class TenantEntry(BaseModel):
@@ -44,6 +130,15 @@ class TenantEntry(BaseModel):
     phone_region: str | None = None
     rate_limit_per_s: float | None = Field(None, ge=0)
     rate_limit_burst: int | None = Field(None, ge=1)
+    webhooks: list[WebhookEntry] = Field(default_factory=list, max_length=MAX_WEBHOOKS)
+
+    @model_validator(mode="after")
+    def _unique_webhook_names(self) -> TenantEntry:
+        names = [hook.name for hook in self.webhooks]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"webhooks: the name {name!r} is used twice")
+        return self
 
     @field_validator("tokens")
     @classmethod

@@ -21,7 +21,7 @@ from cdr.api.console import console_routes
 from cdr.api.cursor import CursorCodec
 from cdr.api.docs import docs_routes
 from cdr.api.errors import ApiError, Internal, InvalidParameter, MethodNotAllowed, NotFound, error_response
-from cdr.api.feed import FeedHub, FeedRoutes, feed_hub_for
+from cdr.api.feed import FeedRoutes
 from cdr.api.middleware import (
     REQUEST_ID,
     RESPONSE_STATUSES,
@@ -35,10 +35,12 @@ from cdr.api.ratelimit import TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import CdrRoutes
 from cdr.api.tenants import load_directory
+from cdr.api.webhooks import WebhookRoutes
 from cdr.metrics import Metrics
 from cdr.ops import ops_routes
 from cdr.settings import Settings, SettingsError
 from cdr.store import Store
+from cdr.store.feed_hub import FeedHub, feed_hub_for
 from cdr.store.migrations import SchemaGate
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,7 @@ def create_app(
     routes: list[Route | Mount] = [
         # Before the lookup route, whose {key:path} would take "changes" for a Call-ID.
         *feed.routes(),
+        *WebhookRoutes(settings, store, cdr).routes(),
         *cdr.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
         *docs_routes(),

@@ -1,0 +1,65 @@
+"""`cdr notify`: the notifier with /healthz, /readyz and /metrics on CDR_OPS_PORT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+
+from starlette.applications import Starlette
+
+from cdr.metrics import Metrics
+from cdr.notify.notifier import Notifier
+from cdr.ops import ops_routes
+from cdr.serve import http_server
+from cdr.settings import Settings
+from cdr.startup import masked_url, with_retries
+from cdr.store import StoreUnavailable, open_store
+from cdr.store.migrations import migrate, wait_until_current
+
+log = logging.getLogger(__name__)
+
+
+async def run_notify(settings: Settings) -> int:
+    """Deliver webhooks until SIGTERM/SIGINT. On a server it waits for `cdr migrate`; an
+    embedded store is this process's alone, so it migrates (as `cdr ingest` does there)."""
+    metrics = Metrics(roles=("notify",))
+    store = open_store(settings)
+    notifier = Notifier(settings, store, metrics)
+    stopping = asyncio.Event()
+
+    async def ready() -> tuple[bool, dict[str, str]]:
+        return notifier.running, {"notifier": "running" if notifier.running else "starting"}
+
+    server = http_server(Starlette(routes=ops_routes(metrics, ready)), settings.api_host, settings.ops_port, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    serving = asyncio.create_task(server.serve())
+    schema = (
+        functools.partial(migrate, feed_retention_days=settings.feed_retention_days)
+        if settings.embedded
+        else wait_until_current
+    )
+    try:
+        await with_retries(
+            "ClickHouse",
+            lambda: schema(store),
+            transient=(StoreUnavailable,),
+            timeout_s=settings.startup_timeout_ms / 1000,
+            setting="CDR_CLICKHOUSE_URL",
+            value=masked_url(settings.clickhouse_dsn),
+        )
+        log.info("notifier started", extra={"endpoints": len(notifier.directory.endpoints)})
+        running = asyncio.create_task(notifier.run(stopping))
+        await asyncio.wait({running, serving}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.set()
+        await running
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        await store.close()
+    return 0

@@ -1,0 +1,209 @@
+"""The change feed's shared reader (``FeedHub``): one poll of every tenant's new changes per
+interval, handed to each subscriber by its tenant. Used by the API's feed (``cdr.api.feed``)
+and by `cdr notify` (``cdr.notify``), neither of which imports the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from cdr.settings import Settings
+from cdr.store.client import Store
+from cdr.store.errors import StoreError
+from cdr.store.feed import HUB_LOOKBACK_S, Change, Offsets, hub_read, hub_start, settle, versions_of, versions_read
+
+log = logging.getLogger(__name__)
+
+# Rows one hub poll reads at most (it reads again at once when it got as many).
+_HUB_ROWS = 20_000
+# Changes a subscriber may have waiting; past that it reads for itself again (catch-up).
+_MAX_WAITING = 10_000
+# The hub stops polling this long after its last subscriber left.
+_HUB_IDLE_S = 30.0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Overflowed(Exception):
+    """A subscriber fell more than ``_MAX_WAITING`` changes behind the hub."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One reader's share of the hub: the changes of its tenant from polls ``first_poll``
+    on (those that started after it subscribed), in order."""
+
+    tenant: str
+    first_poll: int
+    waiting: deque[list[Change]] = field(default_factory=deque)
+    count: int = 0
+    overflowed: bool = False
+    closed: bool = False
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, changes: list[Change]) -> None:
+        if self.overflowed:
+            return
+        if self.count + len(changes) > _MAX_WAITING:
+            # Dropped back to catch-up, not buffered without limit.
+            self.overflowed = True
+            self.waiting.clear()
+            self.count = 0
+        else:
+            self.waiting.append(changes)
+            self.count += len(changes)
+        self.ready.set()
+
+    async def next(self, timeout_s: float | None) -> list[Change] | None:
+        """The next poll's changes for this tenant; None at the timeout or when the hub closes."""
+        while not self.waiting:
+            if self.overflowed:
+                raise Overflowed
+            if self.closed:
+                return None
+            self.ready.clear()
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout_s)
+            except TimeoutError:
+                return None
+        if self.overflowed:
+            raise Overflowed
+        changes = self.waiting.popleft()
+        self.count -= len(changes)
+        return changes
+
+
+class FeedHub:
+    """One per API replica: reads every tenant's new changes once per interval (and at once
+    when ``poke``d: the ingestor in `cdr run` does after each stored batch) and hands each
+    subscriber its tenant's share. Polls only while someone subscribes.
+
+    Completeness: a poll reads, per partition, every row past the hub's position that is
+    visible when the poll starts, among parts stamped since ``HUB_LOOKBACK_S`` (plus the
+    replica horizon) before the poll before it -- an insert is visible well within that of
+    its stamp. A subscriber takes the polls that start after it subscribed; it reads for
+    itself whatever was visible before (``FeedRoutes._direct``), so nothing falls between."""
+
+    def __init__(self, store: Store, *, interval_s: float, horizon_s: int | None) -> None:
+        self._store = store
+        self._table = store.qualified("cdr_changes")
+        self._versions = store.qualified("cdr_versions_by_id")
+        self._interval_s = interval_s
+        self._horizon_s = horizon_s
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._count = 0
+        self._polls_started = 0
+        self._position: Offsets = {}
+        self._last_poll_ms = 0
+        self._poked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Lock = asyncio.Lock()
+        self._closed = False
+        self.polls = 0  # polls that read (tests, and the README's cost figures)
+
+    def poke(self) -> None:
+        """New changes are stored: poll now, not at the next interval."""
+        self._poked.set()
+
+    async def subscribe(self, tenant: str) -> Subscription:
+        """Before the reader's own read: it gets every poll that starts from now on."""
+        async with self._starting:
+            if self._task is None or self._task.done():
+                await self._start()
+        sub = Subscription(tenant, self._polls_started + 1, closed=self._closed)
+        self._subscribers[tenant].add(sub)
+        self._count += 1
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subscribers.get(sub.tenant)
+        if subs is not None and sub in subs:
+            subs.discard(sub)
+            self._count -= 1
+            if not subs:
+                del self._subscribers[sub.tenant]
+
+    async def _start(self) -> None:
+        """Where polling starts: the last offset per partition among recent parts. A poll
+        counts as started here: subscribers read what was visible before for themselves."""
+        low = _now_ms() - (HUB_LOOKBACK_S + (self._horizon_s or 0)) * 1000
+        started = _now_ms()
+        self._polls_started += 1
+        query = hub_start(self._table, low_ms=low)
+        rows = await self._store.query(query.sql, query.params)
+        self._position = {int(p): int(o) for p, o in rows}
+        self._last_poll_ms = started
+        self._task = asyncio.create_task(self._run(), name="feed-hub")
+
+    async def _run(self) -> None:
+        idle_since: float | None = None
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked.wait(), self._interval_s)
+            self._poked.clear()
+            if not self._count:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > _HUB_IDLE_S:
+                    return
+                continue
+            idle_since = None
+            try:
+                full = await self._poll()
+            except StoreError as exc:
+                log.warning("change feed poll failed; retrying", extra={"error": str(exc)[:300]})
+                continue
+            if full:
+                self._poked.set()
+
+    async def _poll(self) -> bool:
+        """One read for every subscriber; True when it was cut at ``_HUB_ROWS`` (more wait)."""
+        started = _now_ms()
+        self._polls_started += 1
+        index = self._polls_started
+        low = self._last_poll_ms - (HUB_LOOKBACK_S + (self._horizon_s or 0)) * 1000
+        query = hub_read(
+            self._table, self._position, low_ms=low, limit=_HUB_ROWS, now_ms=started, horizon_s=self._horizon_s
+        )
+        rows = await self._store.query(query.sql, query.params)
+        self.polls += 1
+        changes = [Change.of(row) for row in rows]
+        if changes:
+            await settle_changes(self._store, self._versions, changes)
+        self._last_poll_ms = started
+        by_tenant: dict[str, list[Change]] = defaultdict(list)
+        for change in changes:
+            self._position[change.partition] = change.offset
+            by_tenant[change.tenant].append(change)
+        for tenant, theirs in by_tenant.items():
+            for sub in self._subscribers.get(tenant, ()):
+                if index >= sub.first_poll:
+                    sub.push(theirs)
+        return len(rows) >= _HUB_ROWS
+
+    async def close(self) -> None:
+        """Stop polling; every subscriber's wait ends (streams end cleanly)."""
+        self._closed = True
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.closed = True
+                sub.ready.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def feed_hub_for(settings: Settings, store: Store) -> FeedHub:
+    return FeedHub(store, interval_s=settings.feed_poll_interval_ms / 1000, horizon_s=store.max_replica_delay_s)
+
+
+async def settle_changes(store: Store, versions_table: str, changes: list[Change]) -> None:
+    query = versions_read(versions_table, {c.id for c in changes})
+    settle(changes, versions_of(await store.query(query.sql, query.params)))

@@ -1,0 +1,413 @@
+"""Webhooks end to end: events through a real broker and the ingestor into the embedded
+engine, delivered by the notifier to a real HTTP receiver in the test (README, "Webhooks")."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from cdr.api.app import create_app
+from cdr.api.auth import token_digest
+from cdr.metrics import Metrics
+from cdr.notify.notifier import Notifier
+from cdr.notify.ssrf import Resolver, system_resolver
+from cdr.settings import Settings
+from cdr.store import Store, open_store
+from cdr.store.migrations import migrate
+from tests.api.conftest import SECRET, TOKENS, free_port, serve
+from tests.helpers import create_topics, encoded, events, produce, read_all, service_env, wait_for
+from tests.integration.conftest import IngestEnv, make_settings
+from tests.webhook_receiver import Behaviour, Received, Receiver
+
+HOOK_SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
+# Short back-off and timeouts: failures are retried within the test's time.
+FAST = {
+    "webhook_allow_private": True,
+    "webhook_retry_base_s": 0.05,
+    "webhook_retry_max_s": 0.5,
+    "webhook_timeout_s": 1.0,
+    "webhook_connect_timeout_s": 0.5,
+    "webhook_batch_size": 20,
+    "webhook_batch_wait_ms": 50,
+    "webhook_reload_ms": 100,
+    "webhook_state_write_ms": 100,
+    "feed_poll_interval_ms": 50,
+}
+
+
+def directory(path: Path, hooks: dict[str, list[dict[str, Any]]]) -> Path:
+    """A tenant directory with the test tokens and these webhooks per tenant."""
+    tenants = {
+        tenant: {"tokens": [token_digest(token)], "webhooks": hooks.get(tenant, [])} for tenant, token in TOKENS.items()
+    }
+    path.write_bytes(orjson.dumps({"tenants": tenants}))
+    return path
+
+
+def hook(name: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "url": url, "secrets": [HOOK_SECRET], **extra}
+
+
+def verify(requests: list[Received]) -> None:
+    """Every request, answered or not, carries a signature the reference library accepts."""
+    for request in requests:
+        Webhook(HOOK_SECRET).verify(request.body, request.headers)
+
+
+def versions(requests: list[Received]) -> list[tuple[str, str]]:
+    """(id, version) of every item delivered (answered 200), in arrival order."""
+    return [(str(i["id"]), str(i["version"])) for r in requests if r.answered == "ok" for i in r.items]
+
+
+def version_of(event: dict[str, Any]) -> str:
+    emitted = datetime.fromisoformat(event["emitted_at"]).astimezone(UTC)
+    return emitted.strftime("%Y-%m-%dT%H:%M:%S.") + f"{emitted.microsecond // 1000:03d}Z"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    got = Receiver()
+    await got.start()
+    try:
+        yield got
+    finally:
+        await got.close()
+
+
+async def api_states(url: str, tenant: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS[tenant]}"}) as http:
+        answer = await http.get("/v1/webhooks")
+        assert answer.status_code == 200, answer.text
+        data: list[dict[str, Any]] = answer.json()["data"]
+        return data
+
+
+async def test_every_change_arrives_signed_and_in_order_through_failures_and_a_sigkill(
+    kafka_bootstrap: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    rng = random.Random(2026)
+
+    behaviours: list[Behaviour] = ["ok", "error", "throttle", "hang", "reset"]
+
+    def chaos(path: str) -> Behaviour:
+        return rng.choices(behaviours, weights=[55, 12, 8, 10, 15])[0]
+
+    receiver.behave = chaos
+    base = f"http://127.0.0.1:{receiver.port}"
+    tenants_file = directory(
+        tmp_path / "tenants.json",
+        {
+            "t1.example": [
+                hook("all", base + "/t1/all"),
+                hook("answered", base + "/t1/answered", filters={"status": "answered"}),
+            ],
+            "t2.example": [hook("all", base + "/t2/all")],
+        },
+    )
+    port = free_port()
+    env, topic = await service_env(
+        kafka_bootstrap,
+        tmp_path / "data",
+        tenants_file=tenants_file,
+        cursor_secret=SECRET,
+        api_port=port,
+        batch_time_ms=100,
+        **FAST,
+    )
+    url = f"http://127.0.0.1:{port}"
+    start = datetime.now(UTC) - timedelta(hours=2)
+    first = events(120, seed=31, start=start, spacing_s=5)
+    second = events(120, seed=32, start=start + timedelta(minutes=30), spacing_s=5)
+    log = (tmp_path / "run.log").open("ab")
+
+    def run() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "cdr.cli", "run"], env=env, stdout=log, stderr=log)
+
+    async def started() -> bool:
+        """Every endpoint has its state (its start position) recorded by the notifier."""
+        try:
+            shown = await api_states(url, "t1.example") + await api_states(url, "t2.example")
+        except (httpx.HTTPError, AssertionError):
+            return False
+        return len(shown) == 3 and all(s["state"] != "pending" for s in shown)
+
+    process = run()
+    try:
+        await wait_for(started, 90, "the notifier to record every endpoint")
+        await produce(kafka_bootstrap, topic, encoded(first))
+
+        async def some_delivered() -> bool:
+            return all(receiver.delivered(p) for p in ("/t1/all", "/t2/all"))
+
+        await wait_for(some_delivered, 60, "deliveries under way")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        # Killed mid-stream: some of the first wave was still to be delivered.
+        before_kill = {i for path in ("/t1/all", "/t2/all") for i, _ in versions(receiver.got[path])}
+        assert not {e["id"] for e in first} <= before_kill
+        process = run()
+        await produce(kafka_bootstrap, topic, encoded(second))
+        everything = first + second
+        wanted = {
+            "/t1/all": [e for e in everything if e["tenant_id"] == "t1.example"],
+            "/t1/answered": [
+                e for e in everything if e["tenant_id"] == "t1.example" and e["status"].upper() == "ANSWERED"
+            ],
+            "/t2/all": [e for e in everything if e["tenant_id"] == "t2.example"],
+        }
+        assert wanted["/t1/answered"] and len(wanted["/t1/answered"]) < len(wanted["/t1/all"])
+
+        async def all_delivered() -> bool:
+            return all(
+                {(e["id"], version_of(e)) for e in evs} <= set(versions(receiver.got[path]))
+                for path, evs in wanted.items()
+            )
+
+        await wait_for(all_delivered, 180, "every change delivered to every endpoint")
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        log.close()
+
+    records = await read_all(kafka_bootstrap, topic, len(first) + len(second))
+    where = {orjson.loads(r.value)["id"]: (r.partition, r.offset) for r in records}
+    answered = {r.answered for requests in receiver.got.values() for r in requests}
+    assert answered == {"ok", "error", "throttle", "hang", "reset"}
+    for path, evs in wanted.items():
+        requests = receiver.got[path]
+        verify(requests)
+        delivered = versions(requests)
+        # Nothing the filters leave out; each change at least once.
+        assert {d for d, _ in delivered} == {e["id"] for e in evs}, path
+        # In feed order: per Kafka partition, each change first arrives after those before it.
+        seen: set[str] = set()
+        last: dict[int, int] = defaultdict(lambda: -1)
+        for id_, _ in delivered:
+            if id_ in seen:
+                continue  # a re-delivery (a batch sent again after the SIGKILL)
+            seen.add(id_)
+            partition, offset = where[id_]
+            assert offset > last[partition], (path, id_)
+            last[partition] = offset
+        # A retried batch has the webhook-id of its first attempt.
+        by_body: dict[bytes, set[str]] = defaultdict(set)
+        for request in requests:
+            by_body[request.body].add(request.headers["webhook-id"])
+        assert all(len(ids) == 1 for ids in by_body.values())
+    retried = [r for requests in receiver.got.values() for r in requests if r.answered != "ok"]
+    assert retried and all(any(o.body == r.body for o in receiver.delivered(r.path)) for r in retried)
+
+
+@asynccontextmanager
+async def notifying(settings: Settings, store: Store, resolver: Resolver = system_resolver) -> AsyncIterator[Notifier]:
+    notifier = Notifier(settings, store, Metrics(), resolver=resolver)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(notifier.run(stopping))
+    try:
+        yield notifier
+    finally:
+        stopping.set()
+        await task
+
+
+async def webhook_env(
+    kafka_bootstrap: str, tmp_path: Path, hooks: dict[str, list[dict[str, Any]]], **extra: Any
+) -> IngestEnv:
+    settings = make_settings(
+        kafka_bootstrap,
+        tmp_path / "store",
+        {},
+        tenants_file=directory(tmp_path / "tenants.json", hooks),
+        cursor_secret=SECRET,
+        **(FAST | extra),
+    )
+    await create_topics(kafka_bootstrap, settings.kafka_topic, settings.kafka_dlq_topic)
+    store = open_store(settings)
+    await migrate(store, feed_retention_days=settings.feed_retention_days)
+    return IngestEnv(settings, store, Metrics())
+
+
+async def recorded(store: Store, count: int) -> None:
+    async def enough() -> bool:
+        rows = await store.query(f"SELECT count() FROM {store.qualified('webhook_state')} FINAL")
+        return int(rows[0][0]) >= count
+
+    await wait_for(enough, 30, f"{count} endpoint states recorded")
+
+
+async def test_a_dead_endpoint_never_delays_the_healthy_ones(
+    kafka_bootstrap: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.behave = lambda path: "hang" if path == "/dead" else "ok"
+    base = f"http://127.0.0.1:{receiver.port}"
+    hooks = {
+        "t1.example": [hook("dead", base + "/dead")] + [hook(f"h{i}", f"{base}/t1/h{i}") for i in range(10)],
+        "t2.example": [hook(f"h{i}", f"{base}/t2/h{i}") for i in range(10)],
+    }
+    # The dead endpoint's request is never answered within the test; 4 requests in flight at
+    # most, of which it holds one.
+    env = await webhook_env(kafka_bootstrap, tmp_path, hooks, webhook_timeout_s=300.0, webhook_max_concurrency=4)
+    settings, store = env.settings, env.store
+    healthy = [f"/t1/h{i}" for i in range(10)] + [f"/t2/h{i}" for i in range(10)]
+    start = datetime.now(UTC) - timedelta(hours=1)
+    try:
+        async with env.running(), notifying(settings, store):
+            await recorded(store, 21)
+            for wave, seed in enumerate((41, 42)):
+                evs = events(60, seed=seed, start=start + timedelta(minutes=10 * wave), spacing_s=3)
+                await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+
+                async def healthy_have_all(evs: list[dict[str, Any]] = evs) -> bool:
+                    for path in healthy:
+                        tenant = "t1.example" if path.startswith("/t1") else "t2.example"
+                        ids = {i for i, _ in versions(receiver.got[path])}
+                        if not {e["id"] for e in evs if e["tenant_id"] == tenant} <= ids:
+                            return False
+                    return True
+
+                await wait_for(healthy_have_all, 60, f"wave {wave} at every healthy endpoint")
+                # Meanwhile the dead endpoint holds its first request, unanswered.
+                assert [r.answered for r in receiver.got["/dead"]] == ["hang"]
+            for path in healthy:
+                verify(receiver.got[path])
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def api(settings: Settings, store: Store) -> AsyncIterator[str]:
+    server, task, url = await serve(create_app(settings, store, Metrics()), settings)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_the_api_shows_each_endpoints_state_to_its_tenant_only_and_replays_from_a_time(
+    kafka_bootstrap: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    base = f"http://127.0.0.1:{receiver.port}"
+    hooks = {
+        "t1.example": [hook("crm", base + "/t1/crm"), hook("off", base + "/t1/off", enabled=False)],
+        "t2.example": [hook("theirs", base + "/t2/theirs")],
+    }
+    env = await webhook_env(kafka_bootstrap, tmp_path, hooks)
+    settings, store = env.settings, env.store
+    evs = events(20, seed=51, start=datetime.now(UTC) - timedelta(hours=1), spacing_s=3)
+    mine = {e["id"] for e in evs if e["tenant_id"] == "t1.example"}
+    try:
+        async with env.running(), notifying(settings, store), api(settings, store) as url:
+            await recorded(store, 3)
+            since = datetime.now(UTC) - timedelta(seconds=1)
+            await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+
+            async def delivered() -> bool:
+                return {i for i, _ in versions(receiver.got["/t1/crm"])} == mine
+
+            await wait_for(delivered, 60, "t1's changes at crm")
+
+            async def shown_delivered() -> bool:
+                (crm, _) = await api_states(url, "t1.example")
+                return crm["last_success_at"] is not None and crm["lag_seconds"] == 0
+
+            await wait_for(shown_delivered, 30, "crm's success recorded")
+            crm, off = await api_states(url, "t1.example")
+            assert (crm["name"], crm["state"], crm["enabled"], crm["last_error"]) == ("crm", "delivering", True, None)
+            assert crm["position"] and "secrets" not in crm
+            assert HOOK_SECRET not in orjson.dumps(crm).decode()
+            assert (off["state"], off["disabled_reason"]) == (
+                "disabled",
+                "disabled in the tenant directory (enabled: false)",
+            )
+            assert "/t1/off" not in receiver.got
+            # Another tenant sees its own endpoint only, and cannot replay t1's.
+            assert [s["name"] for s in await api_states(url, "t2.example")] == ["theirs"]
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {TOKENS['t2.example']}"}
+            ) as two:
+                refused = await two.post("/v1/webhooks/crm/replay", params={"since": since.isoformat()})
+                assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {TOKENS['t1.example']}"}
+            ) as one:
+                bad = await one.post("/v1/webhooks/crm/replay", params={"since": "yesterday"})
+                assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+                before = len(versions(receiver.got["/t1/crm"]))
+                accepted = await one.post("/v1/webhooks/crm/replay", params={"since": since.isoformat()})
+                assert accepted.status_code == 202, accepted.text
+
+            async def replayed() -> bool:
+                again = versions(receiver.got["/t1/crm"])[before:]
+                return {i for i, _ in again} == mine
+
+            await wait_for(replayed, 60, "t1's changes sent again from the replay's time")
+            (crm, _) = await api_states(url, "t1.example")
+            assert crm["replay_generation"] == accepted.json()["replay_generation"]
+            assert {i for i, _ in versions(receiver.got["/t2/theirs"])} == {e["id"] for e in evs} - mine
+    finally:
+        await store.close()
+
+
+async def test_urls_reaching_private_addresses_are_refused_with_the_reason_shown(
+    kafka_bootstrap: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return {"internal.example": ["10.0.0.5"]}.get(host) or await system_resolver(host, port)
+
+    hooks = {
+        "t1.example": [
+            hook("literal", "https://127.0.0.1/hook"),
+            hook("metadata", "https://169.254.169.254/latest/meta-data/"),
+            hook("v6", "https://[::1]/hook"),
+            hook("ten", "https://10.1.2.3/hook"),
+            hook("named", "https://internal.example/hook"),
+            hook("local", "https://localhost/hook"),
+        ],
+    }
+    env = await webhook_env(kafka_bootstrap, tmp_path, hooks, webhook_allow_private=False)
+    settings, store = env.settings, env.store
+    try:
+        async with env.running(), notifying(settings, store, resolve), api(settings, store) as url:
+            await recorded(store, 6)
+            evs = events(4, seed=61, tenants=("t1.example",), start=datetime.now(UTC) - timedelta(hours=1))
+            await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+
+            async def named_refused() -> bool:
+                shown = {s["name"]: s for s in await api_states(url, "t1.example")}
+                return all(shown[n]["last_error"] is not None for n in ("named", "local"))
+
+            await wait_for(named_refused, 60, "the names' refusals recorded")
+            shown = {s["name"]: s for s in await api_states(url, "t1.example")}
+    finally:
+        await store.close()
+    for name, why in (
+        ("literal", "127.0.0.1 is a loopback address"),
+        ("metadata", "169.254.169.254 is a link-local"),
+        ("v6", "::1 is a loopback address"),
+        ("ten", "10.1.2.3 is a private address"),
+    ):
+        assert shown[name]["state"] == "disabled"
+        assert shown[name]["disabled_reason"].startswith("url refused: " + why), shown[name]
+    assert "internal.example resolves to 10.0.0.5 is a private address" in shown["named"]["last_error"]["message"]
+    assert "localhost resolves to" in shown["local"]["last_error"]["message"]
+    assert shown["named"]["state"] == "failing"
+    assert not receiver.got  # nothing reached anything
+    assert os.environ.get("CDR_WEBHOOK_ALLOW_PRIVATE", "") in ("", "false")
