@@ -31,7 +31,9 @@ async def test_responses_match_openapi(api: Api) -> None:
 async def test_documented_paths_are_served(api: Api) -> None:
     async with api.client() as client:
         document = (await client.get("/openapi.json")).json()
-        for path in document["paths"]:
+        for path, operations in document["paths"].items():
+            if "get" not in operations:
+                continue  # POST /v1/webhooks/{name}/replay: tests/integration/test_webhooks.py
             # An endless stream: its status and headers are the answer.
             async with client.stream("GET", path.replace("{id}", "some-id")) as r:
                 assert r.status_code in (200, 404), (path, r.status_code)

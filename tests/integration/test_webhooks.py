@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -359,6 +360,14 @@ async def test_the_api_shows_each_endpoints_state_to_its_tenant_only_and_replays
                 return {i for i, _ in again} == mine
 
             await wait_for(replayed, 60, "t1's changes sent again from the replay's time")
+            async with httpx.AsyncClient(base_url=url) as anyone:
+                document = (await anyone.get("/openapi.json")).json()
+            for name, answer in (
+                ("Webhooks", {"data": await api_states(url, "t1.example")}),
+                ("WebhookReplay", accepted.json()),
+            ):
+                schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+                jsonschema.Draft202012Validator(schema).validate(answer)
             (crm, _) = await api_states(url, "t1.example")
             assert crm["replay_generation"] == accepted.json()["replay_generation"]
             assert {i for i, _ in versions(receiver.got["/t2/theirs"])} == {e["id"] for e in evs} - mine

@@ -258,6 +258,58 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/webhooks": {
+                "get": {
+                    "operationId": "listWebhooks",
+                    "summary": "This tenant's webhook endpoints and their delivery state (README, Webhooks).",
+                    "description": (
+                        "Endpoints are configured in the tenant directory; `cdr notify` POSTs each change of the"
+                        " feed to them, signed as Standard Webhooks define, in order, at least once. Shown here as"
+                        " the notifier last recorded them (about once a second while delivering). Secrets never."
+                    ),
+                    "responses": {
+                        "200": {
+                            "description": "Every endpoint of the tenant.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Webhooks"}}},
+                        },
+                        **common_errors,
+                    },
+                }
+            },
+            "/v1/webhooks/{name}/replay": {
+                "post": {
+                    "operationId": "replayWebhook",
+                    "summary": "Deliver the endpoint's changes again from a point in time.",
+                    "description": (
+                        "The notifier adopts the request within CDR_WEBHOOK_RELOAD_MS and sends every change stored"
+                        " since `since` again (and re-enables an endpoint disabled for failing)."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+                            "description": "The endpoint's name in the tenant directory.",
+                        },
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "format": "date-time"},
+                            "description": "RFC 3339 with offset; within the feed's retention.",
+                        },
+                    ],
+                    "responses": {
+                        "202": {
+                            "description": "The replay is requested.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookReplay"}}},
+                        },
+                        "404": _error("No endpoint of that name for this tenant."),
+                        **common_errors,
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -325,6 +377,57 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "cursor": {"type": "string", "description": "Where to continue; always given."},
                     },
                     "required": ["data", "cursor"],
+                },
+                "Webhook": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "url": {"type": "string"},
+                        "enabled": {"type": "boolean"},
+                        "filters": {"type": "object", "description": "The feed's filters it delivers."},
+                        "state": {
+                            "type": "string",
+                            "enum": ["pending", "delivering", "failing", "disabled"],
+                            "description": "pending: the notifier has not picked the endpoint up yet.",
+                        },
+                        "position": {
+                            "type": ["object", "null"],
+                            "description": "Feed offset per partition after the last delivered batch.",
+                        },
+                        "lag_seconds": {
+                            "type": ["number", "null"],
+                            "description": "Age of the oldest change read and not yet delivered; 0: caught up.",
+                        },
+                        "last_success_at": {"type": ["string", "null"], "format": "date-time"},
+                        "last_error": {
+                            "type": ["object", "null"],
+                            "properties": {
+                                "at": {"type": "string", "format": "date-time"},
+                                "status": {"type": ["integer", "null"], "description": "HTTP status, if any."},
+                                "message": {"type": "string", "description": "A short excerpt."},
+                            },
+                        },
+                        "failing_since": {"type": ["string", "null"], "format": "date-time"},
+                        "disabled_reason": {"type": ["string", "null"]},
+                        "replay_generation": {"type": "integer"},
+                        "updated_at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                    "required": ["name", "url", "enabled", "filters", "state", "disabled_reason"],
+                },
+                "Webhooks": {
+                    "type": "object",
+                    "properties": {"data": {"type": "array", "items": {"$ref": "#/components/schemas/Webhook"}}},
+                    "required": ["data"],
+                },
+                "WebhookReplay": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "since": {"type": "string", "format": "date-time"},
+                        "replay_generation": {"type": "integer"},
+                        "position": {"type": "string", "description": "The feed position delivery restarts from."},
+                    },
+                    "required": ["name", "since", "replay_generation"],
                 },
                 "Page": {
                     "type": "object",
