@@ -260,18 +260,19 @@ def _rolled(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
     def template(objects: list[dict[str, Any]], component: str) -> Any:
         return workload(objects, component)["spec"]["template"]
 
-    return {c for c in ("api", "ingest") if template(old, c) != template(new, c)}
+    return {c for c in ("api", "ingest", "notify") if template(old, c) != template(new, c)}
 
 
 @pytest.mark.parametrize(
     ("change", "rolled"),
     [
         (lambda v: v["api"]["cursorSecret"].update(value="another-cursor-secret-of-at-least-32-chars"), {"api"}),
-        (lambda v: v["clickhouse"].update(password={"value": "another-password"}), {"api", "ingest"}),
+        (lambda v: v["clickhouse"].update(password={"value": "another-password"}), {"api", "ingest", "notify"}),
         (lambda v: v.setdefault("api", {}).update(maxLimit=500), {"api"}),
         (lambda v: v.setdefault("ingest", {}).update(batchSize=5000), {"ingest"}),
+        (lambda v: v.setdefault("notify", {}).update(batchSize=50), {"notify"}),
     ],
-    ids=["cursor-secret", "clickhouse-password", "api-setting", "ingest-setting"],
+    ids=["cursor-secret", "clickhouse-password", "api-setting", "ingest-setting", "notify-setting"],
 )
 def test_a_change_rolls_only_the_pods_that_read_it(change: Any, rolled: set[str]) -> None:
     """Each pod's checksum annotations cover only its own ConfigMap and the secret values it
@@ -385,8 +386,9 @@ def test_the_tenant_directory_is_mounted_from_its_secret() -> None:
     values["api"]["tenants"] = {"existingSecret": "cdr-tenants", "key": "tenants.yaml"}
     objects = render(values)
     plain = render(scenario(CHART / "ci" / "minimal-values.yaml"))
-    # The ingestor too: it reads each tenant's naive PBX times in the tenant's timezone.
-    for component in ("api", "ingest"):
+    # The ingestor too: it reads each tenant's naive PBX times in the tenant's timezone; and
+    # the notifier, each tenant's webhooks.
+    for component in ("api", "ingest", "notify"):
         config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith(f"-{component}"))
         assert config["data"]["CDR_TENANTS_FILE"] == "/etc/cdr/tenants/tenants.yaml"
         pod = workload(objects, component)["spec"]["template"]["spec"]
@@ -576,3 +578,32 @@ def test_conventions_global_probes_egress_notes_and_an_alert_on_absent_ingestors
     (rule,) = by_kind(objects, "PrometheusRule")
     exprs = {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
     assert exprs["CdrIngestAbsent"].startswith("absent(") and "-ingest" in exprs["CdrIngestAbsent"]
+
+
+def test_the_notifier_is_one_pod_replaced_whole_reaching_only_public_https() -> None:
+    """`cdr notify` (issue 28): one replica (two would deliver out of order), Recreate, its
+    ops port scraped, its egress DNS, ClickHouse and the public internet on 443 only."""
+    values = scenario(CHART / "ci" / "replicated-ca-values.yaml")
+    objects = render(values)
+    notify = workload(objects, "notify")
+    assert notify["kind"] == "Deployment" and notify["spec"]["replicas"] == 1
+    assert notify["spec"]["strategy"] == {"type": "Recreate"}
+    container = pod_of(objects, "notify")["containers"][0]
+    assert container["args"] == ["notify"] and container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-notify"))
+    assert config["data"]["CDR_WEBHOOK_ALLOW_PRIVATE"] == "false"
+    policy = next(o["spec"] for o in by_kind(objects, "NetworkPolicy") if o["metadata"]["name"] == "cdr-notify")
+    hooks = policy["egress"][-1]
+    assert [p["port"] for p in hooks["ports"]] == [443]
+    (block,) = hooks["to"]
+    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["ipBlock"]["except"])
+    (rule,) = by_kind(objects, "PrometheusRule")
+    groups = {g["name"]: {r["alert"] for r in g["rules"]} for g in rule["spec"]["groups"]}
+    assert groups["cdr-notify"] == {"CdrWebhookEndpointDisabled", "CdrWebhookLagging"}
+    off = scenario(CHART / "ci" / "replicated-ca-values.yaml")
+    off.setdefault("notify", {})["enabled"] = False
+    rendered = render(off)
+    assert not [o for o in rendered if o["metadata"]["name"].endswith("-notify")]
+    (rule,) = by_kind(rendered, "PrometheusRule")
+    assert "cdr-notify" not in {g["name"] for g in rule["spec"]["groups"]}

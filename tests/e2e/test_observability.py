@@ -1,6 +1,6 @@
 """The dashboard and the alerts the chart ships, checked against what the services export:
 every expression parses as PromQL, and every metric and label it reads exists on the
-/metrics of a real `cdr ingest` and `cdr api` (the processes run on real Kafka and an
+/metrics of a real `cdr ingest`, `cdr api` and `cdr notify` (the processes run on real Kafka and an
 embedded store, and are given work so that labelled series appear). Each alert links to
 a section of deploy/RUNBOOK.md that exists."""
 
@@ -100,7 +100,12 @@ def rule_groups() -> dict[str, list[str]]:
 
 # Which process each rule group watches: its series must come from that process only,
 # or every pod of the other would feed the alert too (unless the rule selects a job).
-GROUP_PROCESSES = {"cdr-ingest": {"ingest"}, "cdr-api": {"api"}, "cdr-pods": {"ingest", "api"}}
+GROUP_PROCESSES = {
+    "cdr-ingest": {"ingest"},
+    "cdr-api": {"api"},
+    "cdr-notify": {"notify"},
+    "cdr-pods": {"ingest", "api", "notify"},
+}
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,8 @@ def test_every_alert_is_documented_and_links_to_its_runbook_section() -> None:
         "CdrStoreUnreachable",
         "CdrPodNotReady",
         "CdrScrapeDown",
+        "CdrWebhookEndpointDisabled",
+        "CdrWebhookLagging",
     }
     for rule in rules:
         notes = rule["annotations"]
@@ -207,9 +214,10 @@ async def test_what_the_dashboard_and_alerts_read_is_exported(kafka_bootstrap: s
             assert (await client.get("/v1/cdr", params={"limit": "0"})).status_code == 400
             assert (await client.get("/v1/cdr/no-such-call")).status_code == 404
             api_metrics = (await ops.get("/metrics")).text
+    notified = await notify_metrics(env, tmp_path, free_port())
 
     available = exported(ingest_metrics)
-    for name, labels in exported(api_metrics).items():
+    for name, labels in [*exported(api_metrics).items(), *exported(notified).items()]:
         available.setdefault(name, set()).update(labels)
     exprs = [r["expr"] for r in alert_rules()] + dashboard_expressions()
     missing = []
@@ -227,7 +235,7 @@ async def test_what_the_dashboard_and_alerts_read_is_exported(kafka_bootstrap: s
 
 
 async def test_every_series_read_exists_at_zero_from_the_start(kafka_bootstrap: str, tmp_path: Path) -> None:
-    """A fresh `cdr ingest` (nothing on its topic) and `cdr api` (no request yet) export
+    """A fresh `cdr ingest` (nothing on its topic), `cdr api` (no request yet) and `cdr notify` export
     every series the dashboard and the alerts select, counters at 0: a panel of a healthy
     service shows 0 rather than "No data", and ``rate()`` sees the first dead letter or
     5xx. The series an alert group reads come only from the process it watches."""
@@ -256,6 +264,7 @@ async def test_every_series_read_exists_at_zero_from_the_start(kafka_bootstrap: 
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_ops}", timeout=5) as ops:
             await wait_for(lambda: answers_ready(ops), 60, "the API ready")
             exposed["api"] = samples((await ops.get("/metrics")).text)
+    exposed["notify"] = samples(await notify_metrics(env, tmp_path, free_port()))
 
     reads = [(GROUP_PROCESSES[group], expr) for group, exprs in rule_groups().items() for expr in exprs]
     reads += [(set(exposed), expr) for expr in dashboard_expressions()]
@@ -276,6 +285,28 @@ async def test_every_series_read_exists_at_zero_from_the_start(kafka_bootstrap: 
                 if s.name.endswith(COUNTED) and s.value != 0
             ]
     assert not problems, "\n".join(sorted(set(problems)))
+
+
+def notify_env(env: dict[str, str], tmp_path: Path, ops_port: int) -> dict[str, str]:
+    """`cdr notify` on a store of its own, with one webhook configured (its lag series is per
+    endpoint); nothing is ever delivered (nothing is stored there)."""
+    directory = tmp_path / "tenants.json"
+    hook = {"name": "crm", "url": "https://hooks.example/cdr", "secrets": ["whsec_" + "a" * 32]}
+    directory.write_text(json.dumps({"tenants": {TENANT: {"tokens": [token_digest(TOKEN)], "webhooks": [hook]}}}))
+    return {
+        **env,
+        "CDR_DATA_DIR": str(tmp_path / "notify-store"),
+        "CDR_OPS_PORT": str(ops_port),
+        "CDR_TENANTS_FILE": str(directory),
+    }
+
+
+async def notify_metrics(env: dict[str, str], tmp_path: Path, ops_port: int) -> str:
+    with cdr_process("notify", notify_env(env, tmp_path, ops_port), tmp_path / "notify.log"):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ops_port}", timeout=5) as ops:
+            await wait_for(lambda: answers_ready(ops), 90, "the notifier ready")
+            await wait_for(lambda: metrics_show(ops, "cdr_webhook_lag_seconds{"), 30, "the endpoint's lag")
+            return (await ops.get("/metrics")).text
 
 
 async def answers_ready(ops: httpx.AsyncClient) -> bool:
