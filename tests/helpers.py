@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cdr.ingest.processor import Invalid, precheck, to_table, validate
 from cdr.model.event import CallEnded
+from cdr.phones import PhoneRegions, with_canonical_numbers
 from cdr.simulate import make_event
 from cdr.store import Store
 
@@ -205,14 +206,18 @@ def parse_event(value: bytes | None, zone: ZoneInfo, max_bytes: int) -> CallEnde
     return validate(value, zone)
 
 
-async def store_events(store: Store, evs: list[dict[str, Any]], zone: ZoneInfo | None = None) -> None:
+async def store_events(
+    store: Store, evs: list[dict[str, Any]], zone: ZoneInfo | None = None, *, canonical_numbers: bool = True
+) -> None:
     """Insert events into the store's cdr table as the ingestor would (same checks, same
-    Arrow columns); test data that fails a check is a ValueError."""
+    Arrow columns); test data that fails a check is a ValueError. ``canonical_numbers``
+    False: as before migration 0007 (no from_e164/to_e164 columns)."""
     parsed = [parse_event(value, zone or ZoneInfo("UTC"), 65_536) for _, value in encoded(evs)]
     bad = [p for p in parsed if isinstance(p, Invalid)]
     if bad:
         raise ValueError(f"test data has invalid events: {bad[:3]}")
-    await store.insert_arrow("cdr", to_table([p for p in parsed if isinstance(p, CallEnded)]))
+    rows = to_table([p for p in parsed if isinstance(p, CallEnded)])
+    await store.insert_arrow("cdr", with_canonical_numbers(rows, PhoneRegions()) if canonical_numbers else rows)
 
 
 def validation_workers(process: psutil.Process) -> list[psutil.Process]:

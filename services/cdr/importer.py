@@ -13,6 +13,11 @@ Files are NDJSON call-ended events or CSV with the event's field names as the he
 (empty cells are absent fields), plain or gzip. Rejected lines go to a rejects file
 (NDJSON: file, line, kind, error, value) and never stop the import. Importing the same
 file twice stores nothing twice: identical events collapse like re-delivered ones.
+
+When it is done, each month it wrote is merged into one part (``merge_months``): a
+backfill leaves several parts per month, and every read (FINAL) pays for each part
+until ClickHouse's own merges catch up, an hour later for a closed month (migration
+0003). Measured on 2 M calls: a page with its total 46 -> 14 ms (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cdr.ingest.corrections import Corrections
 from cdr.ingest.processor import Invalid, precheck, to_table, validate
 from cdr.model.event import CallEnded
+from cdr.phones import PhoneRegions, with_canonical_numbers
 from cdr.settings import Settings, SettingsError
 from cdr.store import Store, open_store
 from cdr.store.feed import IMPORT_PARTITION, ROWS_PER_MS
@@ -53,13 +60,17 @@ class _ImportWriter:
     """Inserts batches one after another: resolved against the stored versions, then
     stamped with feed positions that grow from batch to batch."""
 
-    def __init__(self, store: Store, corrections: Corrections) -> None:
+    def __init__(self, store: Store, corrections: Corrections, phones: PhoneRegions) -> None:
         self._store = store
         self._corrections = corrections
+        self._phones = phones
         self._last_ms = 0
+        self.months: set[int] = set()  # the partitions written (YYYYMM of time_started, UTC)
 
     async def write(self, batch: list[CallEnded]) -> None:
-        rows = await self._corrections.resolve(to_table(batch))
+        rows = await self._corrections.resolve(with_canonical_numbers(to_table(batch), self._phones))
+        # The tombstones' months too: a tombstone lies at the time its call moved from.
+        self.months.update(int(m) for m in pc.unique(pc.strftime(rows.column("time_started"), "%Y%m")).to_pylist())
         if rows.num_rows > ROWS_PER_MS:
             raise ValueError(f"an import batch holds at most {ROWS_PER_MS} rows")
         # Taken right before the insert (after the lookup): the feed's horizon bounds the
@@ -175,8 +186,9 @@ async def import_files(
     progress = Progress(sum(s.size for s in sources), tty=tty)
     latest = datetime.now(UTC) + timedelta(seconds=settings.max_future_skew_s)
     # Naive times in each tenant's zone, and the longest call, as the ingestor reads them.
-    tenant_zones = ZoneDirectory(settings.zone, settings.tenants_file).current().by_tenant
-    writer = _ImportWriter(store, Corrections(store, timedelta(seconds=settings.correction_grace_s)))
+    directory = ZoneDirectory(settings.zone, settings.tenants_file, phone_region=settings.phone_region).current()
+    tenant_zones = directory.by_tenant
+    writer = _ImportWriter(store, Corrections(store, timedelta(seconds=settings.correction_grace_s)), directory.phones)
     try:
         await migrate(store, feed_retention_days=settings.feed_retention_days)
         with rejects.open("wb") as rejected:
@@ -204,11 +216,25 @@ async def import_files(
                 done_before += source.size
                 source.close()
             progress.update(done_before, report.lines, final=True)
+        await merge_months(store, sorted(writer.months))
     finally:
         for source in sources:
             source.close()
         await store.close()
     return report
+
+
+async def merge_months(store: Store, months: list[int]) -> None:
+    """Merge each month's partition of ``cdr`` into one part (a partition already in one
+    merged part is skipped)."""
+    for month in months:
+        began = time.perf_counter()
+        # A partition ID is DDL text, not a query parameter: an int formatted here.
+        await store.command(
+            f"OPTIMIZE TABLE {store.qualified('cdr')} PARTITION ID '{int(month)}' FINAL"
+            " SETTINGS optimize_skip_merged_partitions = 1"
+        )
+        log.info("merged a month", extra={"month": month, "seconds": round(time.perf_counter() - began, 1)})
 
 
 def _reject(path: Path, number: int, problem: Invalid, value: bytes) -> bytes:

@@ -39,6 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cdr.model.record import Direction
+from cdr.phones import PhoneRegions
 from cdr.settings import SHA256_HEX, TENANT_ID, SettingsError, known_timezone
 
 log = logging.getLogger(__name__)
@@ -207,12 +208,14 @@ def file_stamp(path: Path) -> FileStamp:
 @dataclass(frozen=True)
 class TenantZones:
     """The timezone naive PBX timestamps are read in, per tenant: ``by_tenant`` lists the
-    tenants whose zone is not ``default`` (every other tenant's is). ``version`` changes
-    with the content, so a worker process can tell whether it already holds it."""
+    tenants whose zone is not ``default`` (every other tenant's is); ``phones``: the region
+    their national numbers are read in (cdr.phones). ``version`` changes with the
+    content, so a worker process can tell whether it already holds it."""
 
     default: ZoneInfo
     by_tenant: Mapping[str, ZoneInfo] = field(default_factory=dict)  # a dict: it crosses to workers pickled
     version: int = 0
+    phones: PhoneRegions = field(default_factory=PhoneRegions)
 
     def of(self, tenant: str) -> ZoneInfo:
         return self.by_tenant.get(tenant, self.default)
@@ -224,19 +227,26 @@ class ZoneDirectory:
     A file that no longer parses keeps the previous zones and says so in the log; at
     start it is a SettingsError (exit 2), as in the API."""
 
-    def __init__(self, default: ZoneInfo, path: Path | None = None) -> None:
+    def __init__(self, default: ZoneInfo, path: Path | None = None, *, phone_region: str = "VN") -> None:
         self._default = default
+        self._phone_region = phone_region
         self._path = path
         self._stamp = None if path is None else file_stamp(path)
-        self._zones = TenantZones(default) if path is None else self._load(path, 1)
+        self._zones = TenantZones(default, phones=PhoneRegions(phone_region)) if path is None else self._load(path, 1)
 
     def _load(self, path: Path, version: int) -> TenantZones:
+        entries = read_tenants_file(path)
         zones = {
             tenant: ZoneInfo(entry.timezone)
-            for tenant, entry in read_tenants_file(path).items()
+            for tenant, entry in entries.items()
             if entry.timezone is not None and ZoneInfo(entry.timezone) != self._default
         }
-        return TenantZones(self._default, zones, version)
+        regions = {
+            tenant: entry.phone_region.upper()
+            for tenant, entry in entries.items()
+            if entry.phone_region is not None and entry.phone_region.upper() != self._phone_region
+        }
+        return TenantZones(self._default, zones, version, PhoneRegions(self._phone_region, regions))
 
     def current(self) -> TenantZones:
         path = self._path
@@ -253,7 +263,7 @@ class ZoneDirectory:
                 "tenant directory changed but cannot be used; keeping the previous zones", extra={"error": str(exc)}
             )
             return self._zones
-        if zones.by_tenant != self._zones.by_tenant:
+        if (zones.by_tenant, zones.phones) != (self._zones.by_tenant, self._zones.phones):
             self._zones = zones
             log.info("tenant directory reloaded", extra={"tenant_zones": len(zones.by_tenant)})
         return self._zones

@@ -20,6 +20,7 @@ import phonenumbers
 
 from cdr.api.errors import InvalidParameter, InvalidScrollId
 from cdr.model.record import Direction
+from cdr.phones import canonical
 from cdr.store.feed import FeedFilters
 from cdr.store.queries import GROUP_BY
 from cdr.store.queries import SearchFilters as Filters
@@ -186,8 +187,10 @@ def prefix_variants(prefix: str, region: str) -> tuple[str, ...]:
 
 
 def phone_variants(number: str, region: str) -> tuple[str, ...]:
-    """The forms one number may be logged in: as given, national, international."""
-    forms = {number}
+    """The forms one number is searched for: its canonical form, as the ingestor stores
+    it (cdr.phones), and the raw forms a call stored before that may hold (as given,
+    national, international)."""
+    forms = {number, canonical(number, region.upper())}
     try:
         parsed = phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException:

@@ -51,6 +51,7 @@ from cdr.store.queries import (
     export_window_end_query,
     id_lookup_query,
     page_query,
+    phone_keys_query,
     record,
     scroll_query,
     stats_query,
@@ -88,6 +89,9 @@ _CSV_HEADER = (",".join(API_FIELDS) + "\r\n").encode()
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _WINDOW = timedelta(days=31)
 _EDGE_TTL_S = 300.0
+# A phone search short of records reads this many times more candidates next: a
+# candidate fails only when another filter or a correction ruled its call out.
+_MORE_KEYS = 8
 
 
 def _accepts_gzip(request: Request) -> bool:
@@ -335,20 +339,32 @@ class CdrRoutes:
     async def _page(self, caller: Caller, wanted: ListRequest) -> dict[str, Any]:
         tenant = caller.tenant
         desc = wanted.order == "desc"
-        page = page_query(
-            self._table,
-            tenant,
-            wanted.filters,
-            tz=caller.timezone,
-            limit=wanted.limit,
-            offset=wanted.offset,
-            desc=desc,
-        )
+
+        async def page_rows() -> list[list[Any]]:
+            keys = wanted.offset + wanted.limit
+            while True:
+                page = page_query(
+                    self._table,
+                    tenant,
+                    wanted.filters,
+                    tz=caller.timezone,
+                    limit=wanted.limit,
+                    offset=wanted.offset,
+                    desc=desc,
+                    phone_keys=keys,
+                )
+                rows = await self.run(page.sql, page.params)
+                if len(rows) == wanted.limit or not await self._more_phone_keys(
+                    tenant, wanted.filters, desc, None, keys
+                ):
+                    return rows
+                keys *= _MORE_KEYS
+
         count = count_query(self._table, tenant, wanted.filters)
         # Two reads on two pool clients, at once: the route holds one, the total the other.
         release = self.claim_reads(tenant, 1)
         try:
-            rows, total = await asyncio.gather(self.run(page.sql, page.params), self.run(count.sql, count.params))
+            rows, total = await asyncio.gather(page_rows(), self.run(count.sql, count.params))
         finally:
             release()
         return {
@@ -414,6 +430,8 @@ class CdrRoutes:
         other bound, else the tenant's other edge) is read at once: the second read
         would only prove that nothing follows (the last batch of a scroll)."""
         tenant, tz = caller.tenant, caller.timezone
+        if filters.phones:
+            return await self._phone_scroll_rows(caller, filters, limit=limit, desc=desc, after=after)
         edge = after[0] if after else (filters.end if desc else filters.start)
         far = filters.start if desc else filters.end
         if edge is None:
@@ -438,6 +456,39 @@ class CdrRoutes:
             self._table, tenant, filters, tz=tz, limit=limit - len(rows), desc=desc, after=after, window=rest_window
         )
         return rows + await self.run(rest.sql, rest.params)
+
+    async def _phone_scroll_rows(
+        self, caller: Caller, filters: SearchFilters, *, limit: int, desc: bool, after: tuple[datetime, UUID] | None
+    ) -> list[list[Any]]:
+        """A phone search's batch: its first ``limit + 1`` candidates in list order from
+        the key table (no time windows: the key table's order is the list's), more only
+        when some did not survive the filters."""
+        keys = limit + 1
+        while True:
+            query = scroll_query(
+                self._table,
+                caller.tenant,
+                filters,
+                tz=caller.timezone,
+                limit=limit,
+                desc=desc,
+                after=after,
+                phone_keys=keys,
+            )
+            rows = await self.run(query.sql, query.params)
+            if len(rows) > limit or not await self._more_phone_keys(caller.tenant, filters, desc, after, keys):
+                return rows
+            keys *= _MORE_KEYS
+
+    async def _more_phone_keys(
+        self, tenant: str, filters: SearchFilters, desc: bool, after: tuple[datetime, UUID] | None, keys: int
+    ) -> bool:
+        """Whether a phone search that read ``keys`` candidates and came back short may have
+        left some unread (it read as many as it asked for). False for any other search."""
+        if not filters.phones:
+            return False
+        query = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=keys)
+        return int((await self.run(query.sql, query.params))[0][0]) >= keys
 
     async def _tenant_edge(self, tenant: str, *, latest: bool) -> datetime | None:
         """The tenant's earliest (latest) call, cached for a while. A stale value only

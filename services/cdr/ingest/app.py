@@ -155,7 +155,7 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         max_backoff_s=max_s,
     )
     # Naive PBX times in each tenant's zone of the tenant directory (re-read when it changes).
-    zones = ZoneDirectory(settings.zone, settings.tenants_file)
+    zones = ZoneDirectory(settings.zone, settings.tenants_file, phone_region=settings.phone_region)
     validator = Validator(zones, settings.validation_processes, settings.max_call_seconds)
     pipeline = Pipeline(
         validator=validator,

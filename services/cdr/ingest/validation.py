@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from cdr.ingest.lean import LeanParser
 from cdr.ingest.processor import Invalid, to_table, validate
 from cdr.model.event import MAX_CALL_S, CallEnded
+from cdr.phones import with_canonical_numbers
 from cdr.tenants import TenantZones, ZoneDirectory
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ def validate_batch(
     values: Sequence[bytes], zones: TenantZones, latest_emitted_at: datetime, max_call_s: int = MAX_CALL_S
 ) -> Verdicts:
     """The lean fast path over the whole batch; the model for the messages it leaves
-    (invalid ones, and valid ones in shapes it does not take)."""
+    (invalid ones, and valid ones in shapes it does not take). Then each number's
+    canonical form (cdr.phones), here on the worker, once per batch for both paths."""
     lean = _PARSERS.of(zones, max_call_s).parse(list(values), latest_emitted_at)
     invalid: dict[int, Invalid] = {}
     events: list[CallEnded] = []
@@ -86,7 +88,8 @@ def validate_batch(
     if events:
         rows = pa.concat_tables([rows, to_table(events, positions)])
         rows = rows.take(pc.sort_indices(rows.column("n")))
-    return Verdicts(rows.drop_columns(["n"]), invalid, lean.rows.num_rows, len(lean.rest))
+    rows = with_canonical_numbers(rows.drop_columns(["n"]), zones.phones)
+    return Verdicts(rows, invalid, lean.rows.num_rows, len(lean.rest))
 
 
 def _worker_started() -> None:

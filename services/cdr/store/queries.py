@@ -114,13 +114,37 @@ class Query:
 # (cdr.ingest.corrections), is never a record.
 _LIVE = "superseded = 0"
 
+# The clauses on (time_started, id) alone: a phone search applies them to its key table
+# too, so that its keys, read in order with a limit, are the ones the read needs.
+_START = "time_started >= {start:DateTime64(3, 'UTC')}"
+_END = "time_started <= {end:DateTime64(3, 'UTC')}"
+_WINDOW_LOW = "time_started >= {window_low:DateTime64(3, 'UTC')}"
+_WINDOW_HIGH = "time_started < {window_high:DateTime64(3, 'UTC')}"
+_AFTER_DESC = (
+    "time_started <= {after_ts:DateTime64(3, 'UTC')}",
+    "(time_started < {after_ts:DateTime64(3, 'UTC')} OR id < {after_id:UUID})",
+)
+_AFTER_ASC = (
+    "time_started >= {after_ts:DateTime64(3, 'UTC')}",
+    "(time_started > {after_ts:DateTime64(3, 'UTC')} OR id > {after_id:UUID})",
+)
+_THROUGH_DESC = (
+    "time_started >= {last_ts:DateTime64(3, 'UTC')}",
+    "(time_started > {last_ts:DateTime64(3, 'UTC')} OR id >= {last_id:UUID})",
+)
+_THROUGH_ASC = (
+    "time_started <= {last_ts:DateTime64(3, 'UTC')}",
+    "(time_started < {last_ts:DateTime64(3, 'UTC')} OR id <= {last_id:UUID})",
+)
+_ON_KEY = frozenset((_START, _END, _WINDOW_LOW, _WINDOW_HIGH, *_AFTER_DESC, *_AFTER_ASC, *_THROUGH_DESC, *_THROUGH_ASC))
+
 
 def _where(tenant: str, f: SearchFilters) -> tuple[list[str], dict[str, Param]]:
     clauses = ["tenant_id = {tenant:String}", _LIVE]
     params: dict[str, Param] = {"tenant": tenant}
     ranges = (
-        ("start", "time_started >= {start:DateTime64(3, 'UTC')}"),
-        ("end", "time_started <= {end:DateTime64(3, 'UTC')}"),
+        ("start", _START),
+        ("end", _END),
         ("start_ended", "time_ended >= {start_ended:DateTime64(3, 'UTC')}"),
         ("end_ended", "time_ended <= {end_ended:DateTime64(3, 'UTC')}"),
         ("duration", "duration = {duration:UInt32}"),
@@ -138,12 +162,10 @@ def _where(tenant: str, f: SearchFilters) -> tuple[list[str], dict[str, Param]]:
             clauses.append(clause)
             params[name] = value
     if f.phones:
-        # One parameter per form keeps both bloom-filter indexes usable.
-        names = [f"phone{i}" for i in range(len(f.phones))]
-        for name, phone in zip(names, f.phones, strict=True):
-            params[name] = phone
-        listed = ", ".join("{" + n + ":String}" for n in names)
-        clauses.append(f"(from_number IN ({listed}) OR to_number IN ({listed}))")
+        # On the newest version (FINAL): a correction may have changed the number since
+        # the key table proposed the call (``_phone_keys``).
+        params["phones"] = list(f.phones)
+        clauses.append("(from_e164 IN {phones:Array(String)} OR to_e164 IN {phones:Array(String)})")
     if f.phone_prefixes:
         names = [f"prefix{i}" for i in range(len(f.phone_prefixes))]
         for name, prefix in zip(names, f.phone_prefixes, strict=True):
@@ -154,8 +176,57 @@ def _where(tenant: str, f: SearchFilters) -> tuple[list[str], dict[str, Param]]:
     return clauses, params
 
 
-def page_query(table: str, tenant: str, f: SearchFilters, *, tz: str, limit: int, offset: int, desc: bool) -> Query:
+def _phone_keys(table: str, f: SearchFilters, clauses: list[str], *, desc: bool | None = None) -> None:
+    """A phone search's candidates: the (time_started, id) of the tenant's calls with one
+    of the number's forms (``SearchFilters.phones``) from the key table. With ``desc``,
+    only the first ``{phone_keys:UInt64}`` in list order (a seek per form, read in order,
+    whatever the number's volume); the caller asks for more when a candidate did not
+    survive the filters (``PHONE_KEYS_SHORT``). Without, all (a count, stats, an export)."""
+    if not f.phones:
+        return
+    keyed = " ".join(f"AND {c}" for c in clauses if c in _ON_KEY)
+    keys = (
+        f"SELECT time_started, id FROM {table}_key_by_phone "
+        f"WHERE tenant_id = {{tenant:String}} AND phone IN {{phones:Array(String)}} {keyed}"
+    )
+    if desc is not None:
+        direction = "DESC" if desc else "ASC"
+        keys += f" ORDER BY time_started {direction}, id {direction} LIMIT {{phone_keys:UInt64}}"
+    clauses.append(f"(time_started, id) IN ({keys})")
+
+
+def phone_keys_query(table: str, tenant: str, f: SearchFilters, *, desc: bool, after: Key | None, keys: int) -> Query:
+    """How many of the first ``keys`` candidates a limited phone search read there are
+    (fewer: the read had them all). Asked only when the read came back short."""
     clauses, params = _where(tenant, f)
+    _beyond(after, clauses, params, desc=desc)
+    keyed = " ".join(f"AND {c}" for c in clauses if c in _ON_KEY)
+    direction = "DESC" if desc else "ASC"
+    sql = (
+        f"SELECT count() FROM (SELECT 1 FROM {table}_key_by_phone "
+        f"WHERE tenant_id = {{tenant:String}} AND phone IN {{phones:Array(String)}} {keyed}"
+        f" ORDER BY time_started {direction}, id {direction} LIMIT {{phone_keys:UInt64}})"
+    )
+    return Query(sql, {**params, "phone_keys": keys})
+
+
+def page_query(
+    table: str,
+    tenant: str,
+    f: SearchFilters,
+    *,
+    tz: str,
+    limit: int,
+    offset: int,
+    desc: bool,
+    phone_keys: int | None = None,
+) -> Query:
+    """A page in list order. A phone search reads its first ``phone_keys`` candidates
+    (default: ``offset + limit``, enough when every one is a record)."""
+    clauses, params = _where(tenant, f)
+    if f.phones:
+        _phone_keys(table, f, clauses, desc=desc)
+        params["phone_keys"] = phone_keys or offset + limit
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
@@ -187,6 +258,7 @@ def stats_query(table: str, tenant: str, f: SearchFilters, *, group_by: str, tz:
     quantiles (quantileExact: the value at index floor(level x n) of the sorted durations).
     FINAL, so re-sent and corrected events count once, as their newest version."""
     clauses, params = _where(tenant, f)
+    _phone_keys(table, f, clauses)
     levels = ", ".join(str(q) for q in STAT_QUANTILES)
     sql = (
         f"SELECT {_GROUP_KEYS[group_by]} AS grp, count(), countIf(status = 'ANSWERED'),"
@@ -199,6 +271,7 @@ def stats_query(table: str, tenant: str, f: SearchFilters, *, group_by: str, tz:
 
 def count_query(table: str, tenant: str, f: SearchFilters) -> Query:
     clauses, params = _where(tenant, f)
+    _phone_keys(table, f, clauses)
     return Query(f"SELECT count() FROM {table} FINAL WHERE {' AND '.join(clauses)}" + _FINAL_SETTINGS, params)
 
 
@@ -209,10 +282,10 @@ def _within(window: Window, clauses: list[str], params: dict[str, Param]) -> Non
     """Bound time_started to ``low <= t < high`` (either may be None)."""
     low, high = window
     if low is not None:
-        clauses.append("time_started >= {window_low:DateTime64(3, 'UTC')}")
+        clauses.append(_WINDOW_LOW)
         params["window_low"] = low
     if high is not None:
-        clauses.append("time_started < {window_high:DateTime64(3, 'UTC')}")
+        clauses.append(_WINDOW_HIGH)
         params["window_high"] = high
 
 
@@ -224,23 +297,13 @@ def _beyond(after: Key | None, clauses: list[str], params: dict[str, Param], *, 
     if after is None:
         return
     # The first clause alone selects an index range; the second breaks ties by id.
-    if desc:
-        clauses.append("time_started <= {after_ts:DateTime64(3, 'UTC')}")
-        clauses.append("(time_started < {after_ts:DateTime64(3, 'UTC')} OR id < {after_id:UUID})")
-    else:
-        clauses.append("time_started >= {after_ts:DateTime64(3, 'UTC')}")
-        clauses.append("(time_started > {after_ts:DateTime64(3, 'UTC')} OR id > {after_id:UUID})")
+    clauses.extend(_AFTER_DESC if desc else _AFTER_ASC)
     params["after_ts"], params["after_id"] = after
 
 
 def _through(last: Key, clauses: list[str], params: dict[str, Param], *, desc: bool) -> None:
     """Only records up to ``last`` in list order, ``last`` included."""
-    if desc:
-        clauses.append("time_started >= {last_ts:DateTime64(3, 'UTC')}")
-        clauses.append("(time_started > {last_ts:DateTime64(3, 'UTC')} OR id >= {last_id:UUID})")
-    else:
-        clauses.append("time_started <= {last_ts:DateTime64(3, 'UTC')}")
-        clauses.append("(time_started < {last_ts:DateTime64(3, 'UTC')} OR id <= {last_id:UUID})")
+    clauses.extend(_THROUGH_DESC if desc else _THROUGH_ASC)
     params["last_ts"], params["last_id"] = last
 
 
@@ -254,16 +317,21 @@ def scroll_query(
     desc: bool,
     after: Key | None,
     window: Window = (None, None),
+    phone_keys: int | None = None,
 ) -> Query:
     """The next ``limit`` records after a keyset position; fetches one extra to tell
     whether more remain. Seeks on the sort key, so depth costs nothing.
 
     ``window`` = (from, until) further bounds time_started to ``from <= t < until``
-    (either may be None); the caller uses it to read one partition's worth first.
+    (either may be None); the caller uses it to read one partition's worth first. A
+    phone search reads its first ``phone_keys`` candidates (default ``limit + 1``).
     """
     clauses, params = _where(tenant, f)
     _within(window, clauses, params)
     _beyond(after, clauses, params, desc=desc)
+    if f.phones:
+        _phone_keys(table, f, clauses, desc=desc)
+        params["phone_keys"] = phone_keys or limit + 1
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
@@ -325,6 +393,7 @@ def export_window_end_query(
     ``rows`` records however they spread over time (an hour of 200,000 calls included)."""
     clauses, params = _where(tenant, f)
     _beyond(after, clauses, params, desc=desc)
+    _phone_keys(table, f, clauses)
     direction, back = ("DESC", "ASC") if desc else ("ASC", "DESC")
     sql = (
         f"SELECT time_started, id FROM (SELECT time_started, id FROM {table} FINAL WHERE {' AND '.join(clauses)}"
@@ -347,6 +416,7 @@ def export_query(
     clauses, params = _where(tenant, f)
     _beyond(after, clauses, params, desc=desc)
     _through(last, clauses, params, desc=desc)
+    _phone_keys(table, f, clauses)
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_EXPORT_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)}"

@@ -1,0 +1,148 @@
+"""The phone search equals plain Python's filtering of the scroll, for every form of a
+number, on calls stored before migration 0007 (raw numbers, backfilled into the key
+table) and after it (canonical numbers, the view), through the key table's limited
+reads: a busy number, a second filter, and keys a correction left stale."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cdr.api.app import create_app
+from cdr.metrics import Metrics
+from cdr.store import open_store
+from cdr.store.migrations import load_migrations, migrate
+from tests.api.conftest import Api, api_settings, serve
+from tests.helpers import make_event, store_events
+
+TENANT = "t1.example"
+# Numbers as national significant numbers (Vietnam, +84) and the forms a PBX logs them in.
+MOBILES = [f"9{n:08d}" for n in (12345678, 23456789, 34567890, 45678901)]
+LANDLINE = "2873001234"
+BUSY = "912000000"  # on most calls: more than any first read of keys holds
+EXTENSIONS = ["101", "102"]
+
+
+def forms(nsn: str) -> list[str]:
+    return ["0" + nsn, "84" + nsn, "+84" + nsn]
+
+
+def identity(logged: str) -> str:
+    """Which number a logged value is, by the three forms' plain rules (no phonenumbers)."""
+    if logged.startswith("+84"):
+        return logged[3:]
+    if logged.startswith("84") and len(logged) >= 11:
+        return logged[2:]
+    if logged.startswith("0"):
+        return logged[1:]
+    return logged
+
+
+def _calls(n: int, seed: int, start: datetime) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    pool = [*MOBILES, LANDLINE]
+    out = []
+    for i in range(n):
+        event = make_event(rng, TENANT, start + timedelta(seconds=97 * i))
+        if rng.random() < 0.15:
+            event["from_number"], event["to_number"] = rng.choice(EXTENSIONS), rng.choice(EXTENSIONS)
+        else:
+            busy = rng.random() < 0.6
+            number = rng.choice(forms(BUSY if busy else rng.choice(pool)))
+            other = rng.choice([*EXTENSIONS, "19001919"])
+            event["from_number"], event["to_number"] = (number, other) if rng.random() < 0.5 else (other, number)
+        out.append(event)
+    return out
+
+
+@pytest.fixture(scope="module")
+async def phones_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
+    settings = api_settings(tmp_path_factory.mktemp("phone-store"))
+    store = open_store(settings)
+    before = [m for m in load_migrations() if m.name != "phone_search"]
+    await migrate(store, before)
+    old = _calls(300, seed=1, start=datetime(2024, 3, 1, tzinfo=UTC))
+    await store_events(store, old, settings.zone, canonical_numbers=False)  # as before 0007
+    await migrate(store)  # 0007: the canonical columns default to the raw numbers, keys backfilled
+    server, task, url = await serve(create_app(settings, store, Metrics()), settings)
+    seeded = Api(url, settings, store)
+    seeded.events.extend(old)
+    await seeded.insert(_calls(300, seed=2, start=datetime(2024, 4, 1, tzinfo=UTC)))
+    # A correction that renumbers a call of BUSY: its key under BUSY stays, the call does not.
+    moved = next(e for e in seeded.events[len(old) :] if BUSY in (identity(e["from_number"]), identity(e["to_number"])))
+    corrected = {**moved, "emitted_at": _later(moved["emitted_at"])}
+    corrected["from_number"], corrected["to_number"] = forms(MOBILES[0])[0], "101"
+    await seeded.insert([corrected])
+    try:
+        yield seeded
+    finally:
+        server.should_exit = True
+        await task
+        await store.close()
+
+
+def _later(stamp: str) -> str:
+    return (datetime.fromisoformat(stamp) + timedelta(seconds=1)).isoformat()
+
+
+def _matching(records: list[dict[str, Any]], nsn: str) -> list[str]:
+    return [r["id"] for r in records if nsn in (identity(r["from_number"]), identity(r["to_number"]))]
+
+
+@pytest.mark.parametrize("nsn", [*MOBILES, LANDLINE, BUSY, *EXTENSIONS])
+async def test_a_phone_search_equals_filtering_the_scroll(phones_api: Api, nsn: str) -> None:
+    everything = await phones_api.scroll(TENANT, {"order": "desc"})
+    wanted = _matching(everything, nsn)
+    assert wanted, "the data has calls of every number"
+    for form in forms(nsn) if nsn not in EXTENSIONS else [nsn]:
+        found = await phones_api.scroll(TENANT, {"phone": form, "order": "desc"})
+        assert [r["id"] for r in found] == wanted, form
+        # Small batches: each a limited read of keys, continued after the last one.
+        async with phones_api.client(TENANT) as client:
+            ids: list[str] = []
+            answer = (
+                await client.get("/v1/cdr", params={"phone": form, "scroll": "true", "limit": "7", "order": "desc"})
+            ).json()
+            ids += [r["id"] for r in answer["data"]]
+            while answer["scroll_id"]:
+                answer = (await client.get("/v1/cdr", params={"scroll_id": answer["scroll_id"]})).json()
+                ids += [r["id"] for r in answer["data"]]
+            assert ids == wanted, form
+            page = (
+                await client.get("/v1/cdr", params={"phone": form, "page": "2", "limit": "5", "order": "desc"})
+            ).json()
+            assert page["total"] == len(wanted), form
+            assert [r["id"] for r in page["data"]] == wanted[5:10], form
+
+
+async def test_a_second_filter_reads_more_keys_until_the_page_is_full(phones_api: Api) -> None:
+    everything = await phones_api.scroll(TENANT, {"order": "desc"})
+    busy = [r for r in everything if r["status"] == "BUSY"]
+    wanted = _matching(busy, BUSY)
+    assert len(wanted) > 10, "enough busy calls of the busy number for two pages"
+    async with phones_api.client(TENANT) as client:
+        params = {"phone": forms(BUSY)[2], "status": "BUSY", "page": "2", "limit": "5", "order": "desc"}
+        page = (await client.get("/v1/cdr", params=params)).json()
+    assert [r["id"] for r in page["data"]] == wanted[5:10]
+    assert page["total"] == len(wanted)
+
+
+async def test_a_renumbered_call_is_not_found_by_its_old_number(phones_api: Api) -> None:
+    """Its key under the old number is still in the key table, its call is not."""
+    everything = {r["id"]: r for r in await phones_api.scroll(TENANT, {"order": "desc"})}
+    stale = [
+        key
+        for key in await phones_api.store.query(
+            f"SELECT toString(id) FROM {phones_api.store.qualified('cdr_key_by_phone')}"
+            " WHERE tenant_id = {t:String} AND phone = {p:String}",
+            {"t": TENANT, "p": "+84" + BUSY},
+        )
+        if BUSY not in (identity(everything[key[0]]["from_number"]), identity(everything[key[0]]["to_number"]))
+    ]
+    assert len(stale) == 1
+    found = await phones_api.scroll(TENANT, {"phone": "0" + BUSY})
+    assert stale[0][0] not in {r["id"] for r in found}
