@@ -291,7 +291,7 @@ class Settings(BaseSettings):
         le=100,
         description=(
             "Exports one API replica runs at once, all tenants together; more get a 429 with Retry-After."
-            " Each holds at most one window (CDR_EXPORT_WINDOW_ROWS records) in memory."
+            " Each holds at most one window in memory; CDR_EXPORT_READERS bounds the engine's share."
         ),
     )
     export_window_rows: int = Field(
@@ -299,8 +299,28 @@ class Settings(BaseSettings):
         ge=1,
         le=1_000_000,
         description=(
-            "Records per export read (keyset window): what one export holds in memory at most, whatever"
-            " the time distribution of the calls and however slowly its client reads."
+            "Records per export read (keyset window) for the replica's exports together: each new window"
+            " of an export gets this divided by the exports in progress (at least"
+            " CDR_EXPORT_MIN_WINDOW_ROWS), so one export alone reads this many at a time."
+        ),
+    )
+    export_min_window_rows: int = Field(
+        2_000,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Fewest records per export window however many exports share CDR_EXPORT_WINDOW_ROWS (never"
+            " more than CDR_EXPORT_WINDOW_ROWS): each window is a read, so smaller ones cost throughput."
+        ),
+    )
+    export_readers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description=(
+            "Export reads in the store at once per replica, all exports together: each costs the embedded"
+            " engine ~35-40 MB of working memory while it runs. Held only while a window is read, never"
+            " while a client takes it, so a slow client does not keep one."
         ),
     )
     clickhouse_password: SecretStr | None = Field(

@@ -5,9 +5,11 @@ goes away; keyset windows of a bounded number of records, however the calls spre
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
-from collections.abc import AsyncGenerator, Mapping
+import threading
+from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,19 +17,28 @@ import httpx
 import orjson
 import pytest
 
-from cdr.store import Store
+from cdr.store import Store, client
 from cdr.store.client import Param
 from tests.api.conftest import TOKENS, Api, second_server
 from tests.helpers import events
 
 BULK = "t3.example"
 BULK_SIZE = 100_500
+# 600 calls of each tenant on one day of their own: exports of a few small windows.
+SPREAD_DAY = {"start_date": "2021-06-01", "end_date": "2021-06-02", "format": "ndjson"}
+SPREAD_SIZE = 600
 
 
 @pytest.fixture(scope="module")
 async def bulk(api: Api) -> Api:
     for start in range(0, BULK_SIZE, 20_100):
         await api.insert(events(20_100, seed=700 + start, tenants=(BULK,), spacing_s=3))
+    return api
+
+
+@pytest.fixture(scope="module")
+async def spread(api: Api) -> Api:
+    await api.insert(events(3 * SPREAD_SIZE, seed=760, tenants=tuple(TOKENS), start=datetime(2021, 6, 1, tzinfo=UTC)))
     return api
 
 
@@ -115,17 +126,25 @@ async def test_an_export_is_gzip_compressed_only_for_a_client_that_asks(api: Api
 
 
 class CountingStore(Store):
-    """The test store, counting the records of every streamed (export) read."""
+    """The test store, counting the records of every streamed (export) read, and whose."""
 
     def __init__(self, api: Api) -> None:
         super().__init__(api.store.dsn, database=api.store.database)
         self.read_sizes: list[int] = []
+        self.readers: list[Param] = []  # the tenant of each read
 
-    async def stream_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> AsyncGenerator[bytes, None]:
+    async def stream_formatted(
+        self, sql: str, params: Mapping[str, Param], fmt: str, *, gate: asyncio.Semaphore | None = None
+    ) -> AsyncGenerator[bytes, None]:
         self.read_sizes.append(0)
-        async for piece in super().stream_formatted(sql, params, fmt):
-            self.read_sizes[-1] += piece.count(b"\n")
+        self.readers.append(params["tenant"])
+        at = len(self.read_sizes) - 1
+        async for piece in super().stream_formatted(sql, params, fmt, gate=gate):
+            self.read_sizes[at] += piece.count(b"\n")
             yield piece
+
+    def sizes_of(self, tenant: str) -> list[int]:
+        return [size for size, reader in zip(self.read_sizes, self.readers, strict=True) if reader == tenant]
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])
@@ -204,3 +223,98 @@ async def test_a_streaming_export_holds_one_of_its_tenants_reads(bulk: Api) -> N
         await task
     assert page.status_code == 429 and page.json()["error"]["code"] == "rate_limited", page.text
     assert scroll.status_code == 200, scroll.text
+
+
+class EngineReads:
+    """Wraps the store's streamed read on its worker (``_stream``): counts the reads in the
+    engine at once and keeps the most. Each read waits, up to a moment, for one read more
+    than ``bound`` to be in the engine with it, so that unbounded reads would overlap."""
+
+    def __init__(self, real: Callable[..., None], bound: int) -> None:
+        self._real, self._bound = real, bound
+        self._changed = threading.Condition()
+        self.now = self.most = 0
+
+    def __call__(self, *args: Any) -> None:
+        with self._changed:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self.now > self._bound, timeout=0.3)
+        try:
+            self._real(*args)
+        finally:
+            with self._changed:
+                self.now -= 1
+
+
+async def test_export_reads_in_the_engine_never_exceed_the_bound(spread: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four exports at once (two of one tenant) with CDR_EXPORT_READERS=2: at most two
+    window reads are ever in the engine together (each read waits for a third to join
+    it, which eight read workers would let in without the bound); every export is whole."""
+    reads = EngineReads(client._stream, bound=2)
+    monkeypatch.setattr(client, "_stream", reads)
+    want = {tenant: len(await spread.scroll(tenant, SPREAD_DAY)) for tenant in TOKENS}
+    assert all(n == SPREAD_SIZE for n in want.values()), want
+    server, task, url = await second_server(
+        spread, export_readers=2, export_window_rows=400, export_min_window_rows=100, tenant_max_concurrent_exports=2
+    )
+
+    async def export(tenant: str) -> int:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS[tenant]}"}) as http:
+            response = await http.get("/v1/cdr/export", params=SPREAD_DAY, timeout=60)
+        assert response.status_code == 200, response.text
+        ids = [orjson.loads(line)["id"] for line in response.content.splitlines()]
+        assert len(set(ids)) == len(ids)
+        return len(ids)
+
+    tenants = [*TOKENS, BULK]
+    try:
+        got = await asyncio.gather(*(export(tenant) for tenant in tenants))
+    finally:
+        server.should_exit = True
+        await task
+    assert got == [want[tenant] for tenant in tenants]
+    assert reads.most == 2  # reached (they do overlap), never passed
+
+
+async def test_windows_shrink_as_exports_share_the_window_budget(spread: Api, bulk: Api) -> None:
+    """CDR_EXPORT_WINDOW_ROWS=400 shared by the exports in progress, at least 150: one
+    export alone reads 600 calls as 400 + 200; the same export while three others are in
+    progress (100,500 records each, their clients reading nothing) reads windows of 150
+    (400 / 4 = 100, raised to the floor); the held exports keep no reader from it."""
+    counting = CountingStore(spread)
+    server, task, url = await second_server(
+        spread, counting, export_window_rows=400, export_min_window_rows=150, tenant_max_concurrent_exports=3
+    )
+
+    def http(tenant: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS[tenant]}"}, timeout=30)
+
+    async def export_t1() -> list[int]:
+        before = len(counting.sizes_of("t1.example"))
+        async with http("t1.example") as client_t1:
+            response = await client_t1.get("/v1/cdr/export", params=SPREAD_DAY)
+        assert response.status_code == 200, response.text
+        assert response.content.count(b"\n") == SPREAD_SIZE
+        return counting.sizes_of("t1.example")[before:]
+
+    try:
+        assert await export_t1() == [400, 200]
+        whole = {"format": "ndjson"}  # ~50 MB each: far more than the sockets take unread
+        async with (
+            http(BULK) as c2,
+            http(BULK) as c3,
+            http(BULK) as c4,
+            c2.stream("GET", "/v1/cdr/export", params=whole) as held2,
+            c3.stream("GET", "/v1/cdr/export", params=whole) as held3,
+            c4.stream("GET", "/v1/cdr/export", params=whole) as held4,
+        ):
+            assert held2.status_code == held3.status_code == held4.status_code == 200
+            assert await export_t1() == [150, 150, 150, 150]
+        # The held exports ended with their clients: one alone reads whole windows again.
+        assert await export_t1() == [400, 200]
+    finally:
+        server.should_exit = True
+        await task
+        await counting.close()

@@ -57,3 +57,30 @@ async def test_a_caller_that_stops_taking_pieces_does_not_keep_the_reader(store:
         assert len(rest) > 4
     finally:
         await stream.aclose()
+
+
+async def _drained(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([piece async for piece in stream])
+
+
+async def test_a_gate_is_held_while_the_engine_reads_not_while_the_caller_takes_pieces(store: Store) -> None:
+    """A stream's gate bounds the reads in the engine: taken before its read, given back
+    when the read ends although the caller has not taken its pieces (a slow client), or
+    when the caller leaves early."""
+    gate = asyncio.Semaphore(1)
+    paused = store.stream_formatted(_BIG, {"n": 1_500_000}, "CSV", gate=gate)
+    try:
+        first = await anext(paused)
+        assert gate.locked()  # the read is under way
+        # The caller pauses; its read ends all the same and the next gated read gets the gate.
+        small = await asyncio.wait_for(_drained(store.stream_formatted(_BIG, {"n": 10}, "CSV", gate=gate)), 20)
+        assert small.count(b"\n") == 10
+        assert (first + await _drained(paused)).count(b"\n") == 1_500_000  # every piece was kept
+    finally:
+        await paused.aclose()
+    assert not gate.locked()
+
+    left = store.stream_formatted(_BIG, {"n": 5_000_000}, "CSV", gate=gate)
+    assert await anext(left)
+    await left.aclose()
+    await asyncio.wait_for(gate.acquire(), timeout=20)  # given back: the read stopped

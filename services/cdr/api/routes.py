@@ -126,6 +126,9 @@ class CdrRoutes:
         self._reads = Slots(settings.tenant_max_concurrent_requests)
         self._tenant_exports = Slots(settings.tenant_max_concurrent_exports)
         self._exports = Slots(settings.max_concurrent_exports)  # the replica's, all tenants
+        # Export reads in the store at once, all exports together: each costs the engine's
+        # working memory while it runs, whatever the window (bench/RESULTS.md).
+        self._export_reads = asyncio.Semaphore(settings.export_readers)
         self._export_params = export_params(self._limits)
         self._stats_params = stats_params(self._limits)
 
@@ -170,14 +173,15 @@ class CdrRoutes:
     async def export_cdrs(self, request: Request, caller: Caller) -> Response:
         """Every record the filters select, in list order, streamed as it is read.
 
-        Read in keyset windows of at most ``CDR_EXPORT_WINDOW_ROWS`` records: a key-only
-        read finds where the next window ends (the last of the next that many records),
-        then that window is one read that ClickHouse formats itself (CSV or JSONEachRow:
-        no Python object per value) and hands over in pieces as it reads
-        (``Store.stream_formatted``). So an export holds at most one window in memory
-        however its calls spread over time and however slowly its client reads, and
-        every read stays within the read budget; a replica runs at most
-        ``CDR_MAX_CONCURRENT_EXPORTS`` at once. Each window starts after the last key of
+        Read in keyset windows (``_export_window_rows`` records): a key-only read finds
+        where the next window ends (the last of the next that many records), then that
+        window is one read that ClickHouse formats itself (CSV or JSONEachRow: no Python
+        object per value) and hands over in pieces as it reads (``Store.stream_formatted``).
+        So an export holds at most one window in memory however its calls spread over time
+        and however slowly its client reads, and every read stays within the read budget;
+        a replica runs at most ``CDR_MAX_CONCURRENT_EXPORTS`` at once, and at most
+        ``CDR_EXPORT_READERS`` of their reads in the store (the engine's working memory per
+        read is what grows with exports at once). Each window starts after the last key of
         the one before, so a record is exported once, and one stored meanwhile ahead of
         the read is still met. The first window is read up to its first piece before the
         response starts, so an unavailable store is still a 503; a failure later cuts the
@@ -242,10 +246,20 @@ class CdrRoutes:
             wanted.filters,
             desc=wanted.order == "desc",
             after=after,
-            rows=self._settings.export_window_rows,
+            rows=self._export_window_rows(),
         )
-        found = await self.run(query.sql, query.params)
+        async with self._export_reads:
+            found = await self.run(query.sql, query.params)
         return (_as_utc(found[0][0]), found[0][1]) if found else None
+
+    def _export_window_rows(self) -> int:
+        """The next window's records: ``CDR_EXPORT_WINDOW_ROWS`` shared by the exports in
+        progress (one alone reads whole windows, four read a quarter each), at least
+        ``CDR_EXPORT_MIN_WINDOW_ROWS``. Fewer records per window at once keep the pieces
+        the exports hold, and the reads that wait for a reader, short."""
+        most = self._settings.export_window_rows
+        least = min(self._settings.export_min_window_rows, most)
+        return max(most // max(self._exports.taken(_REPLICA), 1), least)
 
     async def _export_window(
         self, caller: Caller, wanted: ExportRequest, after: Key | None, through: Key | None
@@ -263,7 +277,9 @@ class CdrRoutes:
             last=through,
         )
         fmt = "CSV" if wanted.format == "csv" else "JSONEachRow"
-        async with aclosing(self._store.stream_formatted(query.sql, query.params, fmt)) as read:
+        # The reader is held while the store reads the window, not while the client takes it.
+        stream = self._store.stream_formatted(query.sql, query.params, fmt, gate=self._export_reads)
+        async with aclosing(stream) as read:
             async for piece in read:
                 yield piece
 

@@ -256,6 +256,12 @@ def _stream(client: Client, sql: str, params: dict[str, Param], fmt: str, delive
                 return
 
 
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """``callback`` on ``loop`` from any thread; nothing when the loop already closed."""
+    with suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
+
+
 def _command(client: Client, sql: str, params: dict[str, Param]) -> None:
     client.command(sql, parameters=params)
 
@@ -331,7 +337,9 @@ class Store:
         work = lane.submit(_rows, sql, dict(params or {}), query_id)
         return await self._outcome(work, query_id, wait_if_cancelled=not health)
 
-    async def stream_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> AsyncGenerator[bytes, None]:
+    async def stream_formatted(
+        self, sql: str, params: Mapping[str, Param], fmt: str, *, gate: asyncio.Semaphore | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """A SELECT's result as ClickHouse formats it, in pieces as it is read (on a read
         worker): the engine never materialises it, nor is it copied whole into Python.
 
@@ -339,8 +347,15 @@ class Store:
         pieces it has not taken (so callers bound the size of what they stream), but never
         a shared reader, and the read ends within its time budget whatever the caller
         does. A caller that stops early (closes the iterator, or is cancelled) stops the
-        read at the next piece."""
+        read at the next piece.
+
+        ``gate``: taken before the read starts and given back when the engine's read ends
+        (or is cancelled before it started), not when the caller has taken every piece, so
+        it bounds the reads in the engine at once (their working memory) while a slow
+        caller holds only its pieces."""
         self._check_open()
+        if gate is not None:
+            await gate.acquire()
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[bytes] = asyncio.Queue()  # b"": the end (the worker's error follows)
         gone = threading.Event()
@@ -357,6 +372,9 @@ class Store:
                 hand_over(b"")
 
         work = self._reads.submit(produce)
+        if gate is not None:
+            release = gate.release
+            work.add_done_callback(lambda _: _call_soon(loop, release))
         try:
             while piece := await pieces.get():
                 yield piece
