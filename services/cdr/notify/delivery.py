@@ -68,7 +68,12 @@ def _excerpt(text: str) -> str:
 class Sender:
     """POSTs batches: resolves and checks the host (``cdr.notify.ssrf``) before each
     connection, then sends to the checked IP with the name as ``Host`` and as the TLS SNI
-    name (certificates are verified for the name). Redirects are not followed."""
+    name (certificates are verified for the name). Redirects are not followed.
+
+    Each endpoint has a client (a connection pool) of its own (``client``): it keeps one
+    connection alive, and httpcore's pool scans every connection it holds for each request,
+    so one pool for a hundred endpoints spent most of the notifier's time there (measured:
+    9 of 21 s of a 100-endpoint run)."""
 
     def __init__(
         self,
@@ -83,14 +88,23 @@ class Sender:
         self._allow_private = allow_private
         self._resolve = resolver
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._http = httpx.AsyncClient(
+        self._timeouts = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        # One TLS context (the CA bundle) for every client: loading it took 30 ms per client.
+        self._tls = httpx.create_ssl_context()
+
+    def client(self) -> httpx.AsyncClient:
+        """An endpoint's own client: one request at a time, its connection kept alive."""
+        return httpx.AsyncClient(
             follow_redirects=False,
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            verify=self._tls,
+            timeout=self._timeouts,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             trust_env=False,  # no proxy from the environment: the address checked is the one reached
         )
 
-    async def post(self, url: str, secrets: tuple[str, ...], msg_id: str, body: bytes) -> Attempt:
+    async def post(
+        self, http: httpx.AsyncClient, url: str, secrets: tuple[str, ...], msg_id: str, body: bytes
+    ) -> Attempt:
         try:
             where = await target(url, self._resolve, allow_private=self._allow_private)
         except Refused as exc:
@@ -110,10 +124,10 @@ class Sender:
             extensions = {} if where.sni is None else {"sni_hostname": where.sni}
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    request = self._http.build_request(
+                    request = http.build_request(
                         "POST", where.url, content=body, headers=headers, extensions=extensions
                     )
-                    response = await self._http.send(request, stream=True)
+                    response = await http.send(request, stream=True)
                     try:
                         read = bytearray()
                         async for chunk in response.aiter_raw():
@@ -135,9 +149,6 @@ class Sender:
             return Attempt("redirect", status, f"HTTP {status}: redirect not followed (Location: {location})")
         asked = retry_after(response.headers.get("retry-after"), time.time()) if status in (429, 503) else None
         return Attempt("http_error", status, f"HTTP {status}: {text}" if text else f"HTTP {status}", asked)
-
-    async def close(self) -> None:
-        await self._http.aclose()
 
 
 def utc_now() -> datetime:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,12 @@ from cdr.store.webhooks import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Rows a catch-up read takes at most, and how many such reads are kept for other endpoints of
+# the tenant that reach the same position (each holds its rows; a few MB at most).
+_CATCH_UP_ROWS = 1_000
+_RECENT_READS = 64
+_ReadKey = tuple[str, tuple[tuple[int, int], ...]]
 
 OPERATOR_DISABLED = "disabled in the tenant directory (enabled: false)"
 _URL_REFUSED = "url refused: "
@@ -96,6 +103,7 @@ class _Worker:
         size = settings.webhook_batch_size
         hub = self._n.hub
         sub = await hub.subscribe(self.endpoint.tenant)
+        self._http = self._n.sender.client()
         try:
             complete = False
             while True:
@@ -133,6 +141,7 @@ class _Worker:
             return
         finally:
             hub.unsubscribe(sub)
+            await self._http.aclose()
 
     def _take(self, change: Change) -> None:
         if change.offset <= self._read_at.get(change.partition, -1):
@@ -151,30 +160,14 @@ class _Worker:
     async def _catch_up(self) -> bool:
         """Read the tenant's changes past this endpoint's, sending each full batch; True once
         everything visible is read."""
-        limit = max(self._n.settings.webhook_batch_size, 500)
-        per = per_partition(limit, self._read_at)
-        query = tenant_read(
-            self._n.changes_table,
-            self.endpoint.tenant,
-            self._read_at,
-            limit=limit,
-            now_ms=_now_ms(),
-            horizon_s=self._n.store.max_replica_delay_s,
-        )
-        store = self._n.store
-        rows = await self._n.retrying(lambda: store.query(query.sql, query.params))
-        changes = [Change.of(row) for row in rows]
-        if changes:
-            await self._n.retrying(lambda: settle_changes(store, self._n.versions_table, changes))
-        counts: dict[int, int] = {}
+        changes, complete = await self._n.tenant_changes(self.endpoint.tenant, self._read_at)
         for change in changes:
-            counts[change.partition] = counts.get(change.partition, 0) + 1
             self._take(change)
             if len(self._batch.items) >= self._n.settings.webhook_batch_size:
                 await self._send()
         if not self._batch.items:
             self._advance()
-        return len(changes) < limit and all(n < per for n in counts.values())
+        return complete
 
     async def _send(self) -> None:
         """Deliver the batch, retrying until a 2xx; the position then moves past it (and past
@@ -189,7 +182,7 @@ class _Worker:
         self._in_flight = batch
         try:
             while True:
-                attempt = await self._n.sender.post(self.endpoint.url, self.endpoint.secrets, msg_id, body)
+                attempt = await self._n.sender.post(self._http, self.endpoint.url, self.endpoint.secrets, msg_id, body)
                 self._n.metrics.delivered(attempt.outcome).inc()
                 if attempt.ok:
                     self.state.last_success_at = utc_now()
@@ -275,6 +268,8 @@ class Notifier:
         self._states: dict[EndpointKey, EndpointState] = {}
         self._dirty: set[EndpointKey] = set()
         self._workers: dict[EndpointKey, _Worker] = {}
+        self._reading: dict[_ReadKey, asyncio.Future[tuple[list[Change], bool]]] = {}
+        self._recent: OrderedDict[_ReadKey, list[Change]] = OrderedDict()
         self._last_write_ms = 0
         self.running = False
 
@@ -289,6 +284,64 @@ class Notifier:
             except StoreError as exc:
                 log.warning("webhooks: store read failed; retrying", extra={"error": str(exc)[:300]})
                 await asyncio.sleep(1.0)
+
+    async def tenant_changes(self, tenant: str, position: Offsets) -> tuple[list[Change], bool]:
+        """The tenant's next changes past ``position`` and whether that was everything visible.
+
+        Shared: the endpoints of one tenant that start together (a restart, a new directory, a
+        replay of several) move through the same positions, since a read of the same
+        position returns the same rows, so each read is made once for all of them: a read in
+        progress is joined, and a recent read that was cut at its limit is reused. Only the
+        endpoint whose own read found the end is told so (``complete``): it had subscribed to
+        the hub before that read began, so nothing falls between; anyone else reads once
+        more for itself before it joins the hub."""
+        key = (tenant, tuple(sorted(position.items())))
+        while (pending := self._reading.get(key)) is not None:
+            try:
+                changes, _ = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this endpoint is stopping, not the read it joined
+                continue  # its reader was stopped: join another, or read
+            return changes, False
+        recent = self._recent.get(key)
+        if recent is not None:
+            return recent, False
+        done: asyncio.Future[tuple[list[Change], bool]] = asyncio.get_running_loop().create_future()
+        self._reading[key] = done
+        try:
+            changes, complete = await self._read_tenant(tenant, position)
+        except BaseException:
+            done.cancel()  # (retried reads raise nothing but cancellation)
+            raise
+        finally:
+            del self._reading[key]
+        done.set_result((changes, complete))
+        if not complete:
+            self._recent[key] = changes
+            while len(self._recent) > _RECENT_READS:
+                self._recent.popitem(last=False)
+        return changes, complete
+
+    async def _read_tenant(self, tenant: str, position: Offsets) -> tuple[list[Change], bool]:
+        limit = max(self.settings.webhook_batch_size, _CATCH_UP_ROWS)
+        query = tenant_read(
+            self.changes_table,
+            tenant,
+            position,
+            limit=limit,
+            now_ms=_now_ms(),
+            horizon_s=self.store.max_replica_delay_s,
+        )
+        rows = await self.retrying(lambda: self.store.query(query.sql, query.params))
+        changes = [Change.of(row) for row in rows]
+        if changes:
+            await self.retrying(lambda: settle_changes(self.store, self.versions_table, changes))
+        counts: dict[int, int] = {}
+        for change in changes:
+            counts[change.partition] = counts.get(change.partition, 0) + 1
+        per = per_partition(limit, position)
+        return changes, len(changes) < limit and all(n < per for n in counts.values())
 
     def touch(self, worker: _Worker) -> None:
         self._dirty.add(worker.endpoint.key)
@@ -351,7 +404,6 @@ class Notifier:
             with contextlib.suppress(StoreError):
                 await self.write_states()
             await self.hub.close()
-            await self.sender.close()
 
     async def _adopt_replays(self) -> bool:
         try:
