@@ -23,7 +23,7 @@ if "$env_dir/bin/python" -c 'import chdb' 2>/dev/null; then
 fi
 "$cdr" --help >/dev/null
 secret="ci-image-check-cursor-secret-0123456789"
-for command in migrate ingest api; do
+for command in migrate ingest api notify; do
   CDR_CLICKHOUSE_URL=http://clickhouse:8123 CDR_CURSOR_SECRET="$secret" "$cdr" "$command" --check-config 2>/dev/null \
     || { echo "cdr $command --check-config failed in the image's environment" >&2; exit 1; }
 done

@@ -36,7 +36,7 @@ def test_every_module_imports_without_chdb() -> None:
     assert result.stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize("command", ["api", "ingest", "migrate", "run"])
+@pytest.mark.parametrize("command", ["api", "ingest", "migrate", "notify", "run"])
 def test_no_server_and_no_engine_is_a_clear_configuration_error(command: str) -> None:
     result = _run(
         f"from cdr.cli import main; sys.exit(main([{command!r}, '--check-config']))", CDR_CURSOR_SECRET=_SECRET
