@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
+import socket
+from collections.abc import Awaitable, Callable, Generator
 
 import h11
 import orjson
@@ -20,6 +21,18 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn waits for open connections to close before the app's lifespan shutdown,
+        # which is what would end a long-lived response (the change feed's SSE streams):
+        # a stop would wait for every such client to leave. The app's ``state.on_stopping``
+        # ends them first. (sse-starlette's own shutdown detection looks for uvicorn's
+        # signal handler, which this server does not install.)
+        state = getattr(self.config.app, "state", None)
+        on_stopping: Callable[[], Awaitable[None]] | None = getattr(state, "on_stopping", None)
+        if on_stopping is not None:
+            await on_stopping()
+        await super().shutdown(sockets)
 
 
 _LINGER_S = 2.0

@@ -257,6 +257,8 @@ class Reader:
         async with aconnect_sse(self.http, "GET", "/v1/cdr/changes/stream", params={"cursor": self.cursor}) as source:
             assert source.response.status_code == 200
             async for event in source.aiter_sse():
+                if not event.data:
+                    continue  # a heartbeat: httpx_sse dispatches one as an empty event (browsers do not)
                 self.delivered.append(orjson.loads(event.data))
                 self.moved_to(event.id)
 

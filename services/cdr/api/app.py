@@ -197,4 +197,7 @@ def create_app(
     # No 307 to the path without its trailing slash: a lookup key ending in a newline
     # and "/" (path routes do not match a newline) was redirected instead of a 404.
     app.router.redirect_slashes = False
+    # Run by the HTTP server when it starts to stop, before it waits for open connections
+    # (cdr.serve): the feed's streams and long polls end then, not after their clients leave.
+    app.state.on_stopping = hub.close
     return app
