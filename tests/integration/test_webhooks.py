@@ -10,7 +10,7 @@ import random
 import signal
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -31,6 +31,7 @@ from cdr.notify.ssrf import Resolver, system_resolver
 from cdr.settings import Settings
 from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
+from cdr.store.webhooks import EndpointState, state_rows
 from tests.api.conftest import SECRET, TOKENS, free_port, serve
 from tests.helpers import create_topics, encoded, events, produce, read_all, service_env, wait_for
 from tests.integration.conftest import IngestEnv, make_settings
@@ -420,3 +421,61 @@ async def test_urls_reaching_private_addresses_are_refused_with_the_reason_shown
     assert shown["named"]["state"] == "failing"
     assert not receiver.got  # nothing reached anything
     assert os.environ.get("CDR_WEBHOOK_ALLOW_PRIVATE", "") in ("", "false")
+
+
+async def test_endpoints_of_a_tenant_catching_up_together_share_their_reads(
+    kafka_bootstrap: str, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = f"http://127.0.0.1:{receiver.port}"
+    paths = [f"/t1/c{i}" for i in range(5)]
+    env = await webhook_env(
+        kafka_bootstrap,
+        tmp_path,
+        {"t1.example": [hook(f"c{i}", base + p) for i, p in enumerate(paths)]},
+        webhook_batch_size=100,
+    )
+    settings, store = env.settings, env.store
+    evs = events(2_500, seed=71, tenants=("t1.example",), start=datetime.now(UTC) - timedelta(hours=3), spacing_s=1)
+    try:
+        async with env.running():
+            await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+
+            async def stored() -> bool:
+                rows = await store.query(f"SELECT count() FROM {store.qualified('cdr_changes')}")
+                return int(rows[0][0]) == len(evs)
+
+            await wait_for(stored, 90, "every change stored")
+        # Every endpoint behind, at the feed's beginning (as after a replay of all five).
+        behind = [EndpointState("t1.example", f"c{i}", {}, updated_at=datetime.now(UTC)) for i in range(5)]
+        await store.insert_arrow("webhook_state", state_rows(behind))
+        reads: Counter[tuple[tuple[str, Any], ...]] = Counter()
+        query = store.query
+
+        async def counted(sql: str, params: Any = None, **kwargs: Any) -> list[Any]:
+            if (
+                "FROM " + store.qualified("cdr_changes") in sql
+                and "tenant_id = {tenant:String}" in sql
+                and " BY " in sql
+            ):
+                # The position read from (the visibility bound moves with the clock).
+                reads[tuple(sorted((k, str(v)) for k, v in params.items() if k != "import_through"))] += 1
+            return await query(sql, params, **kwargs)
+
+        monkeypatch.setattr(store, "query", counted)
+        async with notifying(settings, store):
+
+            async def caught_up() -> bool:
+                return all(len({i for i, _ in versions(receiver.got[p])}) == len(evs) for p in paths)
+
+            await wait_for(caught_up, 120, "every endpoint caught up")
+    finally:
+        await store.close()
+    order = [e["id"] for e in evs]
+    for path in paths:
+        delivered = [i for i, _ in versions(receiver.got[path])]
+        assert delivered == [i for i in order if i in set(delivered)] or len(set(delivered)) == len(evs)
+    # Each position is read once for all five endpoints, but the last: the read that finds
+    # the end is made again by each endpoint that did not make it (it then joins the hub).
+    assert len(reads) >= 3
+    again = [n for n in reads.values() if n > 1]
+    assert len(again) <= 1 and all(n <= len(paths) for n in again), reads.values()
