@@ -470,10 +470,9 @@ async def test_endpoints_of_a_tenant_catching_up_together_share_their_reads(
             await wait_for(caught_up, 120, "every endpoint caught up")
     finally:
         await store.close()
-    order = [e["id"] for e in evs]
     for path in paths:
-        delivered = [i for i, _ in versions(receiver.got[path])]
-        assert delivered == [i for i in order if i in set(delivered)] or len(set(delivered)) == len(evs)
+        # Nothing failed or restarted: each change exactly once.
+        assert sorted(i for i, _ in versions(receiver.got[path])) == sorted(e["id"] for e in evs)
     # Each position is read once for all five endpoints, but the last: the read that finds
     # the end is made again by each endpoint that did not make it (it then joins the hub).
     assert len(reads) >= 3
