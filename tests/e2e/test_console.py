@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ VIETNAMESE = "Phòng chăm sóc khách hàng, Hà Nội"
 class Console:
     url: str
     download_dir: Path
+    bootstrap: str
+    topic: str
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
@@ -73,7 +76,7 @@ async def console(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
                 await asyncio.sleep(0.25)
             else:
                 pytest.fail(f"the {CALLS} CDRs did not become readable; see {folder / 'run.log'}")
-        yield Console(url, folder / "downloads")
+        yield Console(url, folder / "downloads", kafka_bootstrap, topic)
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +311,52 @@ def test_filters_that_match_nothing_say_so(browser: Any, console: Console) -> No
     assert empty.text == "No calls match these filters." and not _rows(browser)
     assert _by_id(browser, "count").text == "0 calls"
     _shot(browser, "10-empty")
+
+
+# Last in this module: it adds calls, which the counts above do not expect.
+def test_live_shows_a_new_call_as_it_arrives_and_its_correction_in_place(browser: Any, console: Console) -> None:
+    from selenium.webdriver.common.by import By
+
+    _sign_in(browser, console)
+    _wait(lambda: len(_rows(browser)) >= BATCH, "the first batch")
+    _by_id(browser, "live").click()
+    _wait(lambda: _by_id(browser, "live-state").text == "watching for new calls", "live to start")
+    shown = len(_rows(browser))
+    started = datetime.now(UTC) - timedelta(minutes=10)
+    ours, theirs = events(2, seed=16, tenants=(TENANT, OTHER), start=started)
+    asyncio.run(produce(console.bootstrap, console.topic, encoded([theirs, ours])))
+
+    def first_row_is_ours() -> bool:
+        rows = _rows(browser)
+        return bool(rows) and rows[0].get_attribute("data-id") == ours["id"]
+
+    _wait(first_row_is_ours, "the new call at the top of the table", timeout=30)
+    _shot(browser, "11-live")
+    rows = _rows(browser)
+    assert len(rows) == shown + 1  # added to the table, not a reload (a reload shows one batch)
+    assert "fresh" in (rows[0].get_attribute("class") or "")
+    assert theirs["id"] not in {row.get_attribute("data-id") for row in rows}
+    with console.client() as client:
+        record = client.get(f"/v1/cdr/{ours['id']}").json()
+    cells = [td.text for td in rows[0].find_elements(By.TAG_NAME, "td")]
+    assert cells[0] == record["time_started"] and cells[5] == record["status"] and cells[8] == record["cause"]
+
+    emitted = datetime.fromisoformat(ours["emitted_at"]) + timedelta(seconds=30)
+    corrected = {
+        **ours,
+        "status": "FAILED",
+        "cause": "CORRECTED_BY_THE_PBX",
+        "billsec": 0,
+        "time_answered": None,
+        "recording_url": None,
+        "emitted_at": emitted.isoformat(),
+    }
+    asyncio.run(produce(console.bootstrap, console.topic, encoded([corrected])))
+    _wait(
+        lambda: _rows(browser)[0].find_elements(By.TAG_NAME, "td")[8].text == "CORRECTED_BY_THE_PBX",
+        "the correction shown in the call's row",
+        timeout=30,
+    )
+    assert len(_rows(browser)) == shown + 1  # the same row, updated
+    _by_id(browser, "live").click()
+    assert _by_id(browser, "live-state").text == ""

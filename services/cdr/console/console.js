@@ -1,5 +1,5 @@
 // The CDR console: a page over the public API only (list with scroll, lookup, export,
-// stats). The token lives in this tab's sessionStorage and goes in the Authorization
+// stats, and the change feed for the live table). The token lives in this tab's sessionStorage and goes in the Authorization
 // header, never in a URL. Every value from the API is written as text, never as HTML.
 "use strict";
 
@@ -29,15 +29,17 @@
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-  async function api(path, params) {
+  // ``signal``: an AbortSignal that cancels the request (a long poll that is no longer wanted).
+  async function api(path, params, signal) {
     const url = new URL(path, window.location.origin);
     for (const [name, value] of params || []) url.searchParams.append(name, value);
     let response;
     // A 429 (the tenant's rate or concurrency limit) is retried after the wait it names, a few times.
     for (let attempt = 0; ; attempt++) {
       try {
-        response = await fetch(url, { headers: { Authorization: `Bearer ${token()}` } });
+        response = await fetch(url, { headers: { Authorization: `Bearer ${token()}` }, signal });
       } catch (err) {
+        if (signal && signal.aborted) throw err;
         throw new ApiError(0, "network", `the API did not answer (${err.message})`);
       }
       const wait = Number(response.headers.get("Retry-After") || "1");
@@ -92,6 +94,7 @@
   }
 
   function signOut(why) {
+    stopLive();
     sessionStorage.removeItem(TOKEN_KEY);
     $("console").hidden = true;
     $("tabs").hidden = true;
@@ -112,7 +115,8 @@
 
   // ---- calls: a scroll, one batch at a time as the table's end comes into view --------
 
-  const calls = { scrollId: null, loading: false, loaded: 0, generation: 0 };
+  // ``rows``: the table's rows by call id (a live change updates its call's row in place).
+  const calls = { scrollId: null, loading: false, loaded: 0, generation: 0, rows: new Map() };
 
   function cell(row, text, numeric) {
     const td = row.insertCell();
@@ -120,23 +124,30 @@
     if (numeric) td.className = "num";
   }
 
+  function fill(row, r) {
+    row.replaceChildren();
+    row.dataset.id = r.id;
+    row.tabIndex = 0;
+    cell(row, r.time_started);
+    cell(row, DIRECTIONS[r.direction] || r.direction);
+    cell(row, r.from_number);
+    cell(row, r.to_number);
+    cell(row, r.extension);
+    cell(row, r.status);
+    cell(row, r.duration, true);
+    cell(row, r.billsec, true);
+    cell(row, r.cause);
+  }
+
   function addRows(records) {
     const body = $("calls").tBodies[0];
     for (const r of records) {
+      if (calls.rows.has(r.id)) continue; // shown already: it arrived live while this batch was read
       const row = body.insertRow();
-      row.dataset.id = r.id;
-      row.tabIndex = 0;
-      cell(row, r.time_started);
-      cell(row, DIRECTIONS[r.direction] || r.direction);
-      cell(row, r.from_number);
-      cell(row, r.to_number);
-      cell(row, r.extension);
-      cell(row, r.status);
-      cell(row, r.duration, true);
-      cell(row, r.billsec, true);
-      cell(row, r.cause);
+      fill(row, r);
+      calls.rows.set(r.id, row);
+      calls.loaded += 1;
     }
-    calls.loaded += records.length;
   }
 
   function showCount() {
@@ -153,6 +164,7 @@
     $("loading").hidden = false;
     if (first) {
       $("calls").tBodies[0].replaceChildren();
+      calls.rows.clear();
       calls.loaded = 0;
       calls.scrollId = null;
       $("empty").hidden = true;
@@ -181,6 +193,98 @@
     const box = $("sentinel").getBoundingClientRect();
     const wrap = $("table-wrap").getBoundingClientRect();
     return box.top <= wrap.bottom;
+  }
+
+  // ---- live: the change feed, long-polled ----------------------------------------------
+  // A long poll of /v1/cdr/changes rather than an EventSource on the SSE stream: an
+  // EventSource cannot send the Authorization header, and the token must stay out of URLs.
+  // The feed filters by status, direction, extension and cause only; the other filters do
+  // not apply to live rows.
+
+  const FEED_FILTERS = new Set(["status", "direction", "extension", "cause"]);
+  const LIVE_WAIT_S = "25";
+  const live = { generation: 0, controller: null };
+
+  function stopLive() {
+    live.generation += 1;
+    if (live.controller) live.controller.abort();
+    live.controller = null;
+    $("live-state").textContent = "";
+  }
+
+  function showChanges(items) {
+    const body = $("calls").tBodies[0];
+    const newestFirst = $("f-order").value !== "asc";
+    for (const item of items) {
+      let row = calls.rows.get(item.id);
+      if (row) {
+        fill(row, item); // a correction: the row shows the newest version
+      } else {
+        if (!newestFirst && calls.scrollId) continue; // oldest first: it comes with the last batch
+        row = newestFirst ? body.insertRow(0) : body.insertRow();
+        fill(row, item);
+        calls.rows.set(item.id, row);
+        calls.loaded += 1;
+      }
+      row.classList.add("fresh");
+    }
+    if (items.length) showCount();
+  }
+
+  // Starts following the feed from now; resolves once the start is known, so that the
+  // table read after it cannot miss a call stored in between (one shown twice is merged).
+  async function startLive() {
+    stopLive();
+    if (!$("live").checked || currentView() !== "calls") return;
+    const generation = live.generation;
+    const controller = new AbortController();
+    live.controller = controller;
+    const filters = filterParams().filter(([name]) => FEED_FILTERS.has(name));
+    const ignored = filterParams().some(([name]) => !FEED_FILTERS.has(name) && name !== "order");
+    const following = ignored
+      ? "watching for new calls (date, phone and duration filters do not apply)"
+      : "watching for new calls";
+    let cursor;
+    try {
+      cursor = (await (await api("/v1/cdr/changes", filters, controller.signal)).json()).cursor;
+    } catch (err) {
+      if (generation === live.generation) liveFailed(err);
+      return;
+    }
+    if (generation !== live.generation) return;
+    $("live-state").textContent = following;
+    follow(generation, controller, cursor, following);
+  }
+
+  async function follow(generation, controller, cursor, following) {
+    let failures = 0;
+    while (generation === live.generation) {
+      try {
+        const params = [["cursor", cursor], ["wait", LIVE_WAIT_S], ["limit", String(BATCH)]];
+        const answer = await (await api("/v1/cdr/changes", params, controller.signal)).json();
+        if (generation !== live.generation) return;
+        cursor = answer.cursor;
+        failures = 0;
+        $("live-state").textContent = following;
+        showChanges(answer.data);
+      } catch (err) {
+        if (generation !== live.generation) return; // stopped: its request was aborted
+        if (err.status === 400 || err.status === 401) {
+          liveFailed(err);
+          return;
+        }
+        // The API is away (a restart, a deploy): try again, further apart each time.
+        failures += 1;
+        $("live-state").textContent = `reconnecting (${err.message})`;
+        await sleep(Math.min(30, 2 ** failures) * 1000);
+      }
+    }
+  }
+
+  function liveFailed(err) {
+    $("live").checked = false;
+    stopLive();
+    showError(err);
   }
 
   async function showDetail(id) {
@@ -377,10 +481,15 @@
     return $("charts-view").hidden ? "calls" : "charts";
   }
 
-  function refresh() {
+  async function refresh() {
     clearError();
-    if (currentView() === "calls") loadCalls(true);
-    else loadCharts();
+    stopLive();
+    if (currentView() === "calls") {
+      await startLive();
+      loadCalls(true);
+    } else {
+      loadCharts();
+    }
   }
 
   function showView(view) {
@@ -410,6 +519,10 @@
   $("filters").addEventListener("reset", () => setTimeout(refresh, 0));
   $("more").addEventListener("click", () => loadCalls(false));
   $("export").addEventListener("click", exportCsv);
+  $("live").addEventListener("change", () => {
+    if ($("live").checked) startLive();
+    else stopLive();
+  });
   $("bucket").addEventListener("change", loadCharts);
   for (const tab of document.querySelectorAll(".tab")) {
     tab.addEventListener("click", () => showView(tab.dataset.view));
