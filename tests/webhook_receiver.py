@@ -1,5 +1,5 @@
 """A real HTTP/1.1 receiver for webhook tests: a socket server in the test's loop that
-answers each POST as the test's ``behave`` says: 200, 500, 429 with Retry-After, no
+answers each POST as the test's ``behave`` says: 200, 500, 429 with Retry-After, a 302, no
 answer at all (the sender's timeout), or a connection reset (RST, SO_LINGER 0)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Literal
 
 import orjson
 
-Behaviour = Literal["ok", "error", "throttle", "hang", "reset"]
+Behaviour = Literal["ok", "error", "throttle", "hang", "reset", "redirect"]
 
 
 @dataclass
@@ -82,6 +82,7 @@ class Receiver:
                     "ok": ("200 OK", ""),
                     "error": ("500 Internal Server Error", ""),
                     "throttle": ("429 Too Many Requests", "Retry-After: 1\r\n"),
+                    "redirect": ("302 Found", "Location: http://169.254.169.254/latest/meta-data/\r\n"),
                 }[behaviour]
                 text = b"nope" if behaviour != "ok" else b""
                 writer.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(text)}\r\n{extra}\r\n".encode() + text)

@@ -478,3 +478,59 @@ async def test_endpoints_of_a_tenant_catching_up_together_share_their_reads(
     assert len(reads) >= 3
     again = [n for n in reads.values() if n > 1]
     assert len(again) <= 1 and all(n <= len(paths) for n in again), reads.values()
+
+
+async def test_an_endpoint_failing_too_long_is_disabled_with_the_reason_until_a_replay(
+    kafka_bootstrap: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    answer: list[Behaviour] = ["redirect"]
+    receiver.behave = lambda path: answer[0]
+    base = f"http://127.0.0.1:{receiver.port}"
+    env = await webhook_env(
+        kafka_bootstrap, tmp_path, {"t1.example": [hook("crm", base + "/crm")]}, webhook_max_failing_s=1.0
+    )
+    settings, store = env.settings, env.store
+    evs = events(6, seed=81, tenants=("t1.example",), start=datetime.now(UTC) - timedelta(hours=1))
+    try:
+        async with env.running(), notifying(settings, store) as notifier, api(settings, store) as url:
+            await recorded(store, 1)
+            since = datetime.now(UTC) - timedelta(seconds=1)
+            await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+
+            async def disabled() -> bool:
+                (crm,) = await api_states(url, "t1.example")
+                return bool(crm["state"] == "disabled")
+
+            await wait_for(disabled, 60, "the endpoint disabled")
+            (crm,) = await api_states(url, "t1.example")
+            # A redirect is a failure, never followed.
+            assert crm["last_error"]["status"] == 302
+            assert "redirect not followed" in crm["last_error"]["message"]
+            assert crm["disabled_reason"].startswith("failing for more than 1 s (CDR_WEBHOOK_MAX_FAILING_S), since ")
+            assert "redirect not followed" in crm["disabled_reason"]
+            tries = len(receiver.got["/crm"])
+            assert notifier.metrics.registry.get_sample_value("cdr_webhook_endpoints_disabled") == 1
+            assert notifier.metrics.registry.get_sample_value("cdr_webhook_deliveries_total", {"outcome": "redirect"})
+            answer[0] = "ok"
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {TOKENS['t1.example']}"}
+            ) as one:
+                replay = await one.post("/v1/webhooks/crm/replay", params={"since": since.isoformat()})
+                assert replay.status_code == 202
+
+            async def delivered() -> bool:
+                return {i for i, _ in versions(receiver.got["/crm"])} == {e["id"] for e in evs}
+
+            await wait_for(delivered, 60, "the changes delivered after the replay")
+            (crm,) = await api_states(url, "t1.example")
+            assert crm["state"] == "delivering" and crm["disabled_reason"] is None
+            assert len([r for r in receiver.got["/crm"] if r.answered == "redirect"]) == tries
+            await wait_for(
+                lambda: asyncio.sleep(
+                    0, notifier.metrics.registry.get_sample_value("cdr_webhook_endpoints_disabled") == 0
+                ),
+                10,
+                "the disabled count back to 0",
+            )
+    finally:
+        await store.close()

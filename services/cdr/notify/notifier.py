@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -223,7 +223,7 @@ class _Worker:
         )
         if failing_s >= self._n.settings.webhook_max_failing_s:
             state.disabled_reason = (
-                f"{_FAILING}{timedelta(seconds=int(self._n.settings.webhook_max_failing_s))} since "
+                f"{_FAILING}{self._n.settings.webhook_max_failing_s:g} s (CDR_WEBHOOK_MAX_FAILING_S), since "
                 f"{state.failing_since.isoformat(timespec='seconds')}; last error: {state.last_error}"
             )[: ERROR_EXCERPT * 2]
             log.warning(
