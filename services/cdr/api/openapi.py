@@ -53,6 +53,15 @@ _FEED_GUARANTEES = (
     " out); a cursor stays valid for the feed's retention (CDR_FEED_RETENTION_DAYS); any replica continues"
     " any cursor. Filters are sealed in the cursor."
 )
+_FEED_START = (
+    " Without a cursor, `since` starts at the first change stored at or after it (within the retention),"
+    " else the feed starts now."
+)
+_FEED_400 = (
+    "A parameter is invalid, repeated or empty; `param` names it. Also: a cursor that is not a feed cursor, is"
+    " another tenant's or older than the retention; a since older than the retention; a filter beside a"
+    " cursor that differs from the one it was issued for; two Authorization headers."
+)
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
@@ -193,7 +202,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "operationId": "cdrChanges",
                     "summary": "The change feed: every new or corrected CDR after a cursor, in order.",
-                    "description": _FEED_GUARANTEES,
+                    "description": (
+                        "A page of changes after the cursor and the next cursor (always given, also with no"
+                        " changes). A page may hold fewer than `limit` changes, or none, while more follow (a"
+                        " filter skips changes; a read takes a fair share of each partition): continue with the"
+                        " cursor. With `wait`, an empty answer comes only at the end of the wait; a change that"
+                        " arrives meanwhile is answered at once." + _FEED_START + " " + _FEED_GUARANTEES
+                    ),
                     "parameters": [_query_param(p) for p in feed_params(limits)],
                     "responses": {
                         "200": {
@@ -201,6 +216,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Changes"}}},
                         },
                         **common_errors,
+                        "400": _error(_FEED_400),
                     },
                 }
             },
@@ -214,7 +230,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         f" {settings.feed_heartbeat_s:g} s so proxies keep the connection. At most"
                         f" {settings.feed_max_streams_per_tenant} open streams per tenant and replica, else 429"
                         " with Retry-After. The stream ends when the replica stops: reconnect with the last"
-                        " event id. " + _FEED_GUARANTEES
+                        " event id." + _FEED_START + " " + _FEED_GUARANTEES
                     ),
                     "parameters": [
                         *(_query_param(p) for p in feed_params(limits, stream=True)),
@@ -228,10 +244,26 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {
-                            "description": "An endless text/event-stream of changes.",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            "description": (
+                                "An endless text/event-stream of changes: each event is `id: <the cursor after"
+                                " it>` and `data: <one Change as JSON, on one line>`; a line starting with `:` is"
+                                " a heartbeat. The data's schema is Change (`x-itemSchema`, as OpenAPI 3.2's"
+                                " `itemSchema` would say)."
+                            ),
+                            "content": {
+                                "text/event-stream": {
+                                    "schema": {"type": "string"},
+                                    "x-itemSchema": {"$ref": "#/components/schemas/Change"},
+                                    "example": (
+                                        'id: AZ3x...\ndata: {"id":"01b7d166-...","status":"ANSWERED",...,'
+                                        '"version":"2026-12-07T10:00:00.123Z","change":"created"}\n\n'
+                                        ": ping\n\n"
+                                    ),
+                                }
+                            },
                         },
                         **common_errors,
+                        "400": _error(_FEED_400),
                     },
                 }
             },
@@ -359,13 +391,23 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
                 "Change": {
                     "type": "object",
+                    "description": (
+                        "One stored version of a CDR: the record as GET /v1/cdr/{id} shows it, with its version"
+                        " and whether it is the call's first. (id, version) identifies it: a re-delivery"
+                        " carries the same pair."
+                    ),
                     "properties": {
                         **record_properties,
                         "version": {
                             "type": "string",
                             "description": "The version's emitted_at, RFC 3339 UTC: 2026-12-07T10:00:00.123Z.",
+                            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z$",
                         },
-                        "change": {"type": "string", "enum": ["created", "corrected"]},
+                        "change": {
+                            "type": "string",
+                            "enum": ["created", "corrected"],
+                            "description": "created: the call's first stored version; corrected: a later one.",
+                        },
                     },
                     "required": [*record_properties, "version", "change"],
                     "additionalProperties": False,
