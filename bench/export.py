@@ -127,7 +127,7 @@ async def load_scenario(tenants: int, per_tenant: int, busy: int) -> None:
     try:
         await migrate(store)
         began = time.perf_counter()
-        params = {"rows": tenants * per_tenant, "tenants": tenants, "per_tenant": per_tenant, "busy": busy}
+        params = {"first": 0, "rows": tenants * per_tenant, "tenants": tenants, "per_tenant": per_tenant, "busy": busy}
         await store.command(SCENARIO, {**params, "span": 365 * 86_400_000})
         await store.command("OPTIMIZE TABLE cdr.cdr FINAL")
         parts = (await store.query(ACTIVE_PARTS))[0][0]
@@ -243,7 +243,8 @@ async def concurrent_exports(args: argparse.Namespace) -> None:
     print(
         f"{machine()}; {args.concurrent} tenants exporting at once (NDJSON), {sum(expected.values()):,} CDRs,"
         f" busiest hour {busiest:,} calls; CDR_EXPORT_WINDOW_ROWS={settings.export_window_rows:,},"
-        f" CDR_MAX_CONCURRENT_EXPORTS={settings.max_concurrent_exports}"
+        f" CDR_MAX_CONCURRENT_EXPORTS={settings.max_concurrent_exports},"
+        f" CDR_EXPORT_READERS={settings.export_readers}"
     )
     failed = []
     for tenant, (lines, distinct, began, ended) in zip(tenants, results, strict=True):

@@ -318,9 +318,9 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description=(
-            "Export reads in the store at once per replica, all exports together: each costs the embedded"
-            " engine ~35-40 MB of working memory while it runs. Held only while a window is read, never"
-            " while a client takes it, so a slow client does not keep one."
+            "Store workers of the replica's export reads, all exports together: at most this many in the"
+            " engine at once, each costing the embedded engine ~35-40 MB of working memory while it runs."
+            " A worker is held only while a window is read, never while a client takes it."
         ),
     )
     clickhouse_password: SecretStr | None = Field(

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from cdr.store import Store, client
+from cdr.store import Store, client, open_store
 from cdr.store.client import Param
 from tests.api.conftest import TOKENS, Api, second_server
 from tests.helpers import events
@@ -133,13 +133,11 @@ class CountingStore(Store):
         self.read_sizes: list[int] = []
         self.readers: list[Param] = []  # the tenant of each read
 
-    async def stream_formatted(
-        self, sql: str, params: Mapping[str, Param], fmt: str, *, gate: asyncio.Semaphore | None = None
-    ) -> AsyncGenerator[bytes, None]:
+    async def stream_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> AsyncGenerator[bytes, None]:
         self.read_sizes.append(0)
         self.readers.append(params["tenant"])
         at = len(self.read_sizes) - 1
-        async for piece in super().stream_formatted(sql, params, fmt, gate=gate):
+        async for piece in super().stream_formatted(sql, params, fmt):
             self.read_sizes[at] += piece.count(b"\n")
             yield piece
 
@@ -249,15 +247,16 @@ class EngineReads:
 
 
 async def test_export_reads_in_the_engine_never_exceed_the_bound(spread: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Four exports at once (two of one tenant) with CDR_EXPORT_READERS=2: at most two
-    window reads are ever in the engine together (each read waits for a third to join
-    it, which eight read workers would let in without the bound); every export is whole."""
-    reads = EngineReads(client._stream, bound=2)
+    """Four exports at once (two of one tenant) on a store opened with CDR_EXPORT_READERS=3:
+    at most three window reads are ever in the engine together (each read waits for a
+    fourth to join it, which eight read workers would let in); every export is whole."""
+    reads = EngineReads(client._stream, bound=3)
     monkeypatch.setattr(client, "_stream", reads)
     want = {tenant: len(await spread.scroll(tenant, SPREAD_DAY)) for tenant in TOKENS}
     assert all(n == SPREAD_SIZE for n in want.values()), want
+    bounded = open_store(spread.settings.model_copy(update={"export_readers": 3}))
     server, task, url = await second_server(
-        spread, export_readers=2, export_window_rows=400, export_min_window_rows=100, tenant_max_concurrent_exports=2
+        spread, bounded, export_window_rows=400, export_min_window_rows=100, tenant_max_concurrent_exports=2
     )
 
     async def export(tenant: str) -> int:
@@ -274,8 +273,9 @@ async def test_export_reads_in_the_engine_never_exceed_the_bound(spread: Api, mo
     finally:
         server.should_exit = True
         await task
+        await bounded.close()
     assert got == [want[tenant] for tenant in tenants]
-    assert reads.most == 2  # reached (they do overlap), never passed
+    assert reads.most == 3  # reached (they do overlap), never passed
 
 
 async def test_windows_shrink_as_exports_share_the_window_budget(spread: Api, bulk: Api) -> None:

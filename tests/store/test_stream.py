@@ -1,6 +1,7 @@
 """Store.stream_formatted on the embedded engine: a result handed over in bounded pieces
 as it is read, a caller that leaves early or pauses frees the worker, a failure midway
-is an error. One read worker, so a worker that a stream kept would block the next read."""
+is an error. One read worker and one bulk worker, so a worker that a stream kept would
+block the next read."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ _BIG = "SELECT number, toString(number * 7) FROM numbers({n:UInt64})"
 
 @pytest.fixture(scope="module")
 async def store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Store]:
-    store = Store(f"chdb://{tmp_path_factory.mktemp('stream')}", database="cdr", read_workers=1)
+    store = Store(f"chdb://{tmp_path_factory.mktemp('stream')}", database="cdr", read_workers=1, bulk_workers=1)
     yield store
     await store.close()
 
@@ -33,8 +34,8 @@ async def test_a_stream_left_early_frees_its_worker(store: Store) -> None:
     stream = store.stream_formatted(_BIG, {"n": 5_000_000}, "CSV")
     assert await anext(stream)
     await stream.aclose()
-    # The only read worker is free again: the stream's read stopped.
-    assert await asyncio.wait_for(store.query("SELECT 1"), timeout=10) == [[1]]
+    # The only bulk worker is free again: the stream's read stopped.
+    assert await asyncio.wait_for(store.query("SELECT 1", bulk=True), timeout=10) == [[1]]
 
 
 async def test_a_stream_that_fails_midway_raises_a_store_error(store: Store) -> None:
@@ -47,40 +48,19 @@ async def test_a_stream_that_fails_midway_raises_a_store_error(store: Store) -> 
     assert await store.query("SELECT 2") == [[2]]
 
 
-async def test_a_caller_that_stops_taking_pieces_does_not_keep_the_reader(store: Store) -> None:
-    stream = store.stream_formatted(_BIG, {"n": 1_500_000}, "CSV")
-    try:
-        assert await anext(stream)
-        # The caller pauses here; the only read worker finishes the read all the same.
-        assert await asyncio.wait_for(store.query("SELECT 3"), timeout=20) == [[3]]
-        rest = [piece async for piece in stream]
-        assert len(rest) > 4
-    finally:
-        await stream.aclose()
-
-
 async def _drained(stream: AsyncIterator[bytes]) -> bytes:
     return b"".join([piece async for piece in stream])
 
 
-async def test_a_gate_is_held_while_the_engine_reads_not_while_the_caller_takes_pieces(store: Store) -> None:
-    """A stream's gate bounds the reads in the engine: taken before its read, given back
-    when the read ends although the caller has not taken its pieces (a slow client), or
-    when the caller leaves early."""
-    gate = asyncio.Semaphore(1)
-    paused = store.stream_formatted(_BIG, {"n": 1_500_000}, "CSV", gate=gate)
+async def test_a_paused_caller_does_not_keep_the_only_bulk_worker(store: Store) -> None:
+    """Streams run on the bulk workers (one here): a caller that stops taking pieces does
+    not keep it (its read ends at the engine's pace), so the next stream is read meanwhile;
+    the pieces wait for the paused caller, every one of them."""
+    paused = store.stream_formatted(_BIG, {"n": 1_500_000}, "CSV")
     try:
         first = await anext(paused)
-        assert gate.locked()  # the read is under way
-        # The caller pauses; its read ends all the same and the next gated read gets the gate.
-        small = await asyncio.wait_for(_drained(store.stream_formatted(_BIG, {"n": 10}, "CSV", gate=gate)), 20)
+        small = await asyncio.wait_for(_drained(store.stream_formatted(_BIG, {"n": 10}, "CSV")), timeout=20)
         assert small.count(b"\n") == 10
-        assert (first + await _drained(paused)).count(b"\n") == 1_500_000  # every piece was kept
+        assert (first + await _drained(paused)).count(b"\n") == 1_500_000
     finally:
         await paused.aclose()
-    assert not gate.locked()
-
-    left = store.stream_formatted(_BIG, {"n": 5_000_000}, "CSV", gate=gate)
-    assert await anext(left)
-    await left.aclose()
-    await asyncio.wait_for(gate.acquire(), timeout=20)  # given back: the read stopped

@@ -126,9 +126,6 @@ class CdrRoutes:
         self._reads = Slots(settings.tenant_max_concurrent_requests)
         self._tenant_exports = Slots(settings.tenant_max_concurrent_exports)
         self._exports = Slots(settings.max_concurrent_exports)  # the replica's, all tenants
-        # Export reads in the store at once, all exports together: each costs the engine's
-        # working memory while it runs, whatever the window (bench/RESULTS.md).
-        self._export_reads = asyncio.Semaphore(settings.export_readers)
         self._export_params = export_params(self._limits)
         self._stats_params = stats_params(self._limits)
 
@@ -179,8 +176,8 @@ class CdrRoutes:
         object per value) and hands over in pieces as it reads (``Store.stream_formatted``).
         So an export holds at most one window in memory however its calls spread over time
         and however slowly its client reads, and every read stays within the read budget;
-        a replica runs at most ``CDR_MAX_CONCURRENT_EXPORTS`` at once, and at most
-        ``CDR_EXPORT_READERS`` of their reads in the store (the engine's working memory per
+        a replica runs at most ``CDR_MAX_CONCURRENT_EXPORTS`` at once, and their reads run
+        on the store's ``CDR_EXPORT_READERS`` bulk workers (the engine's working memory per
         read is what grows with exports at once). Each window starts after the last key of
         the one before, so a record is exported once, and one stored meanwhile ahead of
         the read is still met. The first window is read up to its first piece before the
@@ -248,8 +245,7 @@ class CdrRoutes:
             after=after,
             rows=self._export_window_rows(),
         )
-        async with self._export_reads:
-            found = await self.run(query.sql, query.params)
+        found = await self.guarded(self._store.query(query.sql, query.params, bulk=True))
         return (_as_utc(found[0][0]), found[0][1]) if found else None
 
     def _export_window_rows(self) -> int:
@@ -277,9 +273,7 @@ class CdrRoutes:
             last=through,
         )
         fmt = "CSV" if wanted.format == "csv" else "JSONEachRow"
-        # The reader is held while the store reads the window, not while the client takes it.
-        stream = self._store.stream_formatted(query.sql, query.params, fmt, gate=self._export_reads)
-        async with aclosing(stream) as read:
+        async with aclosing(self._store.stream_formatted(query.sql, query.params, fmt)) as read:
             async for piece in read:
                 yield piece
 

@@ -256,12 +256,6 @@ def _stream(client: Client, sql: str, params: dict[str, Param], fmt: str, delive
                 return
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    """``callback`` on ``loop`` from any thread; nothing when the loop already closed."""
-    with suppress(RuntimeError):
-        loop.call_soon_threadsafe(callback)
-
-
 def _command(client: Client, sql: str, params: dict[str, Param]) -> None:
     client.command(sql, parameters=params)
 
@@ -283,6 +277,7 @@ class Store:
         cluster: str | None = None,
         read_workers: int = 8,
         write_workers: int = 2,
+        bulk_workers: int = 2,
         read_budget: ReadBudget | None = None,
         max_replica_delay_s: int | None = None,
     ) -> None:
@@ -312,6 +307,10 @@ class Store:
 
         self._reads = _Lane("read", read_workers, make_read_client)
         self._writes = _Lane("write", write_workers, make_client)
+        # Bulk reads (exports) on a few workers of their own: at most this many in the
+        # engine at once, and its working memory (allocator arenas included: they are
+        # per thread) kept by these threads, not spread over every reader.
+        self._bulk = _Lane("bulk", bulk_workers, make_read_client)
         # Readiness has a worker of its own: a pool full of slow reads must not fail the probe.
         self._health = _Lane("health", 1, make_read_client)
         self._closed = False
@@ -321,11 +320,18 @@ class Store:
             raise StoreUnavailable("the store is closed")
 
     async def query(
-        self, sql: str, params: Mapping[str, Param] | None = None, *, health: bool = False, writer: bool = False
+        self,
+        sql: str,
+        params: Mapping[str, Param] | None = None,
+        *,
+        health: bool = False,
+        writer: bool = False,
+        bulk: bool = False,
     ) -> list[Row]:
         """Rows of a SELECT, on a read worker (``health``: on the health check's own worker;
         ``writer``: on a write worker, for the ingestor's reads before an insert, which
-        neither take an API reader nor count against the API's read budget).
+        neither take an API reader nor count against the API's read budget; ``bulk``: on a
+        bulk worker, an export's, with ``stream_formatted``).
 
         Cancelled (its client went away), a read that has not started never runs; one
         that has is killed on a server and waited for, so the caller's slot stays taken
@@ -333,29 +339,22 @@ class Store:
         cancel; its reads end at the read budget's time limit)."""
         self._check_open()
         query_id = uuid.uuid4().hex
-        lane = self._health if health else self._writes if writer else self._reads
+        lane = self._health if health else self._writes if writer else self._bulk if bulk else self._reads
         work = lane.submit(_rows, sql, dict(params or {}), query_id)
         return await self._outcome(work, query_id, wait_if_cancelled=not health)
 
-    async def stream_formatted(
-        self, sql: str, params: Mapping[str, Param], fmt: str, *, gate: asyncio.Semaphore | None = None
-    ) -> AsyncGenerator[bytes, None]:
-        """A SELECT's result as ClickHouse formats it, in pieces as it is read (on a read
+    async def stream_formatted(self, sql: str, params: Mapping[str, Param], fmt: str) -> AsyncGenerator[bytes, None]:
+        """A SELECT's result as ClickHouse formats it, in pieces as it is read (on a bulk
         worker): the engine never materialises it, nor is it copied whole into Python.
 
         The worker reads at the engine's pace, not the caller's: a slow caller holds the
         pieces it has not taken (so callers bound the size of what they stream), but never
         a shared reader, and the read ends within its time budget whatever the caller
         does. A caller that stops early (closes the iterator, or is cancelled) stops the
-        read at the next piece.
-
-        ``gate``: taken before the read starts and given back when the engine's read ends
-        (or is cancelled before it started), not when the caller has taken every piece, so
-        it bounds the reads in the engine at once (their working memory) while a slow
-        caller holds only its pieces."""
+        read at the next piece. So the bulk workers bound the streamed reads in the engine
+        at once, not the callers still taking their pieces: a read waits for a worker only
+        while others are being read."""
         self._check_open()
-        if gate is not None:
-            await gate.acquire()
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[bytes] = asyncio.Queue()  # b"": the end (the worker's error follows)
         gone = threading.Event()
@@ -371,10 +370,7 @@ class Store:
             finally:
                 hand_over(b"")
 
-        work = self._reads.submit(produce)
-        if gate is not None:
-            release = gate.release
-            work.add_done_callback(lambda _: _call_soon(loop, release))
+        work = self._bulk.submit(produce)
         try:
             while piece := await pieces.get():
                 yield piece
@@ -425,7 +421,7 @@ class Store:
             return
         self._closed = True
         deadline = time.monotonic() + wait_s
-        for lane in (self._reads, self._writes, self._health):
+        for lane in (self._reads, self._writes, self._bulk, self._health):
             await asyncio.to_thread(lane.close, deadline)
 
     def qualified(self, table: str) -> str:
@@ -460,6 +456,7 @@ def open_store(settings: Settings) -> Store:
         cluster=settings.clickhouse_cluster,
         read_workers=settings.clickhouse_pool_size,
         write_workers=settings.clickhouse_write_pool_size,
+        bulk_workers=settings.export_readers,
         read_budget=ReadBudget(
             seconds=settings.query_timeout_ms / 1000,
             max_rows_to_read=settings.query_max_rows_to_read,
