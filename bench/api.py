@@ -39,6 +39,7 @@ from common import OUT, kafka, machine, percentiles
 from cdr.api.app import create_app
 from cdr.api.auth import token_digest
 from cdr.api.cursor import CursorCodec, Position
+from cdr.importer import merge_months
 from cdr.metrics import Metrics
 from cdr.settings import load_settings
 from cdr.store import Store, open_store
@@ -56,10 +57,15 @@ ACTIVE_PARTS = "SELECT count() FROM system.parts WHERE database = 'cdr' AND tabl
 GENERATE = """
 INSERT INTO cdr.cdr (tenant_id, id, sip_call_id, cause, duration, billsec, direction, recording_url,
                      recording_file, extension, from_number, to_number, receive_dest, time_started,
-                     time_answered, time_ended, status, emitted_at)
+                     time_answered, time_ended, status, emitted_at, from_e164, to_e164)
 SELECT tenant_id, id, sip_call_id, cause, duration, billsec, direction, recording_url, recording_file,
        extension, from_number, to_number, receive_dest, time_started, time_answered, time_ended, status,
-       time_ended AS emitted_at
+       time_ended AS emitted_at,
+       -- cdr.phones.canonical in Vietnam of these shapes: 0 + national, a hotline, an extension
+       multiIf(startsWith(from_number, '0'), concat('+84', substring(from_number, 2)),
+               length(from_number) >= 8, concat('+84', from_number), from_number) AS from_e164,
+       multiIf(startsWith(to_number, '0'), concat('+84', substring(to_number, 2)),
+               length(to_number) >= 8, concat('+84', to_number), to_number) AS to_e164
 FROM (
   SELECT
     n,
@@ -88,29 +94,34 @@ FROM (
       AS receive_dest,
     if(status = 'ANSWERED' AND sipHash64(n, 11) % 10 < 8, concat(toString(id), '.wav'), '') AS recording_file,
     if(recording_file = '', '', concat('https://recording.', tenant_id, '/', recording_file)) AS recording_url
-  FROM (SELECT number AS n FROM numbers({rows:UInt64}))
+  FROM (SELECT number AS n FROM numbers({first:UInt64}, {rows:UInt64}))
 )
 """
+BATCH = 20_000  # rows per insert, as the ingestor's batches arrive
 
 
-async def load(rows: int) -> None:
+async def load(rows: int, *, merge: bool) -> None:
+    """``rows`` calls in inserts of BATCH in time order, as a backfill through Kafka
+    stores them (several parts per month; ClickHouse merges some meanwhile); with
+    ``merge``, then each month into one part, as `cdr import` does when it finishes."""
     shutil.rmtree(STORE, ignore_errors=True)
     store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
     await migrate(store)
     began = time.perf_counter()
-    await store.command(GENERATE, {"rows": rows})
+    for first in range(0, rows, BATCH):
+        await store.command(GENERATE, {"first": first, "rows": min(BATCH, rows - first)})
     elapsed = time.perf_counter() - began
     parts = await store.query(ACTIVE_PARTS)
     print(f"loaded {rows:,} CDRs in {elapsed:.1f} s ({rows / elapsed:,.0f} rows/s), {parts[0][0]} active parts")
-    # What migration 0003 has ClickHouse do an hour after a month's last write: the
-    # months measured here are closed, so they are read as one part each.
-    began = time.perf_counter()
-    await store.command("OPTIMIZE TABLE cdr.cdr FINAL")
-    parts = await store.query(ACTIVE_PARTS)
-    print(
-        f"merged each month into one part (as migration 0003 does): {parts[0][0]} active parts,"
-        f" {time.perf_counter() - began:.1f} s"
-    )
+    if merge:
+        began = time.perf_counter()
+        months = await store.query("SELECT DISTINCT toYYYYMM(time_started) FROM cdr.cdr ORDER BY 1")
+        await merge_months(store, [int(m) for (m,) in months])
+        parts = await store.query(ACTIVE_PARTS)
+        print(
+            f"merged each month into one part (as cdr import does): {parts[0][0]} active parts,"
+            f" {time.perf_counter() - began:.1f} s"
+        )
     await store.close()
 
 
@@ -292,13 +303,16 @@ async def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--reuse", action="store_true", help="keep the store of an earlier run")
+    parser.add_argument(
+        "--unmerged", action="store_true", help="measure the store as loaded, before cdr import's merge of its months"
+    )
     parser.add_argument("--ingest-rate", type=float, default=5_000, help="events/s published during the last phase")
     parser.add_argument("--only-ingest", action="store_true", help="only the phase under ingest (cdr run)")
     parser.add_argument("--kinds", default="", help="only the request kinds whose name contains this text")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not (args.reuse and STORE.exists()):
-        await load(args.rows)
+        await load(args.rows, merge=not args.unmerged)
     else:
         await bring_up_to_date()
     samples = await sample(args.rows)
@@ -322,6 +336,8 @@ async def main() -> None:
         ("list, phone", lambda: (lambda p: (p[0], f"/v1/cdr?phone={p[3]}"))(rng.choice(picks))),
         ("list, status + direction", lambda: (any_tenant(), "/v1/cdr?status=BUSY&direction=inbound")),
         ("list, page 1 with total", lambda: (any_tenant(), "/v1/cdr?page=1&limit=10")),
+        ("page 1 with total (limit 50)", lambda: (any_tenant(), "/v1/cdr?page=1&limit=50")),
+        ("page 200 with total (limit 50)", lambda: (any_tenant(), "/v1/cdr?page=200&limit=50")),
         ("get by id", lambda: (lambda p: (p[0], f"/v1/cdr/{p[1]}"))(rng.choice(picks))),
         ("get by sip_call_id", lambda: (lambda p: (p[0], f"/v1/cdr/{p[2]}"))(rng.choice(picks))),
         ("scroll batch 1 (limit 100)", lambda: (any_tenant(), "/v1/cdr?scroll=true&limit=100")),

@@ -10,13 +10,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from cdr.api.app import create_app
 from cdr.metrics import Metrics
 from cdr.store import open_store
+from cdr.store.client import Row, Store
 from cdr.store.migrations import load_migrations, migrate
-from tests.api.conftest import Api, api_settings, serve
+from tests.api.conftest import TOKENS, Api, api_settings, serve
 from tests.helpers import make_event, store_events
 
 TENANT = "t1.example"
@@ -146,3 +148,33 @@ async def test_a_renumbered_call_is_not_found_by_its_old_number(phones_api: Api)
     assert len(stale) == 1
     found = await phones_api.scroll(TENANT, {"phone": "0" + BUSY})
     assert stale[0][0] not in {r["id"] for r in found}
+
+
+class _CountingStore(Store):
+    """The store, counting the reads the API runs on it."""
+
+    reads = 0
+
+    async def query(self, sql: str, params: Any = None, *, health: bool = False, **options: Any) -> list[Row]:
+        if not health:
+            self.reads += 1
+        return await super().query(sql, params, health=health, **options)
+
+
+async def test_a_search_that_finds_its_calls_is_one_read(phones_api: Api) -> None:
+    """The read reports how many keys it had, so a number with fewer calls than the batch
+    (most numbers) needs no second read to know that none is left."""
+    store = _CountingStore(phones_api.store.dsn, database=phones_api.store.database)
+    app = create_app(phones_api.settings, store, Metrics())
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=_auth()) as client:
+            answer = await client.get("/v1/cdr", params={"phone": "0" + MOBILES[1], "scroll": "true", "limit": "1000"})
+        assert answer.status_code == 200 and answer.json()["data"] and answer.json()["scroll_id"] is None
+        assert store.reads == 1
+    finally:
+        await store.close()
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[TENANT]}"}

@@ -364,8 +364,11 @@ class CdrRoutes:
                     phone_keys=keys,
                 )
                 rows = await self.run(page.sql, page.params)
+                if not wanted.filters.phones:
+                    return rows
+                rows, read = _keys_read(rows)
                 if len(rows) == wanted.limit or not await self._more_phone_keys(
-                    tenant, wanted.filters, desc, None, keys
+                    tenant, wanted.filters, desc, None, keys, read
                 ):
                     return rows
                 keys *= _MORE_KEYS
@@ -485,20 +488,27 @@ class CdrRoutes:
                 after=after,
                 phone_keys=keys,
             )
-            rows = await self.run(query.sql, query.params)
-            if len(rows) > limit or not await self._more_phone_keys(caller.tenant, filters, desc, after, keys):
+            rows, read = _keys_read(await self.run(query.sql, query.params))
+            if len(rows) > limit or not await self._more_phone_keys(caller.tenant, filters, desc, after, keys, read):
                 return rows
             keys *= _MORE_KEYS
 
     async def _more_phone_keys(
-        self, tenant: str, filters: SearchFilters, desc: bool, after: tuple[datetime, UUID] | None, keys: int
+        self,
+        tenant: str,
+        filters: SearchFilters,
+        desc: bool,
+        after: tuple[datetime, UUID] | None,
+        keys: int,
+        read: int | None,
     ) -> bool:
-        """Whether a phone search that read ``keys`` candidates and came back short may have
-        left some unread (it read as many as it asked for). False for any other search."""
-        if not filters.phones:
-            return False
-        query = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=keys)
-        return int((await self.run(query.sql, query.params))[0][0]) >= keys
+        """Whether a phone search that asked for ``keys`` candidates and came back short may
+        have left some unread: it read as many as it asked for (``read``, from its rows; a
+        read with no row is asked again)."""
+        if read is None:
+            query = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=keys)
+            read = int((await self.run(query.sql, query.params))[0][0])
+        return read >= keys
 
     async def _tenant_edge(self, tenant: str, *, latest: bool) -> datetime | None:
         """The tenant's earliest (latest) call, cached for a while. A stale value only
@@ -544,6 +554,12 @@ class CdrRoutes:
             ),
             reads,
         )
+
+
+def _keys_read(rows: list[list[Any]]) -> tuple[list[list[Any]], int | None]:
+    """A limited phone search's rows without their last column, and what it says: how many
+    candidates the read had (the same in every row; None without a row)."""
+    return [row[:-1] for row in rows], (int(rows[0][-1]) if rows else None)
 
 
 def _same_filters(wanted: ListRequest, position: Position) -> None:
