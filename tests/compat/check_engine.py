@@ -34,6 +34,7 @@ from cdr.store.queries import (
     export_window_end_query,
     id_lookup_query,
     page_query,
+    phone_keys_query,
     scroll_query,
     stats_query,
     tenant_edge_query,
@@ -120,6 +121,8 @@ def main() -> None:
     lines = run(db, "export, every record", everything, "JSONEachRow").splitlines()
     if len(lines) != len(rows) or orjson.loads(lines[0])["id"] != min(rows, key=_sort_key)["id"]:
         sys.exit("the export did not return every record in list order with the API's field names")
+    phone = SearchFilters(phones=("0899888999", "+84899888999"))
+    run(db, "phone keys", phone_keys_query(TABLE, "t.example", phone, desc=True, after=None, keys=11))
     run(db, "tenant edge", tenant_edge_query(TABLE, "t.example", latest=True))
     found = run(db, "get by id", id_lookup_query(TABLE, "t.example", UUID(first["id"]), tz=TZ))
     by_call = run(db, "get by Call-ID", call_id_lookup_query(TABLE, "t.example", first["sip_call_id"], tz=TZ))
