@@ -534,3 +534,92 @@ async def test_an_endpoint_failing_too_long_is_disabled_with_the_reason_until_a_
             )
     finally:
         await store.close()
+
+
+async def test_cdr_notify_killed_mid_stream_resumes_from_its_written_position(
+    kafka_bootstrap: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """`cdr notify` as its own process (the embedded store is one process's at a time, so
+    `cdr run` stores the changes first, while the receiver refuses them all), SIGKILLed while
+    it delivers through failures, then started again: every change arrives."""
+    refusing = [True]
+    rng = random.Random(28)
+    behaviours: list[Behaviour] = ["ok", "error", "throttle", "reset"]
+
+    def behave(path: str) -> Behaviour:
+        return "error" if refusing[0] else rng.choices(behaviours, weights=[70, 10, 5, 15])[0]
+
+    receiver.behave = behave
+    tenants_file = directory(
+        tmp_path / "tenants.json", {"t1.example": [hook("all", f"http://127.0.0.1:{receiver.port}/all")]}
+    )
+    port = free_port()
+    env, topic = await service_env(
+        kafka_bootstrap,
+        tmp_path / "data",
+        tenants_file=tenants_file,
+        cursor_secret=SECRET,
+        api_port=port,
+        ops_port=free_port(),  # cdr notify's
+        **FAST,
+    )
+    url = f"http://127.0.0.1:{port}"
+    evs = events(300, seed=91, tenants=("t1.example",), start=datetime.now(UTC) - timedelta(hours=2), spacing_s=2)
+    log = (tmp_path / "processes.log").open("ab")
+
+    def command(name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "cdr.cli", name], env=env, stdout=log, stderr=log)
+
+    async def all_stored() -> bool:
+        try:
+            async with httpx.AsyncClient(base_url=url) as http:
+                text = (await http.get("/metrics")).text
+        except httpx.HTTPError:
+            return False
+        return f"cdr_events_stored_total {float(len(evs))}" in text
+
+    async def recorded_start() -> bool:
+        try:
+            (state,) = await api_states(url, "t1.example")
+        except (httpx.HTTPError, AssertionError, ValueError):
+            return False
+        return bool(state["state"] != "pending")
+
+    process = command("run")
+    try:
+        await wait_for(recorded_start, 90, "the endpoint's start recorded")
+        await produce(kafka_bootstrap, topic, encoded(evs))
+        await wait_for(all_stored, 90, "every event stored")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert not receiver.delivered("/all")
+        refusing[0] = False
+        process = command("notify")
+        await wait_for(lambda: asyncio.sleep(0, len(versions(receiver.got["/all"])) >= 60), 60, "deliveries under way")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        before = {i for i, _ in versions(receiver.got["/all"])}
+        assert before < {e["id"] for e in evs}  # killed mid-stream
+        process = command("notify")
+
+        async def all_delivered() -> bool:
+            return {i for i, _ in versions(receiver.got["/all"])} == {e["id"] for e in evs}
+
+        await wait_for(all_delivered, 120, "every change delivered after the restart")
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        log.close()
+    requests = receiver.got["/all"]
+    verify(requests)
+    records = await read_all(kafka_bootstrap, topic, len(evs))
+    where = {orjson.loads(r.value)["id"]: (r.partition, r.offset) for r in records}
+    seen: set[str] = set()
+    last: dict[int, int] = defaultdict(lambda: -1)
+    for id_, _ in versions(requests):
+        if id_ not in seen:
+            seen.add(id_)
+            partition, offset = where[id_]
+            assert offset > last[partition], id_
+            last[partition] = offset
