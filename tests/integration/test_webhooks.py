@@ -623,3 +623,32 @@ async def test_cdr_notify_killed_mid_stream_resumes_from_its_written_position(
             partition, offset = where[id_]
             assert offset > last[partition], id_
             last[partition] = offset
+
+
+async def test_cdr_notify_stops_at_once_when_asked_while_clickhouse_is_unreachable(tmp_path: Path) -> None:
+    ops = free_port()
+    env = {
+        **os.environ,
+        "CDR_CLICKHOUSE_URL": "http://127.0.0.1:1",  # nothing listens: start-up retries
+        "CDR_STARTUP_TIMEOUT_MS": "300000",
+        "CDR_OPS_PORT": str(ops),
+    }
+    with (tmp_path / "notify.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "cdr.cli", "notify"], env=env, stdout=log, stderr=log)
+        try:
+
+            async def serving() -> bool:
+                try:
+                    async with httpx.AsyncClient() as http:
+                        ready = await http.get(f"http://127.0.0.1:{ops}/readyz")
+                except httpx.TransportError:
+                    return False
+                return ready.status_code == 503 and ready.json()["checks"]["notifier"] == "starting"
+
+            await wait_for(serving, 60, "cdr notify serving /readyz while it starts")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0  # not after the 300 s start-up budget
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

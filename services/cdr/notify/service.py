@@ -43,8 +43,8 @@ async def run_notify(settings: Settings) -> int:
         if settings.embedded
         else wait_until_current
     )
-    try:
-        await with_retries(
+    starting = asyncio.create_task(
+        with_retries(
             "ClickHouse",
             lambda: schema(store),
             transient=(StoreUnavailable,),
@@ -52,14 +52,28 @@ async def run_notify(settings: Settings) -> int:
             setting="CDR_CLICKHOUSE_URL",
             value=masked_url(settings.clickhouse_dsn),
         )
-        log.info("notifier started", extra={"endpoints": len(notifier.directory.endpoints)})
-        running = asyncio.create_task(notifier.run(stopping))
-        await asyncio.wait({running, serving}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.set()
-        await running
+    )
+    stopped = asyncio.create_task(stopping.wait())
+    failed = False
+    try:
+        # A stop during start-up (ClickHouse unreachable, the schema not migrated yet) is obeyed.
+        await asyncio.wait({starting, stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # its failure: StartupFailed, exit 1 (cli)
+            log.info("notifier started", extra={"endpoints": len(notifier.directory.endpoints)})
+            running = asyncio.create_task(notifier.run(stopping))
+            # Until a signal, or the ops server stopping by itself (e.g. its port taken).
+            await asyncio.wait({running, serving}, return_when=asyncio.FIRST_COMPLETED)
+            failed = serving.done() and not stopping.is_set()
+            stopping.set()
+            await running
+        else:
+            failed = not stopping.is_set()
     finally:
+        for task in (starting, stopped):
+            task.cancel()
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await serving
         await store.close()
-    return 0
+    return 1 if failed else 0
