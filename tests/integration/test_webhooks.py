@@ -32,7 +32,7 @@ from cdr.settings import Settings
 from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
 from cdr.store.webhooks import EndpointState, state_rows
-from tests.api.conftest import SECRET, TOKENS, free_port, serve
+from tests.api.conftest import SECRET, TOKENS, free_port, replace_file, serve
 from tests.helpers import create_topics, encoded, events, produce, read_all, service_env, wait_for
 from tests.integration.conftest import IngestEnv, make_settings
 from tests.webhook_receiver import Behaviour, Received, Receiver
@@ -372,6 +372,9 @@ async def test_the_api_shows_each_endpoints_state_to_its_tenant_only_and_replays
             (crm, _) = await api_states(url, "t1.example")
             assert crm["replay_generation"] == accepted.json()["replay_generation"]
             assert {i for i, _ in versions(receiver.got["/t2/theirs"])} == {e["id"] for e in evs} - mine
+            # A directory that no longer parses: the previous endpoints are still shown.
+            replace_file(tmp_path / "tenants.json", '{"tenants": {"t1.example": {"webhooks": "broken"}}}')
+            assert [s["name"] for s in await api_states(url, "t1.example")] == ["crm", "off"]
     finally:
         await store.close()
 

@@ -5,6 +5,7 @@ replay requests, which the notifier adopts within CDR_WEBHOOK_RELOAD_MS."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from starlette.routing import Route
 from cdr.api.errors import InvalidParameter, NotFound
 from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import Caller, CdrRoutes
-from cdr.settings import Settings
+from cdr.settings import Settings, SettingsError
 from cdr.store import Store
 from cdr.store.feed import start_position, tenant_start
 from cdr.store.webhooks import (
@@ -31,6 +32,8 @@ from cdr.store.webhooks import (
     states_of,
 )
 from cdr.tenants import FileStamp, TenantEntry, file_stamp, read_tenants_file
+
+log = logging.getLogger(__name__)
 
 
 def _time(value: datetime | None) -> str | None:
@@ -50,8 +53,15 @@ class _Webhooks:
         if self._path is not None:
             stamp = file_stamp(self._path)
             if stamp != self._stamp:
-                self._entries = read_tenants_file(self._path)
                 self._stamp = stamp
+                try:
+                    self._entries = read_tenants_file(self._path)
+                except SettingsError as exc:
+                    # As the token directory does: the previous entries stay in use.
+                    log.error(
+                        "tenant directory changed but cannot be used; keeping the previous webhooks",
+                        extra={"error": str(exc)},
+                    )
         return self._entries.get(tenant)
 
 
