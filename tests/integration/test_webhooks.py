@@ -535,6 +535,17 @@ async def test_an_endpoint_failing_too_long_is_disabled_with_the_reason_until_a_
                 10,
                 "the disabled count back to 0",
             )
+            # The endpoint removed from the directory: its lag series goes too.
+            lag = {"tenant": "t1.example", "endpoint": "crm"}
+            assert notifier.metrics.registry.get_sample_value("cdr_webhook_lag_seconds", lag) is not None
+            directory(tmp_path / "tenants.json", {})
+            await wait_for(
+                lambda: asyncio.sleep(
+                    0, notifier.metrics.registry.get_sample_value("cdr_webhook_lag_seconds", lag) is None
+                ),
+                10,
+                "the removed endpoint's lag series gone",
+            )
     finally:
         await store.close()
 

@@ -271,6 +271,7 @@ class Notifier:
         self._reading: dict[_ReadKey, asyncio.Future[tuple[list[Change], bool]]] = {}
         self._recent: OrderedDict[_ReadKey, list[Change]] = OrderedDict()
         self._last_write_ms = 0
+        self._observed: set[EndpointKey] = set()  # the endpoints with a lag series
         self.running = False
 
     # -- store access -------------------------------------------------------------------
@@ -439,6 +440,9 @@ class Notifier:
         endpoints = self.directory.endpoints
         for key in [k for k in self._workers if k not in endpoints]:
             self._stop(key)
+        for key in self._observed - endpoints.keys():
+            self.metrics.webhook_lag.remove(*key)  # an endpoint gone: its series too
+        self._observed = set(endpoints)
         for key, endpoint in endpoints.items():
             worker = self._workers.get(key)
             if worker is not None and worker.endpoint == endpoint:
