@@ -168,7 +168,9 @@ async def sample(rows: int) -> dict[str, Any]:
         # 20 tenants: 8 clients on fewer would meet the per-tenant concurrency limit (429).
         "WHERE tenant_id IN (SELECT concat('tenant', leftPad(toString(number * 5 + 2), 3, '0'), '.pbx.vn') "
         "FROM numbers(20)) "
-        "ORDER BY tenant_id, time_started, id LIMIT 1 OFFSET 99899 BY tenant_id"
+        # Batch 1,000 of 100 where a tenant has that many calls (10 M); at fewer rows, its last.
+        "ORDER BY tenant_id, time_started, id LIMIT 1 OFFSET {deep:UInt32} BY tenant_id",
+        {"deep": min(99_899, rows // TENANTS - 101)},
     )
     await store.close()
     return {"picks": picks, "deep": deep}
