@@ -7,8 +7,9 @@ One check is refined rather than dropped: ``positive_data_acceptance`` expects e
 schema-valid request to succeed, but a few rules span values or need state that JSON
 Schema cannot say (end before start, a date that does not exist or leaves the store's
 range after conversion to UTC, pagination deeper than the limit, a cursor only the
-server can sign). ``_accepts_positive_data`` applies the same check and lets through only
-those 400s, each recognised by the parameter and the rule the error names.
+server can sign, a feed started from a cursor and a time at once).
+``_accepts_positive_data`` applies the same check and lets through only those 400s,
+each recognised by the parameter and the rule the error names.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ _RULES_BEYOND_SCHEMA = (
     ({"page"}, ("deepest pagination",)),
     ({"max_duration"}, ("must be above min_duration",)),
     ({"scroll_id"}, ("not valid", "malformed", "expired")),
+    # A feed cursor is sealed by the server like a scroll_id; a feed starts from a cursor or
+    # from since, not both, and since must lie within the feed's retention.
+    ({"cursor"}, ("cursor",)),
+    ({"since"}, ("one or the other", "retention", "in the future", "calendar", "outside the range")),
 )
 
 
