@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,17 @@ async def serve(app: ASGIApp, settings: Settings) -> tuple[uvicorn.Server, async
             raise RuntimeError(f"the API server did not start within {_START_TIMEOUT_S} s")
         await asyncio.sleep(0.05)
     return server, task, f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def running_api(settings: Settings, store: Store) -> AsyncIterator[str]:
+    """The API app over ``store`` served while the block runs; yields its base URL."""
+    server, task, url = await serve(create_app(settings, store, Metrics()), settings)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        await task
 
 
 @dataclass(repr=False)

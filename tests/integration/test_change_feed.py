@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,11 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from cdr.api.app import create_app
 from cdr.api.auth import token_digest
 from cdr.metrics import Metrics
-from cdr.settings import Settings
 from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
-from tests.api.conftest import SECRET, TOKENS, serve
+from tests.api.conftest import SECRET, TOKENS, running_api
 from tests.helpers import create_topics, encoded, events, produce, read_all, wait_for
 from tests.integration.conftest import IngestEnv, make_settings
 
@@ -47,16 +44,6 @@ async def feed_env(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Ingest
         yield IngestEnv(settings, store, Metrics())
     finally:
         await store.close()
-
-
-@asynccontextmanager
-async def api(settings: Settings, store: Store) -> AsyncIterator[str]:
-    server, task, url = await serve(create_app(settings, store, Metrics()), settings)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        await task
 
 
 def client(url: str, tenant: str = "t1.example") -> httpx.AsyncClient:
@@ -113,7 +100,7 @@ async def test_rows_carry_their_kafka_position_and_the_feed_delivers_each_newest
         assert event["id"] == id_
         assert int(datetime.fromisoformat(event["emitted_at"]).timestamp() * 1000) == emitted_ms
 
-    async with api(settings, store) as url, client(url) as http:
+    async with running_api(settings, store) as url, client(url) as http:
         items, _ = await drain(http, {"since": since, "limit": "7"})
         mine = [e for e in evs if e["tenant_id"] == "t1.example"]
         assert sorted({i["id"] for i in items}) == sorted(e["id"] for e in mine)
@@ -130,7 +117,12 @@ async def test_rows_carry_their_kafka_position_and_the_feed_delivers_each_newest
 
 async def test_long_poll_answers_when_a_change_arrives_and_other_tenants_never_show(feed_env: IngestEnv) -> None:
     settings, store = feed_env.settings, feed_env.store
-    async with feed_env.running(), api(settings, store) as url, client(url) as http, client(url, "t2.example") as two:
+    async with (
+        feed_env.running(),
+        running_api(settings, store) as url,
+        client(url) as http,
+        client(url, "t2.example") as two,
+    ):
         start = (await http.get("/v1/cdr/changes")).json()["cursor"]
         other = (await two.get("/v1/cdr/changes")).json()["cursor"]
         waiting = asyncio.create_task(http.get("/v1/cdr/changes", params={"cursor": start, "wait": "30"}))
@@ -154,7 +146,7 @@ async def test_the_stream_resumes_with_last_event_id_sends_heartbeats_and_limits
     settings, store = feed_env.settings, feed_env.store
     first = events(5, seed=7, tenants=("t1.example",), start=datetime.now(UTC) - timedelta(minutes=30))
     second = events(5, seed=8, tenants=("t1.example", "t2.example"), start=datetime.now(UTC) - timedelta(minutes=20))
-    async with feed_env.running(), api(settings, store) as url, client(url) as http:
+    async with feed_env.running(), running_api(settings, store) as url, client(url) as http:
         start = (await http.get("/v1/cdr/changes")).json()["cursor"]
         got: list[dict[str, Any]] = []
         last_id = ""

@@ -4,15 +4,8 @@
 token digests (several at once, for rotation), its timezone, phone region and rate
 limit; anything left out falls back to the service-wide setting. ``CDR_API_TOKENS`` and
 ``CDR_API_TOKENS_FILE`` still work: their tenants get the service-wide profile. The file's
-parser is ``cdr.tenants`` (the ingestor reads each tenant's timezone from the same file).
-
-    tenants:
-      acme.vn:
-        tokens: [<sha256 hex of a token>, <sha256 hex of the next one>]
-        timezone: Asia/Ho_Chi_Minh
-        phone_region: VN
-        rate_limit_per_s: 50
-        rate_limit_burst: 100
+parser, and the file's example, are in ``cdr.tenants`` (the ingestor reads each tenant's
+timezone from the same file).
 """
 
 from __future__ import annotations
