@@ -105,7 +105,7 @@ async def load(rows: int, *, merge: bool) -> None:
     stores them (several parts per month; ClickHouse merges some meanwhile); with
     ``merge``, then each month into one part, as `cdr import` does when it finishes."""
     shutil.rmtree(STORE, ignore_errors=True)
-    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
+    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None).clickhouse)
     await migrate(store)
     began = time.perf_counter()
     for first in range(0, rows, BATCH):
@@ -127,7 +127,7 @@ async def load(rows: int, *, merge: bool) -> None:
 
 async def bring_up_to_date() -> None:
     """A reused store may predate a migration (new ones backfill what is stored)."""
-    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
+    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None).clickhouse)
     try:
         applied = await migrate(store)
     finally:
@@ -157,7 +157,7 @@ def api_environment() -> tuple[list[str], dict[str, str]]:
 
 async def sample(rows: int) -> dict[str, Any]:
     """Ids, Call-IDs, phones and deep cursor positions to request, read before the API starts."""
-    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
+    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None).clickhouse)
     picks = await store.query(
         "SELECT tenant_id, toString(id), sip_call_id, if(direction = 1, from_number, to_number) "
         "FROM cdr.cdr WHERE rand() % {m:UInt32} = 0 LIMIT 2000",
@@ -196,7 +196,7 @@ async def direct_reads(scenarios: list[Any], requests: int, tokens_file: str) ->
     settings = load_settings(
         data_dir=STORE, clickhouse_url=None, api_tokens_file=tokens_file, cursor_secret=SECRET, log_level="WARNING"
     )
-    app = create_app(settings, store, Metrics())
+    app = create_app(settings.api, settings.common, store, Metrics())
     results: dict[str, dict[str, Any]] = {}
     try:
         transport = httpx.ASGITransport(app=app)

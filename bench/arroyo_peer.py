@@ -81,7 +81,7 @@ def main() -> None:
     bootstrap, topic, group, data = sys.argv[1:5]
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings(data_dir=Path(data), clickhouse_url=None)
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     asyncio.run(migrate(store))
     consumer = KafkaConsumer(
         build_kafka_consumer_configuration(
@@ -92,8 +92,8 @@ def main() -> None:
             enable_auto_commit=False,
         )
     )
-    writer = Writer(store, settings.zone, settings.max_future_skew_s)
-    factory = Factory(writer, settings.batch_size, settings.batch_time_ms / 1000)
+    writer = Writer(store, settings.common.zone, settings.ingest.max_future_skew_s)
+    factory = Factory(writer, settings.ingest.batch_size, settings.ingest.batch_time_ms / 1000)
     processor = StreamProcessor(consumer, Topic(topic), factory)
     signal.signal(signal.SIGTERM, lambda *_: processor.signal_shutdown())
     signal.signal(signal.SIGINT, lambda *_: processor.signal_shutdown())

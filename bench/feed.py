@@ -377,13 +377,14 @@ async def hub_child(port: int) -> None:
     from cdr.store.migrations import migrate
 
     settings = load_settings()
-    store = open_store(settings)
-    await migrate(store, feed_retention_days=settings.feed_retention_days)
+    store = open_store(settings.clickhouse)
+    await migrate(store, feed_retention_days=settings.api.feed_retention_days)
     metrics = Metrics()
-    ingestor = build_ingestor(settings, store, metrics)
-    hub = feed_hub_for(settings, store)
+    ingestor = build_ingestor(settings.kafka, settings.ingest, settings.common, store, metrics)
+    hub = feed_hub_for(settings.api, store)
     ingestor.pipeline.on_stored = hub.poke  # as cdr.runner does
-    server = http_server(create_app(settings, store, metrics, feed_hub=hub), "127.0.0.1", port, settings)
+    app = create_app(settings.api, settings.common, store, metrics, feed_hub=hub)
+    server = http_server(app, "127.0.0.1", port, settings.api)
     await ingestor.start()
     serving = asyncio.create_task(server.serve())
     me = psutil.Process()

@@ -229,7 +229,7 @@ async def run_consumer(name: str, bootstrap: str, events: int, partitions: int) 
     from cdr.settings import load_settings
     from cdr.store import open_store
 
-    store = open_store(load_settings(data_dir=data, clickhouse_url=None))
+    store = open_store(load_settings(data_dir=data, clickhouse_url=None).clickhouse)
     rows = await store.query("SELECT uniqExact(id) FROM cdr.cdr FINAL")
     await store.close()
     run = Run((n90 - n10) / (t90 - t10), events / elapsed, idle_rss, rss.peak, int(rows[0][0]))
@@ -254,7 +254,7 @@ async def naive_faststream(bootstrap: str, seconds: float) -> float:
     data = OUT / "naive-store"
     shutil.rmtree(data, ignore_errors=True)
     settings = load_settings(data_dir=data, clickhouse_url=None)
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     await migrate(store)
     broker = KafkaBroker(bootstrap, log_level=10)
     count = 0
@@ -262,7 +262,7 @@ async def naive_faststream(bootstrap: str, seconds: float) -> float:
     @broker.subscriber(TOPIC, group_id=f"naive-{time.time_ns()}", auto_offset_reset="earliest")
     async def handle(body: dict[str, object]) -> None:
         nonlocal count
-        event = CallEnded.model_validate(body, context={"timezone": settings.zone})
+        event = CallEnded.model_validate(body, context={"timezone": settings.common.zone})
         await store.insert_arrow("cdr", to_table([event]))
         count += 1
 

@@ -47,7 +47,7 @@ async def main() -> None:
     if not STORE.exists():
         raise SystemExit(f"no store at {STORE}: run bench/api.py first")
     await bring_up_to_date()
-    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None))
+    store = open_store(load_settings(data_dir=STORE, clickhouse_url=None).clickhouse)
     try:
         rows = await store.query("SELECT count() FROM cdr.cdr")
         picks = await store.query(
@@ -80,7 +80,7 @@ async def main() -> None:
 async def insert_cost(batches: int = 6, size: int = 20_000) -> None:
     folder = OUT / "insert-cost-store"
     shutil.rmtree(folder, ignore_errors=True)
-    store = open_store(load_settings(data_dir=folder, clickhouse_url=None))
+    store = open_store(load_settings(data_dir=folder, clickhouse_url=None).clickhouse)
     rng = random.Random(3)
     start = datetime(2025, 1, 1, tzinfo=UTC)
     tables = []

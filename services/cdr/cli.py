@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 from cdr.logs import configure_logging
-from cdr.settings import Settings, SettingsError, load_settings
+from cdr.settings import GROUPS, Settings, SettingsError, load_settings
 from cdr.startup import StartupFailed, masked_url
 from cdr.store import StoreError, open_store
 from cdr.store.migrations import migrate
@@ -19,9 +20,9 @@ log = logging.getLogger("cdr")
 
 
 async def _migrate(settings: Settings) -> int:
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     try:
-        applied = await migrate(store, feed_retention_days=settings.feed_retention_days)
+        applied = await migrate(store, feed_retention_days=settings.api.feed_retention_days)
     finally:
         await store.close()
     names = [f"{m.version:04d}_{m.name}" for m in applied]
@@ -36,30 +37,33 @@ async def _check_config(settings: Settings, command: str) -> int:
     smoke test, and an operator's check of a configuration before a rollout."""
     from cdr.metrics import Metrics
 
-    store = open_store(settings)  # no connection yet: clients are made by the first query
+    store = open_store(settings.clickhouse)  # no connection yet: clients are made by the first query
     try:
         if command in ("api", "run"):
             from cdr.api.app import create_app
 
-            create_app(settings, store, Metrics())
+            create_app(settings.api, settings.common, store, Metrics())
         if command in ("ingest", "run"):
             from cdr.ingest.app import build_ingestor
 
-            build_ingestor(settings, store, Metrics())
+            build_ingestor(settings.kafka, settings.ingest, settings.common, store, Metrics())
         if command in ("notify", "run"):
             from cdr.notify.notifier import Notifier
+            from cdr.store.feed_hub import feed_hub_for
 
-            Notifier(settings, store, Metrics())
+            Notifier(settings.notify, settings.common, store, Metrics(), hub=feed_hub_for(settings.api, store))
     finally:
         await store.close()
-    log.info("configuration valid", extra={"command": command, "clickhouse": masked_url(settings.clickhouse_dsn)})
+    log.info(
+        "configuration valid", extra={"command": command, "clickhouse": masked_url(settings.clickhouse.clickhouse_dsn)}
+    )
     return 0
 
 
 async def _create_topics(settings: Settings) -> int:
     from cdr.topics import create_topics
 
-    created = await create_topics(settings)
+    created = await create_topics(settings.kafka)
     log.info("topics ready", extra={"topics_created": created})
     return 0
 
@@ -85,16 +89,16 @@ def schema_files(settings: Settings) -> dict[str, bytes]:
     from cdr.model.schema import EVENT_SCHEMA_FILE, event_json_schema
 
     dump = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
-    documented = settings.model_copy(update=_DOC_DEFAULTS)
+    documented = settings.replaced(**_DOC_DEFAULTS)
     return {
         EVENT_SCHEMA_FILE: orjson.dumps(event_json_schema(), option=dump) + b"\n",
-        OPENAPI_FILE: orjson.dumps(openapi_document(documented), option=dump) + b"\n",
-        ASYNCAPI_FILE: orjson.dumps(asyncapi_document(documented), option=dump) + b"\n",
+        OPENAPI_FILE: orjson.dumps(openapi_document(documented.api), option=dump) + b"\n",
+        ASYNCAPI_FILE: orjson.dumps(asyncapi_document(documented.kafka), option=dump) + b"\n",
     }
 
 
 # The checked-in documents show the defaults, whatever this machine's environment says.
-_DOC_DEFAULTS = {
+_DOC_DEFAULTS: dict[str, object] = {
     "default_limit": 10,
     "max_limit": 1_000,
     "kafka_bootstrap_servers": "kafka:9092",
@@ -127,16 +131,27 @@ def _config_failure(exc: SettingsError) -> None:
     log.error("invalid configuration", extra={"problems": exc.problems})
 
 
+def settings_help(width: int = 100) -> str:
+    """The CDR_* variables by group, in the order of the README's Settings section."""
+    lines = ["settings, by group (CDR_* environment variables; README, Settings, says what each does):"]
+    for group in GROUPS.values():
+        names = ", ".join(group.env(field) for field in group.model_fields)
+        lines.append(textwrap.fill(names, width, initial_indent=f"  {group.title}: ", subsequent_indent="    "))
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
+    clickhouse = (
+        "ClickHouse: CDR_CLICKHOUSE_URL=http(s)://[user@]host[:port] for a server or cluster, or"
+        " chdb:///absolute/folder for the embedded engine in this process (one process per folder:"
+        " use `cdr run`); unset, the embedded engine in CDR_DATA_DIR (default ./data). The same"
+        " client code (clickhouse-connect) runs either way."
+    )
     parser = argparse.ArgumentParser(
         prog="cdr",
         description="CDR service. Configuration comes from CDR_* environment variables (see README).",
-        epilog=(
-            "ClickHouse: CDR_CLICKHOUSE_URL=http(s)://[user@]host[:port] for a server or cluster, or"
-            " chdb:///absolute/folder for the embedded engine in this process (one process per folder:"
-            " use `cdr run`); unset, the embedded engine in CDR_DATA_DIR (default ./data). The same"
-            " client code (clickhouse-connect) runs either way."
-        ),
+        epilog=textwrap.fill(clickhouse, 100) + "\n\n" + settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the settings' lines
     )
     sub = parser.add_subparsers(dest="command", required=True)
     checked = [
@@ -188,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         _config_failure(exc)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.common.log_level)
     commands = {
         "migrate": lambda: _migrate(settings),
         "create-topics": lambda: _create_topics(settings),
@@ -214,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(
                 simulate(
-                    settings,
+                    settings.kafka,
+                    settings.common,
                     rate=args.rate,
                     count=args.count,
                     tenants=[t.strip() for t in args.tenants.split(",") if t.strip()],

@@ -182,23 +182,31 @@ async def import_files(
 ) -> ImportReport:
     sources = [_Source(path) for path in paths]  # every file readable before anything is stored
     report = ImportReport(files=[str(p) for p in paths])
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     progress = Progress(sum(s.size for s in sources), tty=tty)
-    latest = datetime.now(UTC) + timedelta(seconds=settings.max_future_skew_s)
+    latest = datetime.now(UTC) + timedelta(seconds=settings.ingest.max_future_skew_s)
     # Naive times in each tenant's zone, and the longest call, as the ingestor reads them.
-    directory = ZoneDirectory(settings.zone, settings.tenants_file, phone_region=settings.phone_region).current()
+    directory = ZoneDirectory(
+        settings.common.zone, settings.common.tenants_file, phone_region=settings.common.phone_region
+    ).current()
     tenant_zones = directory.by_tenant
-    writer = _ImportWriter(store, Corrections(store, timedelta(seconds=settings.correction_grace_s)), directory.phones)
+    writer = _ImportWriter(
+        store, Corrections(store, timedelta(seconds=settings.ingest.correction_grace_s)), directory.phones
+    )
     try:
-        await migrate(store, feed_retention_days=settings.feed_retention_days)
+        await migrate(store, feed_retention_days=settings.api.feed_retention_days)
         with rejects.open("wb") as rejected:
             done_before = 0
             for source in sources:
                 batch: list[CallEnded] = []
                 for number, value in source.events():
                     report.lines += 1
-                    outcome = precheck(value, settings.max_event_bytes) or validate(
-                        value, settings.zone, latest, tenant_zones=tenant_zones, max_call_s=settings.max_call_seconds
+                    outcome = precheck(value, settings.ingest.max_event_bytes) or validate(
+                        value,
+                        settings.common.zone,
+                        latest,
+                        tenant_zones=tenant_zones,
+                        max_call_s=settings.ingest.max_call_seconds,
                     )
                     if isinstance(outcome, Invalid):
                         report.rejected += 1

@@ -31,27 +31,27 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 from cdr.settings import SettingsError
 
 if TYPE_CHECKING:
-    from cdr.settings import Settings
+    from cdr.settings import KafkaSettings
 
 _SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
 
 
-def kafka_security(settings: Settings) -> BaseSecurity | None:
+def kafka_security(kafka: KafkaSettings) -> BaseSecurity | None:
     """FastStream's security object for the settings; None for PLAINTEXT."""
-    protocol = settings.kafka_security_protocol
+    protocol = kafka.kafka_security_protocol
     if protocol == "PLAINTEXT":
         return None
     tls = protocol in ("SSL", "SASL_SSL")
-    context = ssl_context(settings) if tls else None
+    context = ssl_context(kafka) if tls else None
     if protocol == "SSL":
         return BaseSecurity(ssl_context=context, use_ssl=True)
-    sasl = _SASL[settings.kafka_sasl_mechanism]
-    return sasl(settings.kafka_sasl_username or "", sasl_password(settings), ssl_context=context, use_ssl=tls)
+    sasl = _SASL[kafka.kafka_sasl_mechanism]
+    return sasl(kafka.kafka_sasl_username or "", sasl_password(kafka), ssl_context=context, use_ssl=tls)
 
 
-def kafka_client_options(settings: Settings) -> dict[str, Any]:
+def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
     """The same security as keyword arguments of aiokafka's producer, consumer and admin."""
-    return options_of(kafka_security(settings))
+    return options_of(kafka_security(kafka))
 
 
 def options_of(security: BaseSecurity | None) -> dict[str, Any]:
@@ -60,10 +60,10 @@ def options_of(security: BaseSecurity | None) -> dict[str, Any]:
     return parse_security(security)
 
 
-def sasl_password(settings: Settings) -> str:
-    if settings.kafka_sasl_password is not None:
-        return settings.kafka_sasl_password.get_secret_value()
-    path = settings.kafka_sasl_password_file
+def sasl_password(kafka: KafkaSettings) -> str:
+    if kafka.kafka_sasl_password is not None:
+        return kafka.kafka_sasl_password.get_secret_value()
+    path = kafka.kafka_sasl_password_file
     assert path is not None, "the settings require a password or a password file with SASL"
     try:
         # A mounted Secret usually ends with a newline that is not part of the password.
@@ -72,33 +72,33 @@ def sasl_password(settings: Settings) -> str:
         raise SettingsError(f"CDR_KAFKA_SASL_PASSWORD_FILE: cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext:
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
     """Verification on by default: the system's CAs, or CDR_KAFKA_SSL_CA_FILE alone when set;
     the hostname checked unless CDR_KAFKA_SSL_CHECK_HOSTNAME=false; a client certificate
     (mutual TLS) when CDR_KAFKA_SSL_CERT_FILE is set."""
-    ca = settings.kafka_ssl_ca_file
+    ca = kafka.kafka_ssl_ca_file
     try:
         context = ssl.create_default_context(cafile=str(ca) if ca else None)
     except (OSError, ssl.SSLError) as exc:
         raise SettingsError(f"CDR_KAFKA_SSL_CA_FILE: cannot load CA certificates from {ca}: {_reason(exc)}") from exc
-    context.check_hostname = settings.kafka_ssl_check_hostname
-    if settings.kafka_ssl_cert_file is not None:
-        key_password = settings.kafka_ssl_key_password
+    context.check_hostname = kafka.kafka_ssl_check_hostname
+    if kafka.kafka_ssl_cert_file is not None:
+        key_password = kafka.kafka_ssl_key_password
         try:
             context.load_cert_chain(
-                settings.kafka_ssl_cert_file,
-                settings.kafka_ssl_key_file,
+                kafka.kafka_ssl_cert_file,
+                kafka.kafka_ssl_key_file,
                 key_password.get_secret_value() if key_password else None,
             )
         except (OSError, ssl.SSLError) as exc:
             raise SettingsError(
-                f"CDR_KAFKA_SSL_CERT_FILE: cannot load the client certificate {settings.kafka_ssl_cert_file}"
-                f" with key {settings.kafka_ssl_key_file or '(in the same file)'}: {_reason(exc)}"
+                f"CDR_KAFKA_SSL_CERT_FILE: cannot load the client certificate {kafka.kafka_ssl_cert_file}"
+                f" with key {kafka.kafka_ssl_key_file or '(in the same file)'}: {_reason(exc)}"
             ) from exc
     return context
 
 
-async def check_kafka_access(settings: Settings, options: dict[str, Any]) -> None:
+async def check_kafka_access(kafka: KafkaSettings, options: dict[str, Any]) -> None:
     """Connect and authenticate to one bootstrap server, as our clients will (``options``:
     their security, from ``kafka_client_options``).
 
@@ -107,7 +107,7 @@ async def check_kafka_access(settings: Settings, options: dict[str, Any]) -> Non
     if not options:
         return  # PLAINTEXT: nothing to get wrong but the address, which start-up retries
     failures: list[str] = []
-    for server in settings.kafka_bootstrap_servers.split(","):
+    for server in kafka.kafka_bootstrap_servers.split(","):
         host, _, port = server.rpartition(":")
         host = host.strip("[]")
         try:
@@ -115,25 +115,25 @@ async def check_kafka_access(settings: Settings, options: dict[str, Any]) -> Non
                 host,
                 int(port),
                 client_id="cdr-access-check",
-                request_timeout_ms=settings.kafka_request_timeout_ms,
+                request_timeout_ms=kafka.kafka_request_timeout_ms,
                 **options,
             )
         except ssl.SSLCertVerificationError as exc:
-            raise _untrusted(settings, server, exc) from exc
+            raise _untrusted(kafka, server, exc) from exc
         except ssl.SSLError as exc:
-            raise _tls_failure(settings, server, exc) from exc
+            raise _tls_failure(kafka, server, exc) from exc
         except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
             raise SettingsError(
-                f"CDR_KAFKA_SASL_PASSWORD: {server} refused {settings.kafka_sasl_mechanism} authentication as"
-                f" {settings.kafka_sasl_username!r} (check CDR_KAFKA_SASL_USERNAME and the password): {exc}"
+                f"CDR_KAFKA_SASL_PASSWORD: {server} refused {kafka.kafka_sasl_mechanism} authentication as"
+                f" {kafka.kafka_sasl_username!r} (check CDR_KAFKA_SASL_USERNAME and the password): {exc}"
             ) from exc
         except UnsupportedSaslMechanismError as exc:
             raise SettingsError(f"CDR_KAFKA_SASL_MECHANISM: {server} does not offer it: {exc}") from exc
         except (TimeoutError, OSError, KafkaError) as exc:
             if options.get("ssl_context") is not None:
-                await _plaintext_listener(settings, host, int(port))
+                await _plaintext_listener(kafka, host, int(port))
                 if isinstance(exc, KafkaConnectionError):
-                    await _tls_alert(settings, host, int(port), options["ssl_context"])
+                    await _tls_alert(kafka, host, int(port), options["ssl_context"])
             failures.append(f"{server}: {_reason(exc)}")
             continue
         conn.close()
@@ -141,7 +141,7 @@ async def check_kafka_access(settings: Settings, options: dict[str, Any]) -> Non
     raise KafkaConnectionError("no bootstrap server answered: " + "; ".join(failures))
 
 
-async def _plaintext_listener(settings: Settings, host: str, port: int) -> None:
+async def _plaintext_listener(kafka: KafkaSettings, host: str, port: int) -> None:
     """TLS sent to a listener without TLS ends in a reset, like a network fault would;
     a plain Kafka request that gets an answer tells the two apart."""
     try:
@@ -151,50 +151,50 @@ async def _plaintext_listener(settings: Settings, host: str, port: int) -> None:
     conn.close()
     raise SettingsError(
         f"CDR_KAFKA_SECURITY_PROTOCOL: {host}:{port} answers Kafka without TLS, so"
-        f" {settings.kafka_security_protocol} cannot work there (a PLAINTEXT or SASL_PLAINTEXT listener)"
+        f" {kafka.kafka_security_protocol} cannot work there (a PLAINTEXT or SASL_PLAINTEXT listener)"
     )
 
 
-async def _tls_alert(settings: Settings, host: str, port: int, context: ssl.SSLContext) -> None:
+async def _tls_alert(kafka: KafkaSettings, host: str, port: int, context: ssl.SSLContext) -> None:
     """A broker that wants a client certificate we did not send completes the TLS 1.3
     handshake, then sends an alert and closes: aiokafka only sees "connection closed".
     Read that alert ourselves; nothing read within a second means TLS itself is fine."""
     server = f"{host}:{port}"
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=context), settings.kafka_request_timeout_ms / 1000
+            asyncio.open_connection(host, port, ssl=context), kafka.kafka_request_timeout_ms / 1000
         )
     except (TimeoutError, OSError):
         return  # the handshake itself failed the same way for create_conn: nothing to add
     try:
         await asyncio.wait_for(reader.read(1), 1.0)
     except ssl.SSLError as exc:
-        raise _tls_failure(settings, server, exc) from exc
+        raise _tls_failure(kafka, server, exc) from exc
     except (TimeoutError, OSError):
         return
     finally:
         writer.close()
 
 
-def _untrusted(settings: Settings, server: str, exc: ssl.SSLCertVerificationError) -> SettingsError:
+def _untrusted(kafka: KafkaSettings, server: str, exc: ssl.SSLCertVerificationError) -> SettingsError:
     if "hostname" in str(exc).lower() or "ip address mismatch" in str(exc).lower():
         return SettingsError(
             f"CDR_KAFKA_SSL_CHECK_HOSTNAME: the certificate of {server} is not issued for that host"
             f" (connect by the name in the certificate, or turn the check off): {exc.verify_message}"
         )
-    where = str(settings.kafka_ssl_ca_file) if settings.kafka_ssl_ca_file else "the system CA store"
+    where = str(kafka.kafka_ssl_ca_file) if kafka.kafka_ssl_ca_file else "the system CA store"
     return SettingsError(
         f"CDR_KAFKA_SSL_CA_FILE: the certificate of {server} is not trusted by {where}: {exc.verify_message}"
     )
 
 
-def _tls_failure(settings: Settings, server: str, exc: ssl.SSLError) -> SettingsError:
+def _tls_failure(kafka: KafkaSettings, server: str, exc: ssl.SSLError) -> SettingsError:
     reason = _reason(exc)
     if "CERTIFICATE_REQUIRED" in reason.upper() or "BAD_CERTIFICATE" in reason.upper():
         return SettingsError(f"CDR_KAFKA_SSL_CERT_FILE: {server} did not accept our client certificate: {reason}")
     return SettingsError(
         f"CDR_KAFKA_SECURITY_PROTOCOL: TLS with {server} failed ({reason}); is the listener"
-        f" {settings.kafka_security_protocol}?"
+        f" {kafka.kafka_security_protocol}?"
     )
 
 

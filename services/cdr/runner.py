@@ -20,7 +20,7 @@ from cdr.metrics import Metrics, Role
 from cdr.notify.notifier import Notifier
 from cdr.ops import ops_routes
 from cdr.serve import http_server
-from cdr.settings import Settings
+from cdr.settings import ApiSettings, Settings
 from cdr.startup import masked_url, with_retries
 from cdr.store import Store, StoreUnavailable, open_store
 from cdr.store.feed_hub import FeedHub, feed_hub_for
@@ -33,11 +33,11 @@ async def run_api(settings: Settings) -> int:
     """Serve the API on CDR_API_PORT and its /healthz, /readyz, /metrics on CDR_OPS_PORT;
     the schema is migrated by `cdr migrate` (a Helm hook in production)."""
     metrics = Metrics(roles=("api",))
-    store = open_store(settings)
-    app = create_app(settings, store, metrics, close_store=True, ops_routes_here=False)
+    store = open_store(settings.clickhouse)
+    app = create_app(settings.api, settings.common, store, metrics, close_store=True, ops_routes_here=False)
     servers = [
-        http_server(app, settings.api_host, settings.api_port, settings),
-        http_server(api_ops_app(store, metrics), settings.api_host, settings.ops_port, settings),
+        http_server(app, settings.api.api_host, settings.api.api_port, settings.api),
+        http_server(api_ops_app(store, metrics), settings.api.api_host, settings.common.ops_port, settings.api),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -63,9 +63,14 @@ async def run_all(settings: Settings) -> int:
     return await _ingest_and_serve(
         settings,
         lambda ingestor, store, metrics: create_app(
-            settings, store, metrics, extra_ready=ingestor.ready, feed_hub=_feed_hub_poked_by(ingestor, settings, store)
+            settings.api,
+            settings.common,
+            store,
+            metrics,
+            extra_ready=ingestor.ready,
+            feed_hub=_feed_hub_poked_by(ingestor, settings.api, store),
         ),
-        settings.api_port,
+        settings.api.api_port,
         _migrate_for(settings),
         ("ingest", "api", "notify"),
         notify=True,
@@ -76,7 +81,9 @@ async def run_ingest(settings: Settings) -> int:
     """The ingestor alone, with /healthz, /readyz and /metrics on CDR_OPS_PORT. It does not
     migrate (`cdr migrate`, the chart's Job, does): it waits for the schema to be current,
     and its /readyz says so meanwhile."""
-    return await _ingest_and_serve(settings, _ingest_ops_app, settings.ops_port, schema_step(settings), ("ingest",))
+    return await _ingest_and_serve(
+        settings, _ingest_ops_app, settings.common.ops_port, schema_step(settings), ("ingest",)
+    )
 
 
 def schema_step(settings: Settings) -> Callable[[Store], Awaitable[object]]:
@@ -84,17 +91,17 @@ def schema_step(settings: Settings) -> Callable[[Store], Awaitable[object]]:
     `cdr migrate` (several replicas must not race DDL, and need no DDL grants). An
     embedded store is owned by this one process, so nobody else could migrate it: it
     migrates, as `cdr run` does."""
-    return _migrate_for(settings) if settings.embedded else wait_until_current
+    return _migrate_for(settings) if settings.clickhouse.embedded else wait_until_current
 
 
 def _migrate_for(settings: Settings) -> Callable[[Store], Awaitable[object]]:
     """``migrate``, applying the change feed's retention of ``settings``."""
-    return functools.partial(migrate, feed_retention_days=settings.feed_retention_days)
+    return functools.partial(migrate, feed_retention_days=settings.api.feed_retention_days)
 
 
-def _feed_hub_poked_by(ingestor: Ingestor, settings: Settings, store: Store) -> FeedHub:
+def _feed_hub_poked_by(ingestor: Ingestor, api: ApiSettings, store: Store) -> FeedHub:
     """The API's change feed reads right after each batch the ingestor beside it stored."""
-    hub = feed_hub_for(settings, store)
+    hub = feed_hub_for(api, store)
     previous = ingestor.pipeline.on_stored
     if previous is None:
         ingestor.pipeline.on_stored = hub.poke
@@ -156,21 +163,25 @@ async def _ingest_and_serve(
 ) -> int:
     _tune_interpreter()
     metrics = Metrics(roles=roles)
-    store = open_store(settings)
-    ingestor = build_ingestor(settings, store, metrics)
-    notifier = Notifier(settings, store, metrics) if notify else None
+    store = open_store(settings.clickhouse)
+    ingestor = build_ingestor(settings.kafka, settings.ingest, settings.common, store, metrics)
+    notifier = (
+        Notifier(settings.notify, settings.common, store, metrics, hub=feed_hub_for(settings.api, store))
+        if notify
+        else None
+    )
     if notifier is not None:
         ingestor.pipeline.on_stored = notifier.hub.poke  # webhooks read right after each stored batch
     # Serving from the start: /healthz answers (and /readyz says "starting") while
     # start-up waits for Kafka or ClickHouse.
-    server = http_server(make_app(ingestor, store, metrics), settings.api_host, port, settings)
+    server = http_server(make_app(ingestor, store, metrics), settings.api.api_host, port, settings.api)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ingestor.stopping.set)
     serving = asyncio.create_task(server.serve())
     try:
         if await _unless_stopped(ingestor.stopping, _start(settings, store, ingestor, schema)):
-            log.info("serving", extra={"url": f"http://{settings.api_host}:{port}/"})
+            log.info("serving", extra={"url": f"http://{settings.api.api_host}:{port}/"})
             notifying = None if notifier is None else asyncio.create_task(notifier.run(ingestor.stopping))
             # Until a signal, a halted pipeline, or the HTTP server stopping (e.g. port taken).
             ingesting = asyncio.create_task(ingestor.wait())
@@ -198,9 +209,9 @@ async def _start(
         "ClickHouse",
         lambda: schema(store),
         transient=(StoreUnavailable,),
-        timeout_s=settings.startup_timeout_ms / 1000,
-        setting="CDR_CLICKHOUSE_URL",
-        value=masked_url(settings.clickhouse_dsn),
+        timeout_s=settings.common.startup_timeout_ms / 1000,
+        setting=settings.clickhouse.env("clickhouse_url"),
+        value=masked_url(settings.clickhouse.clickhouse_dsn),
     )
     await ingestor.start()
 

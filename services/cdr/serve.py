@@ -12,7 +12,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cdr.settings import Settings
+from cdr.settings import ApiSettings
 
 
 class _QuietServer(uvicorn.Server):
@@ -74,7 +74,7 @@ class _JsonErrorsProtocol(H11Protocol):
             super().data_received(data)
 
 
-def http_server(app: ASGIApp, host: str, port: int, settings: Settings) -> uvicorn.Server:
+def http_server(app: ASGIApp, host: str, port: int, api: ApiSettings) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host=host,
@@ -83,7 +83,7 @@ def http_server(app: ASGIApp, host: str, port: int, settings: Settings) -> uvico
         access_log=False,
         lifespan="on",
         http=_JsonErrorsProtocol,
-        h11_max_incomplete_event_size=settings.api_max_url_bytes + settings.api_max_header_bytes + 4096,
-        timeout_keep_alive=settings.api_keep_alive_s,
+        h11_max_incomplete_event_size=api.api_max_url_bytes + api.api_max_header_bytes + 4096,
+        timeout_keep_alive=api.api_keep_alive_s,
     )
     return _QuietServer(config)

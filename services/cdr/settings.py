@@ -1,18 +1,46 @@
-"""The one settings object, read from ``CDR_*`` environment variables.
+"""The one settings object, read from ``CDR_*`` environment variables, in groups by concern.
 
-Built once by the command line and passed down; nothing reads the environment
-anywhere else.
-"""
+Built once by the command line (:func:`load_settings`) and passed down; nothing reads the
+environment anywhere else. Each group is handed only to the code that needs it: the store
+gets ``clickhouse``, the ingestor ``kafka``, ``ingest`` and ``common``, the API ``api`` and
+``common``, the notifier ``notify`` and ``common``; only the commands that compose several
+parts (``cli``, ``runner``, ``notify.service``, ``importer``) hold the whole object.
+
+The groups (``Settings`` attribute: what it holds), in the order the README, ``cdr --help``
+and the chart's values.yaml list them:
+
+- ``common``: log level, the default tenant profile's timezone and phone region, the tenant
+  directory (``CDR_TENANTS_FILE``: the API, the ingestor and the notifier all read it), the
+  ops port and the start-up timeout (every long-running command).
+- ``kafka``: brokers, topics, the consumer group, timeouts, security (TLS, SASL), and the
+  partitions and replication factor of ``cdr create-topics``.
+- ``clickhouse``: where the store is (``CDR_CLICKHOUSE_URL`` or ``CDR_DATA_DIR``), database,
+  cluster and replica delay, credentials and TLS, the store's client pools (the export
+  readers, ``CDR_EXPORT_READERS``, are one of them) and the limits every API read runs under
+  (``CDR_QUERY_*``: ClickHouse query settings the store applies to each read).
+- ``ingest``: batching, validation workers, insert retries, the event checks (size, clock
+  skew, call length, correction grace), the dead-letter limit, and stop and health timing
+  (``CDR_SHUTDOWN_TIMEOUT_MS`` bounds the ingestor's stop, which nothing else uses).
+- ``notify``: ``cdr notify``'s webhook delivery (``CDR_WEBHOOK_*``).
+- ``api``: listen address and port (the ops servers listen on the same address), tokens,
+  cursors, page limits, HTTP limits, rate and concurrency limits, exports and the change
+  feed (``CDR_FEED_*``: its retention is what ``cdr migrate`` applies to the table and what
+  feed cursors are checked against; its poll interval also paces the notifier's reader).
+
+Variable names are unchanged by the grouping: a field's name is its variable's without the
+``CDR_`` prefix in every group (``settings.ingest.batch_size`` is ``CDR_BATCH_SIZE``; no
+nested delimiter, no group prefix), so a grep for either finds both, and a group's
+:meth:`~_Group.env` names a field's variable for error messages."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdr.model.event import MAX_CALL_S, TENANT_PATTERN
@@ -42,12 +70,81 @@ class SettingsError(Exception):
         self.problems = problems
 
 
-class Settings(BaseSettings):
-    """Every setting of both services. Each field is the variable ``CDR_<NAME>``."""
+class _Group(BaseSettings):
+    """One group of settings; each field is the variable ``CDR_<NAME>`` (see the module)."""
 
     model_config = SettingsConfigDict(env_prefix="CDR_", extra="ignore", frozen=True)
 
-    # --- Kafka -------------------------------------------------------------------
+    title: ClassVar[str]
+
+    @classmethod
+    def env(cls, field: str) -> str:
+        """The environment variable of ``field`` (KeyError for a field not in this group)."""
+        if field not in cls.model_fields:
+            raise KeyError(f"{cls.__name__} has no field {field!r}")
+        return "CDR_" + field.upper()
+
+
+class CommonSettings(_Group):
+    """What several processes share: logging, tenant defaults and directory, ops port, start-up."""
+
+    title: ClassVar[str] = "Common"
+
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    timezone: str = Field(
+        "Asia/Ho_Chi_Minh",
+        description="Timezone of naive PBX timestamps and of the API's times (the tenant's timezone).",
+    )
+    phone_region: str = Field("VN", description="Region for reading national phone numbers.")
+    tenants_file: Path | None = Field(
+        None,
+        description=(
+            "The tenant directory (YAML, or JSON by its .json suffix): per tenant its token digests, timezone,"
+            " phone region and rate limit; re-read when it changes. Added to CDR_API_TOKENS(_FILE)."
+        ),
+    )
+    ops_port: int = Field(
+        9100,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of /healthz, /readyz and /metrics of `cdr ingest` and `cdr api` (`cdr run` serves them on"
+            " the API port)."
+        ),
+    )
+    startup_timeout_ms: int = Field(
+        60_000,
+        ge=0,
+        le=3_600_000,
+        description=(
+            "How long start-up retries an unreachable Kafka or ClickHouse (with back-off) before it gives up"
+            " with exit code 1."
+        ),
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return known_timezone(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
+        return upper
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class KafkaSettings(_Group):
+    """Brokers, topics, consumer group and security; the ingestor, create-topics and simulate read it."""
+
+    title: ClassVar[str] = "Kafka"
+
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
     )
@@ -83,8 +180,6 @@ class Settings(BaseSettings):
             " A commit that times out is not an error (the batch is re-read, duplicates collapse)."
         ),
     )
-
-    # --- Kafka security (consumer, dead-letter producer and admin alike) -------------
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT",
         description=(
@@ -111,39 +206,195 @@ class Settings(BaseSettings):
     kafka_ssl_check_hostname: bool = Field(
         True, description="Check that a broker's certificate names the host we connect to (leave on in production)."
     )
-
-    # --- Start, stop and health ---------------------------------------------------
-    startup_timeout_ms: int = Field(
-        60_000,
-        ge=0,
-        le=3_600_000,
+    kafka_partitions: int = Field(
+        4, ge=1, description="Partitions of the topics `cdr create-topics` creates (ingestor replicas at most)."
+    )
+    kafka_replication_factor: int = Field(
+        -1,
+        ge=-1,
         description=(
-            "How long start-up retries an unreachable Kafka or ClickHouse (with back-off) before it gives up"
-            " with exit code 1."
+            "Replication factor of the topics `cdr create-topics` creates; -1: the brokers'"
+            " default.replication.factor. Never below the brokers' min.insync.replicas (acks=all)."
         ),
     )
-    shutdown_timeout_ms: int = Field(
-        20_000,
-        ge=1_000,
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        servers = [part.strip() for part in value.split(",")]
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port (comma-separated for several brokers)")
+        return ",".join(servers)
+
+    @field_validator("kafka_replication_factor")
+    @classmethod
+    def _replication_factor(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the brokers' default) or at least 1")
+        return value
+
+    @field_validator("kafka_topic", "kafka_dlq_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        # Checked here: the broker refuses a bad name only after a connection, as another error.
+        if not _TOPIC.fullmatch(value) or value in (".", ".."):
+            raise ValueError(
+                f"{value[:60]!r} is not a Kafka topic name (1-249 of ASCII letters, digits, '.', '_', '-';"
+                " not '.' or '..')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _security(self) -> Self:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not self.kafka_sasl_username:
+            raise ValueError(
+                f"CDR_KAFKA_SASL_USERNAME is required with CDR_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+            )
+        if sasl and (self.kafka_sasl_password is None) == (self.kafka_sasl_password_file is None):
+            raise ValueError("set exactly one of CDR_KAFKA_SASL_PASSWORD and CDR_KAFKA_SASL_PASSWORD_FILE for SASL")
+        tls = self.kafka_security_protocol in ("SSL", "SASL_SSL")
+        tls_files = (self.kafka_ssl_ca_file, self.kafka_ssl_cert_file, self.kafka_ssl_key_file)
+        if not tls and any(f is not None for f in tls_files):
+            # A CA file next to PLAINTEXT means the operator expects TLS and would not get it.
+            raise ValueError("CDR_KAFKA_SSL_* files need CDR_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL")
+        if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
+            raise ValueError("CDR_KAFKA_SSL_KEY_FILE needs CDR_KAFKA_SSL_CERT_FILE")
+        return self
+
+
+class ClickHouseSettings(_Group):
+    """Where the store is and how it is reached, its client pools and the limits of API reads."""
+
+    title: ClassVar[str] = "ClickHouse"
+
+    clickhouse_url: str | None = Field(
+        None,
+        description=(
+            "Where ClickHouse runs, one client library either way: http(s)://[user@]host[:port] for a server"
+            " or cluster, or chdb:///abs/dir for the embedded engine in this process. Unset: chdb in CDR_DATA_DIR."
+        ),
+    )
+    data_dir: Path = Field(
+        Path("./data"), description="Folder of the embedded ClickHouse store when CDR_CLICKHOUSE_URL is unset."
+    )
+    clickhouse_database: str = Field("cdr", description="Database holding the CDR tables.")
+    clickhouse_cluster: str | None = Field(
+        None,
+        description=(
+            "Cluster name: DDL runs ON CLUSTER and tables use ReplicatedReplacingMergeTree. Unset: a single server."
+            " One shard, any number of replicas (`cdr migrate` refuses more shards)."
+        ),
+    )
+    clickhouse_max_replica_delay_s: int = Field(
+        5,
+        ge=1,
+        le=3_600,
+        description=(
+            "Cluster mode: a replica further behind than this (system.replicas absolute_delay) refuses API reads"
+            " with a 503 and Retry-After, so a scroll never skips a record stored this long before it started."
+        ),
+    )
+    clickhouse_password: SecretStr | None = Field(
+        None, description="ClickHouse password (kept out of the URL and the logs)."
+    )
+    clickhouse_ca_file: Path | None = Field(
+        None, description="PEM bundle of the CAs that sign an https:// server's certificate; unset: the system's CAs."
+    )
+    clickhouse_verify: bool = Field(
+        True, description="Verify an https:// server's certificate and host name (leave on in production)."
+    )
+    clickhouse_client_cert_file: Path | None = Field(
+        None, description="PEM client certificate for an https:// server that asks for one (mutual TLS)."
+    )
+    clickhouse_client_key_file: Path | None = Field(
+        None, description="PEM private key of CDR_CLICKHOUSE_CLIENT_CERT_FILE (unset: in the same file)."
+    )
+    clickhouse_pool_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="ClickHouse clients serving API reads, one per worker thread: reads run this many at once.",
+    )
+    clickhouse_write_pool_size: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description=(
+            "ClickHouse clients for inserts, DDL and the ingest parse, apart from the read clients so that"
+            " a read never waits behind a write."
+        ),
+    )
+    export_readers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description=(
+            "Store workers of the replica's export reads, all exports together: at most this many in the"
+            " engine at once, each costing the embedded engine ~35-40 MB of working memory while it runs."
+            " A worker is held only while a window is read, never while a client takes it."
+        ),
+    )
+    query_timeout_ms: int = Field(
+        10_000,
+        ge=100,
         le=600_000,
         description=(
-            "Longest a stop (SIGTERM) may take: the batch in hand is finished, or abandoned uncommitted (it is"
-            " re-read after restart), then the process exits 0. Keep it below the pod's grace period."
+            "Longest one API read may run (ClickHouse max_execution_time; the HTTP client waits 1 s more)."
+            " Keep it below the readiness probe's timeout x failure threshold."
         ),
     )
-    stall_after_ms: int = Field(
-        120_000,
-        ge=1_000,
-        description=(
-            "Not ready when messages wait (lag > 0) and no batch was stored for this long, or a dead-letter"
-            " send has been failing for this long."
-        ),
+    query_max_rows_to_read: int = Field(
+        0, ge=0, description="Most rows one API read may scan (ClickHouse max_rows_to_read); 0: no limit."
     )
-    health_interval_ms: int = Field(
-        5_000, ge=100, le=300_000, description="How often the ingestor probes Kafka and refreshes lag and readiness."
+    query_max_memory_bytes: int = Field(
+        2 * 1024**3, ge=0, description="Most memory one API read may use (ClickHouse max_memory_usage); 0: no limit."
     )
 
-    # --- Batching and failure handling -----------------------------------------
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme == "chdb":
+            if parts.netloc or not parts.path.startswith("/"):
+                raise ValueError("an embedded store is chdb:///absolute/folder (three slashes)")
+            return value
+        if parts.scheme in ("http", "https") and parts.hostname:
+            if parts.password is not None:
+                # A URL is logged, shown in errors and process listings; a password has its own setting.
+                raise ValueError("must not carry a password: put it in CDR_CLICKHOUSE_PASSWORD")
+            return value
+        raise ValueError("must be http(s)://[user@]host[:port] or chdb:///absolute/folder")
+
+    @field_validator("clickhouse_database", "clickhouse_cluster")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        # Both end up in DDL as identifiers, where parameters cannot be used.
+        if value is not None and not _IDENTIFIER.fullmatch(value):
+            raise ValueError(f"{value!r} is not a plain identifier (letters, digits, _)")
+        return value
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """The ClickHouse URL in effect: CDR_CLICKHOUSE_URL, or chdb in CDR_DATA_DIR."""
+        if self.clickhouse_url is not None:
+            return self.clickhouse_url
+        return "chdb://" + str(self.data_dir.resolve())
+
+    @property
+    def embedded(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb:")
+
+
+class IngestSettings(_Group):
+    """How the ingestor batches, checks, stores and dead-letters events, and stops."""
+
+    title: ClassVar[str] = "Ingest"
+
     batch_size: int = Field(20_000, ge=1, le=1_000_000, description="Most events in one ClickHouse insert.")
     batch_time_ms: int = Field(
         500,
@@ -190,6 +441,16 @@ class Settings(BaseSettings):
             " would win over every correction of the call until then (a PBX clock far ahead)."
         ),
     )
+    max_call_seconds: int = Field(
+        MAX_CALL_S,
+        ge=60,
+        le=366 * 86_400,
+        description=(
+            "Longest call stored: an event whose time_ended is more than this many seconds after its"
+            " time_started, or whose duration is longer, is dead-lettered. A day by default: a longer"
+            " call is a channel the PBX never hung up or a clock jump, not a conversation."
+        ),
+    )
     correction_grace_s: int = Field(
         10,
         ge=0,
@@ -200,16 +461,6 @@ class Settings(BaseSettings):
             " its call before it is written, so that a correction that moves time_started leaves one"
             " record (a lookup reads ~one granule of a key table per event). Set it above the PBX's"
             " hang-up-to-emission delay; a correction emitted within it of its own end is not looked up."
-        ),
-    )
-    max_call_seconds: int = Field(
-        MAX_CALL_S,
-        ge=60,
-        le=366 * 86_400,
-        description=(
-            "Longest call stored: an event whose time_ended is more than this many seconds after its"
-            " time_started, or whose duration is longer, is dead-lettered. A day by default: a longer"
-            " call is a channel the PBX never hung up or a clock jump, not a conversation."
         ),
     )
     dlq_max_ratio: float = Field(
@@ -227,45 +478,97 @@ class Settings(BaseSettings):
     dlq_min_messages: int = Field(
         100, ge=1, description="The dead-letter limit applies only once a partition saw this many messages."
     )
-
-    # --- ClickHouse --------------------------------------------------------------
-    clickhouse_url: str | None = Field(
-        None,
-        description=(
-            "Where ClickHouse runs, one client library either way: http(s)://[user@]host[:port] for a server"
-            " or cluster, or chdb:///abs/dir for the embedded engine in this process. Unset: chdb in CDR_DATA_DIR."
-        ),
-    )
-    clickhouse_pool_size: int = Field(
-        8,
-        ge=1,
-        le=64,
-        description="ClickHouse clients serving API reads, one per worker thread: reads run this many at once.",
-    )
-    clickhouse_write_pool_size: int = Field(
-        2,
-        ge=1,
-        le=16,
-        description=(
-            "ClickHouse clients for inserts, DDL and the ingest parse, apart from the read clients so that"
-            " a read never waits behind a write."
-        ),
-    )
-    query_timeout_ms: int = Field(
-        10_000,
-        ge=100,
+    shutdown_timeout_ms: int = Field(
+        20_000,
+        ge=1_000,
         le=600_000,
         description=(
-            "Longest one API read may run (ClickHouse max_execution_time; the HTTP client waits 1 s more)."
-            " Keep it below the readiness probe's timeout x failure threshold."
+            "Longest a stop (SIGTERM) may take: the batch in hand is finished, or abandoned uncommitted (it is"
+            " re-read after restart), then the process exits 0. Keep it below the pod's grace period."
         ),
     )
-    query_max_rows_to_read: int = Field(
-        0, ge=0, description="Most rows one API read may scan (ClickHouse max_rows_to_read); 0: no limit."
+    stall_after_ms: int = Field(
+        120_000,
+        ge=1_000,
+        description=(
+            "Not ready when messages wait (lag > 0) and no batch was stored for this long, or a dead-letter"
+            " send has been failing for this long."
+        ),
     )
-    query_max_memory_bytes: int = Field(
-        2 * 1024**3, ge=0, description="Most memory one API read may use (ClickHouse max_memory_usage); 0: no limit."
+    health_interval_ms: int = Field(
+        5_000, ge=100, le=300_000, description="How often the ingestor probes Kafka and refreshes lag and readiness."
     )
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> Self:
+        if self.insert_retry_initial_ms > self.insert_retry_max_ms:
+            raise ValueError("CDR_INSERT_RETRY_INITIAL_MS must not exceed CDR_INSERT_RETRY_MAX_MS")
+        return self
+
+
+class ApiSettings(_Group):
+    """The query API: listening, tokens, cursors, limits, exports and the change feed."""
+
+    title: ClassVar[str] = "API"
+
+    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(8000, ge=0, le=65535, description="Port the API listens on.")
+    api_tokens: str = Field(
+        "",
+        description="Comma-separated tenant_id:sha256hex(token) entries; only digests, never tokens.",
+    )
+    api_tokens_file: Path | None = Field(
+        None, description="File of tenant_id:sha256hex(token) lines, added to CDR_API_TOKENS."
+    )
+    cursor_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "Key sealing scroll cursors (AES-256-GCM via HKDF); the same on every API replica, at least 32 characters. "
+            "Required by the API."
+        ),
+    )
+    cursor_secret_previous: SecretStr | None = Field(
+        None,
+        description=(
+            "The cursor key being rotated out: cursors it sealed are still accepted (new ones are sealed with"
+            " CDR_CURSOR_SECRET). Remove it once CDR_CURSOR_TTL_S has passed since the rotation."
+        ),
+    )
+    cursor_ttl_s: int = Field(3_600, ge=1, description="How long a scroll_id stays valid, in seconds.")
+    default_limit: int = Field(10, ge=1, description="Records per response when limit is not given.")
+    max_limit: int = Field(1_000, ge=1, description="Largest accepted limit.")
+    max_offset: int = Field(
+        100_000,
+        ge=0,
+        le=1_000_000_000,
+        description=(
+            "Deepest pagination: a larger offset (or (page - 1) x limit) is a 400 that points to scroll, whose"
+            " batches cost the same at any depth while an offset read costs its depth."
+        ),
+    )
+    api_max_url_bytes: int = Field(
+        16_384,
+        ge=256,
+        le=1_048_576,
+        description="Longest request URL (path and query) the API accepts; a longer one is a 414.",
+    )
+    api_max_header_bytes: int = Field(
+        16_384, ge=1_024, le=1_048_576, description="Largest total of request headers the API accepts; larger is a 431."
+    )
+    api_keep_alive_s: int = Field(
+        75,
+        ge=1,
+        le=3_600,
+        description=(
+            "Seconds the API keeps an idle HTTP connection open. Above the upstream idle timeout of whatever"
+            " proxies it (ingress-nginx and most cloud load balancers: 60 s), so the proxy, never the API,"
+            " closes an idle connection: otherwise a request sent as the API closes it gets a 502."
+        ),
+    )
+    rate_limit_per_s: float = Field(
+        0, ge=0, description="Requests per second per tenant and API replica; 0 turns the limit off."
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a tenant may make at once above its rate.")
     tenant_max_concurrent_requests: int = Field(
         4,
         ge=2,  # a page with its total
@@ -313,90 +616,6 @@ class Settings(BaseSettings):
             " more than CDR_EXPORT_WINDOW_ROWS): each window is a read, so smaller ones cost throughput."
         ),
     )
-    export_readers: int = Field(
-        2,
-        ge=1,
-        le=64,
-        description=(
-            "Store workers of the replica's export reads, all exports together: at most this many in the"
-            " engine at once, each costing the embedded engine ~35-40 MB of working memory while it runs."
-            " A worker is held only while a window is read, never while a client takes it."
-        ),
-    )
-    clickhouse_password: SecretStr | None = Field(
-        None, description="ClickHouse password (kept out of the URL and the logs)."
-    )
-    clickhouse_ca_file: Path | None = Field(
-        None, description="PEM bundle of the CAs that sign an https:// server's certificate; unset: the system's CAs."
-    )
-    clickhouse_verify: bool = Field(
-        True, description="Verify an https:// server's certificate and host name (leave on in production)."
-    )
-    clickhouse_client_cert_file: Path | None = Field(
-        None, description="PEM client certificate for an https:// server that asks for one (mutual TLS)."
-    )
-    clickhouse_client_key_file: Path | None = Field(
-        None, description="PEM private key of CDR_CLICKHOUSE_CLIENT_CERT_FILE (unset: in the same file)."
-    )
-    clickhouse_database: str = Field("cdr", description="Database holding the CDR tables.")
-    clickhouse_cluster: str | None = Field(
-        None,
-        description=(
-            "Cluster name: DDL runs ON CLUSTER and tables use ReplicatedReplacingMergeTree. Unset: a single server."
-            " One shard, any number of replicas (`cdr migrate` refuses more shards)."
-        ),
-    )
-    clickhouse_max_replica_delay_s: int = Field(
-        5,
-        ge=1,
-        le=3_600,
-        description=(
-            "Cluster mode: a replica further behind than this (system.replicas absolute_delay) refuses API reads"
-            " with a 503 and Retry-After, so a scroll never skips a record stored this long before it started."
-        ),
-    )
-    data_dir: Path = Field(
-        Path("./data"), description="Folder of the embedded ClickHouse store when CDR_CLICKHOUSE_URL is unset."
-    )
-
-    # --- Time ----------------------------------------------------------------------
-    timezone: str = Field(
-        "Asia/Ho_Chi_Minh",
-        description="Timezone of naive PBX timestamps and of the API's times (the tenant's timezone).",
-    )
-
-    # --- API -------------------------------------------------------------------------
-    api_host: str = Field("127.0.0.1", description="Address the API listens on.")
-    api_port: int = Field(8000, ge=0, le=65535, description="Port the API listens on.")
-    api_tokens: str = Field(
-        "",
-        description="Comma-separated tenant_id:sha256hex(token) entries; only digests, never tokens.",
-    )
-    api_tokens_file: Path | None = Field(
-        None, description="File of tenant_id:sha256hex(token) lines, added to CDR_API_TOKENS."
-    )
-    tenants_file: Path | None = Field(
-        None,
-        description=(
-            "The tenant directory (YAML, or JSON by its .json suffix): per tenant its token digests, timezone,"
-            " phone region and rate limit; re-read when it changes. Added to CDR_API_TOKENS(_FILE)."
-        ),
-    )
-    cursor_secret: SecretStr | None = Field(
-        None,
-        description=(
-            "Key sealing scroll cursors (AES-256-GCM via HKDF); the same on every API replica, at least 32 characters. "
-            "Required by the API."
-        ),
-    )
-    cursor_secret_previous: SecretStr | None = Field(
-        None,
-        description=(
-            "The cursor key being rotated out: cursors it sealed are still accepted (new ones are sealed with"
-            " CDR_CURSOR_SECRET). Remove it once CDR_CURSOR_TTL_S has passed since the rotation."
-        ),
-    )
-    cursor_ttl_s: int = Field(3_600, ge=1, description="How long a scroll_id stays valid, in seconds.")
     feed_retention_days: int = Field(
         7,
         ge=1,
@@ -421,6 +640,42 @@ class Settings(BaseSettings):
     feed_max_streams_per_tenant: int = Field(
         10, ge=1, description="Open change streams (SSE) a tenant may hold on one API replica; more get a 429."
     )
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_entries(cls, value: str) -> str:
+        parse_token_entries(value.replace(",", "\n"))
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Self:
+        if self.default_limit > self.max_limit:
+            raise ValueError("CDR_DEFAULT_LIMIT must not exceed CDR_MAX_LIMIT")
+        if self.cursor_secret is not None and len(self.cursor_secret.get_secret_value()) < 32:
+            raise ValueError("CDR_CURSOR_SECRET must be at least 32 characters")
+        if self.cursor_secret_previous is not None and len(self.cursor_secret_previous.get_secret_value()) < 32:
+            raise ValueError("CDR_CURSOR_SECRET_PREVIOUS must be at least 32 characters")
+        return self
+
+    def token_digests(self) -> dict[str, str]:
+        """SHA-256 hex digest -> tenant, from CDR_API_TOKENS and CDR_API_TOKENS_FILE."""
+        text = self.api_tokens.replace(",", "\n")
+        if self.api_tokens_file is not None:
+            try:
+                text += "\n" + self.api_tokens_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(f"CDR_API_TOKENS_FILE: cannot read {self.api_tokens_file}: {exc}") from exc
+        try:
+            return parse_token_entries(text)
+        except ValueError as exc:
+            raise SettingsError(f"CDR_API_TOKENS_FILE: {exc}") from exc
+
+
+class NotifySettings(_Group):
+    """``cdr notify``: how webhooks are batched, sent, retried and given up on."""
+
+    title: ClassVar[str] = "Notifier (webhooks)"
+
     webhook_allow_private: bool = Field(
         False,
         description=(
@@ -471,193 +726,47 @@ class Settings(BaseSettings):
             " the batches of this long."
         ),
     )
-    default_limit: int = Field(10, ge=1, description="Records per response when limit is not given.")
-    max_limit: int = Field(1_000, ge=1, description="Largest accepted limit.")
-    max_offset: int = Field(
-        100_000,
-        ge=0,
-        le=1_000_000_000,
-        description=(
-            "Deepest pagination: a larger offset (or (page - 1) x limit) is a 400 that points to scroll, whose"
-            " batches cost the same at any depth while an offset read costs its depth."
-        ),
-    )
-    api_max_url_bytes: int = Field(
-        16_384,
-        ge=256,
-        le=1_048_576,
-        description="Longest request URL (path and query) the API accepts; a longer one is a 414.",
-    )
-    api_max_header_bytes: int = Field(
-        16_384, ge=1_024, le=1_048_576, description="Largest total of request headers the API accepts; larger is a 431."
-    )
-    api_keep_alive_s: int = Field(
-        75,
-        ge=1,
-        le=3_600,
-        description=(
-            "Seconds the API keeps an idle HTTP connection open. Above the upstream idle timeout of whatever"
-            " proxies it (ingress-nginx and most cloud load balancers: 60 s), so the proxy, never the API,"
-            " closes an idle connection: otherwise a request sent as the API closes it gets a 502."
-        ),
-    )
-    phone_region: str = Field("VN", description="Region for reading national phone numbers.")
-    rate_limit_per_s: float = Field(
-        0, ge=0, description="Requests per second per tenant and API replica; 0 turns the limit off."
-    )
-    rate_limit_burst: int = Field(20, ge=1, description="Requests a tenant may make at once above its rate.")
 
-    ops_port: int = Field(
-        9100,
-        ge=0,
-        le=65535,
-        description=(
-            "Port of /healthz, /readyz and /metrics of `cdr ingest` and `cdr api` (`cdr run` serves them on"
-            " the API port)."
-        ),
-    )
-    kafka_partitions: int = Field(
-        4, ge=1, description="Partitions of the topics `cdr create-topics` creates (ingestor replicas at most)."
-    )
-    kafka_replication_factor: int = Field(
-        -1,
-        ge=-1,
-        description=(
-            "Replication factor of the topics `cdr create-topics` creates; -1: the brokers'"
-            " default.replication.factor. Never below the brokers' min.insync.replicas (acks=all)."
-        ),
-    )
 
-    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+class Settings(BaseModel):
+    """Every setting of every command, one group per concern (see the module docstring)."""
 
-    @field_validator("kafka_bootstrap_servers")
-    @classmethod
-    def _bootstrap(cls, value: str) -> str:
-        servers = [part.strip() for part in value.split(",")]
-        for server in servers:
-            host, sep, port = server.rpartition(":")
-            if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"{server!r} is not host:port (comma-separated for several brokers)")
-        return ",".join(servers)
+    model_config = ConfigDict(frozen=True)
 
-    @field_validator("kafka_replication_factor")
-    @classmethod
-    def _replication_factor(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("must be -1 (the brokers' default) or at least 1")
-        return value
+    common: CommonSettings
+    kafka: KafkaSettings
+    clickhouse: ClickHouseSettings
+    ingest: IngestSettings
+    notify: NotifySettings
+    api: ApiSettings
 
-    @field_validator("kafka_topic", "kafka_dlq_topic")
-    @classmethod
-    def _topic_name(cls, value: str) -> str:
-        # Checked here: the broker refuses a bad name only after a connection, as another error.
-        if not _TOPIC.fullmatch(value) or value in (".", ".."):
-            raise ValueError(
-                f"{value[:60]!r} is not a Kafka topic name (1-249 of ASCII letters, digits, '.', '_', '-';"
-                " not '.' or '..')"
-            )
-        return value
+    def replaced(self, **flat: object) -> Settings:
+        """A copy with some values replaced, named as :func:`load_settings` names them
+        (``batch_size=...``); like ``model_copy``, the values are not validated again."""
+        updates: dict[str, dict[str, object]] = {}
+        for name, value in flat.items():
+            updates.setdefault(_group_of(name), {})[name] = value
+        return self.model_copy(
+            update={group: getattr(self, group).model_copy(update=values) for group, values in updates.items()}
+        )
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, value: str) -> str:
-        return known_timezone(value)
 
-    @field_validator("clickhouse_url")
-    @classmethod
-    def _clickhouse_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        parts = urlsplit(value)
-        if parts.scheme == "chdb":
-            if parts.netloc or not parts.path.startswith("/"):
-                raise ValueError("an embedded store is chdb:///absolute/folder (three slashes)")
-            return value
-        if parts.scheme in ("http", "https") and parts.hostname:
-            if parts.password is not None:
-                # A URL is logged, shown in errors and process listings; a password has its own setting.
-                raise ValueError("must not carry a password: put it in CDR_CLICKHOUSE_PASSWORD")
-            return value
-        raise ValueError("must be http(s)://[user@]host[:port] or chdb:///absolute/folder")
+# The groups in the order the README, `cdr --help` and the chart's values.yaml list them.
+GROUPS: dict[str, type[_Group]] = {
+    "common": CommonSettings,
+    "kafka": KafkaSettings,
+    "clickhouse": ClickHouseSettings,
+    "ingest": IngestSettings,
+    "notify": NotifySettings,
+    "api": ApiSettings,
+}
 
-    @field_validator("clickhouse_database", "clickhouse_cluster")
-    @classmethod
-    def _identifier(cls, value: str | None) -> str | None:
-        # Both end up in DDL as identifiers, where parameters cannot be used.
-        if value is not None and not _IDENTIFIER.fullmatch(value):
-            raise ValueError(f"{value!r} is not a plain identifier (letters, digits, _)")
-        return value
 
-    @field_validator("log_level")
-    @classmethod
-    def _log_level(cls, value: str) -> str:
-        upper = value.upper()
-        if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
-        return upper
-
-    @field_validator("api_tokens")
-    @classmethod
-    def _token_entries(cls, value: str) -> str:
-        parse_token_entries(value.replace(",", "\n"))
-        return value
-
-    @model_validator(mode="after")
-    def _cross_field(self) -> Settings:
-        if self.default_limit > self.max_limit:
-            raise ValueError("CDR_DEFAULT_LIMIT must not exceed CDR_MAX_LIMIT")
-        if self.insert_retry_initial_ms > self.insert_retry_max_ms:
-            raise ValueError("CDR_INSERT_RETRY_INITIAL_MS must not exceed CDR_INSERT_RETRY_MAX_MS")
-        self._kafka_security()
-        if self.cursor_secret is not None and len(self.cursor_secret.get_secret_value()) < 32:
-            raise ValueError("CDR_CURSOR_SECRET must be at least 32 characters")
-        if self.cursor_secret_previous is not None and len(self.cursor_secret_previous.get_secret_value()) < 32:
-            raise ValueError("CDR_CURSOR_SECRET_PREVIOUS must be at least 32 characters")
-        return self
-
-    def _kafka_security(self) -> None:
-        sasl = self.kafka_security_protocol.startswith("SASL_")
-        if sasl and not self.kafka_sasl_username:
-            raise ValueError(
-                f"CDR_KAFKA_SASL_USERNAME is required with CDR_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
-            )
-        if sasl and (self.kafka_sasl_password is None) == (self.kafka_sasl_password_file is None):
-            raise ValueError("set exactly one of CDR_KAFKA_SASL_PASSWORD and CDR_KAFKA_SASL_PASSWORD_FILE for SASL")
-        tls = self.kafka_security_protocol in ("SSL", "SASL_SSL")
-        tls_files = (self.kafka_ssl_ca_file, self.kafka_ssl_cert_file, self.kafka_ssl_key_file)
-        if not tls and any(f is not None for f in tls_files):
-            # A CA file next to PLAINTEXT means the operator expects TLS and would not get it.
-            raise ValueError("CDR_KAFKA_SSL_* files need CDR_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL")
-        if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
-            raise ValueError("CDR_KAFKA_SSL_KEY_FILE needs CDR_KAFKA_SSL_CERT_FILE")
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-    @property
-    def clickhouse_dsn(self) -> str:
-        """The ClickHouse URL in effect: CDR_CLICKHOUSE_URL, or chdb in CDR_DATA_DIR."""
-        if self.clickhouse_url is not None:
-            return self.clickhouse_url
-        return "chdb://" + str(self.data_dir.resolve())
-
-    @property
-    def embedded(self) -> bool:
-        return self.clickhouse_dsn.startswith("chdb:")
-
-    def token_digests(self) -> dict[str, str]:
-        """SHA-256 hex digest -> tenant, from CDR_API_TOKENS and CDR_API_TOKENS_FILE."""
-        text = self.api_tokens.replace(",", "\n")
-        if self.api_tokens_file is not None:
-            try:
-                text += "\n" + self.api_tokens_file.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise SettingsError(f"CDR_API_TOKENS_FILE: cannot read {self.api_tokens_file}: {exc}") from exc
-        try:
-            return parse_token_entries(text)
-        except ValueError as exc:
-            raise SettingsError(f"CDR_API_TOKENS_FILE: {exc}") from exc
+def _group_of(field: str) -> str:
+    for group, cls in GROUPS.items():
+        if field in cls.model_fields:
+            return group
+    raise TypeError(f"no setting {field!r} (CDR_{field.upper()})")
 
 
 def known_timezone(value: str) -> str:
@@ -701,17 +810,34 @@ def claim_token(digests: dict[str, str], digest: str, tenant: str) -> None:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate the settings; a SettingsError names every bad variable."""
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems: list[dict[str, str]] = []
-        for error in exc.errors():
-            if not error["loc"]:
-                problems.append({"error": error["msg"].removeprefix("Value error, ")})
-                continue
-            name = "CDR_" + "_".join(str(part) for part in error["loc"]).upper()
-            shown = "***" if any(k in name for k in _SECRET_NAMES) else masked_url(str(error.get("input")))
-            problems.append({"setting": name, "value": shown, "error": error["msg"].removeprefix("Value error, ")})
+    """Read and validate every group; a SettingsError names every bad variable of all of them.
+
+    ``overrides`` take the place of variables, named as the variable without ``CDR_`` in
+    lower case (``batch_size=500`` for ``CDR_BATCH_SIZE``), whichever group holds them."""
+    by_group: dict[str, dict[str, object]] = {group: {} for group in GROUPS}
+    for name, value in overrides.items():
+        by_group[_group_of(name)][name] = value
+    built: dict[str, Any] = {}
+    problems: list[dict[str, str]] = []
+    for group, cls in GROUPS.items():
+        try:
+            built[group] = cls(**by_group[group])
+        except ValidationError as exc:
+            problems += _problems(exc)
+    if problems:
         lines = [f"{p.get('setting', 'settings')}: {p['error']} (got {p.get('value', '-')!r})" for p in problems]
-        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines), problems) from exc
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines), problems)
+    return Settings(**built)
+
+
+def _problems(exc: ValidationError) -> list[dict[str, str]]:
+    problems: list[dict[str, str]] = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check across fields: its message names the variables
+            problems.append({"error": message})
+            continue
+        name = "CDR_" + "_".join(str(part) for part in error["loc"]).upper()
+        shown = "***" if any(k in name for k in _SECRET_NAMES) else masked_url(str(error.get("input")))
+        problems.append({"setting": name, "value": shown, "error": message})
+    return problems

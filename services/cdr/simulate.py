@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from cdr.settings import Settings
+from cdr.settings import CommonSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,9 @@ def _pick_outcome(rng: random.Random) -> tuple[str, str]:
     return _OUTCOMES[0][0], _OUTCOMES[0][1]
 
 
-async def simulate(settings: Settings, *, rate: float, count: int, tenants: list[str], seed: int | None) -> int:
+async def simulate(
+    kafka: KafkaSettings, common: CommonSettings, *, rate: float, count: int, tenants: list[str], seed: int | None
+) -> int:
     """Publish events until ``count`` (0: forever) at about ``rate`` per second."""
     from aiokafka import AIOKafkaProducer
 
@@ -145,7 +147,7 @@ async def simulate(settings: Settings, *, rate: float, count: int, tenants: list
     from cdr.kafka_security import kafka_client_options
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=20, **kafka_client_options(settings)
+        bootstrap_servers=kafka.kafka_bootstrap_servers, linger_ms=20, **kafka_client_options(kafka)
     )
     await producer.start()
     sent = 0
@@ -153,8 +155,8 @@ async def simulate(settings: Settings, *, rate: float, count: int, tenants: list
     last_report = started
     try:
         while count == 0 or sent < count:
-            event = pbx_event(rng, rng.choice(tenants), datetime.now(UTC).replace(microsecond=0), settings.zone)
-            await producer.send(settings.kafka_topic, orjson.dumps(event), key=event["id"].encode())
+            event = pbx_event(rng, rng.choice(tenants), datetime.now(UTC).replace(microsecond=0), common.zone)
+            await producer.send(kafka.kafka_topic, orjson.dumps(event), key=event["id"].encode())
             sent += 1
             delay = started + sent / rate - time.monotonic()
             if delay > 0:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from cdr.settings import Settings, SettingsError
+from cdr.settings import KafkaSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +81,24 @@ async def _broker_defaults(admin: Any) -> BrokerDefaults:
     )
 
 
-async def create_topics(settings: Settings) -> list[str]:
+async def create_topics(kafka: KafkaSettings) -> list[str]:
     """Create the call-ended and dead-letter topics that do not exist yet; the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from cdr.kafka_security import check_kafka_access, kafka_client_options
 
-    security = kafka_client_options(settings)
-    await check_kafka_access(settings, security)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **security)
+    security = kafka_client_options(kafka)
+    await check_kafka_access(kafka, security)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.kafka_bootstrap_servers, **security)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [t for t in (settings.kafka_topic, settings.kafka_dlq_topic) if t not in existing]
+        wanted = [t for t in (kafka.kafka_topic, kafka.kafka_dlq_topic) if t not in existing]
         if not wanted:
             return []
-        factor = replication_factor(settings.kafka_replication_factor, await _broker_defaults(admin))
+        factor = replication_factor(kafka.kafka_replication_factor, await _broker_defaults(admin))
         response = await admin.create_topics(
-            [NewTopic(t, num_partitions=settings.kafka_partitions, replication_factor=factor) for t in wanted]
+            [NewTopic(t, num_partitions=kafka.kafka_partitions, replication_factor=factor) for t in wanted]
         )
         # Another process may create them at the same moment; that is fine. Anything else is not.
         failed = [

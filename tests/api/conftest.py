@@ -71,7 +71,7 @@ async def serve(app: ASGIApp, settings: Settings) -> tuple[uvicorn.Server, async
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
-    server = http_server(app, "127.0.0.1", port, settings)
+    server = http_server(app, "127.0.0.1", port, settings.api)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     deadline = asyncio.get_running_loop().time() + _START_TIMEOUT_S
     while not server.started:
@@ -87,7 +87,7 @@ async def serve(app: ASGIApp, settings: Settings) -> tuple[uvicorn.Server, async
 @asynccontextmanager
 async def running_api(settings: Settings, store: Store) -> AsyncIterator[str]:
     """The API app over ``store`` served while the block runs; yields its base URL."""
-    server, task, url = await serve(create_app(settings, store, Metrics()), settings)
+    server, task, url = await serve(create_app(settings.api, settings.common, store, Metrics()), settings)
     try:
         yield url
     finally:
@@ -125,7 +125,7 @@ class Api:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
 
     async def insert(self, evs: list[dict[str, Any]]) -> None:
-        await store_events(self.store, evs, self.settings.zone)
+        await store_events(self.store, evs, self.settings.common.zone)
         self.events.extend(evs)
 
 
@@ -144,9 +144,9 @@ def api_settings(data_dir: Path, **extra: Any) -> Settings:
 @pytest.fixture(scope="module")
 async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     settings = api_settings(tmp_path_factory.mktemp("api-store"))
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     await migrate(store)
-    server, task, url = await serve(create_app(settings, store, Metrics()), settings)
+    server, task, url = await serve(create_app(settings.api, settings.common, store, Metrics()), settings)
     seeded = Api(url, settings, store)
     await seeded.insert(events(2_400, seed=11, tenants=("t1.example", "t2.example", "t1.example"), spacing_s=300))
     try:
@@ -162,6 +162,6 @@ async def second_server(
 ) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     """Another API server on the test store (or ``store``) with other settings; ``clock``:
     the one its token and tenant files are rechecked by (a test moves it on)."""
-    changed = api.settings.model_copy(update=settings)
+    changed = api.settings.replaced(**settings)
     timing = {} if clock is None else {"clock": clock}
-    return await serve(create_app(changed, store or api.store, Metrics(), **timing), changed)
+    return await serve(create_app(changed.api, changed.common, store or api.store, Metrics(), **timing), changed)

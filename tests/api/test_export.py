@@ -254,7 +254,7 @@ async def test_export_reads_in_the_engine_never_exceed_the_bound(spread: Api, mo
     monkeypatch.setattr(client, "_stream", reads)
     want = {tenant: len(await spread.scroll(tenant, SPREAD_DAY)) for tenant in TOKENS}
     assert all(n == SPREAD_SIZE for n in want.values()), want
-    bounded = open_store(spread.settings.model_copy(update={"export_readers": 3}))
+    bounded = open_store(spread.settings.replaced(export_readers=3).clickhouse)
     server, task, url = await second_server(
         spread, bounded, export_window_rows=400, export_min_window_rows=100, tenant_max_concurrent_exports=2
     )

@@ -94,8 +94,8 @@ async def test_wrong_method_is_405_with_allow_and_head_works(api: Api) -> None:
 async def test_oversized_url_and_headers_get_the_json_error_model(api: Api) -> None:
     s = api.settings
     async with api.client() as client:
-        long_url = await client.get("/v1/cdr", params={"extension": "x" * 200, "junk": "y" * s.api_max_url_bytes})
-        big_headers = await client.get("/v1/cdr", headers={"X-Padding": "z" * s.api_max_header_bytes})
+        long_url = await client.get("/v1/cdr", params={"extension": "x" * 200, "junk": "y" * s.api.api_max_url_bytes})
+        big_headers = await client.get("/v1/cdr", headers={"X-Padding": "z" * s.api.api_max_header_bytes})
     assert long_url.status_code == 414 and long_url.json()["error"]["code"] == "uri_too_long"
     assert big_headers.status_code == 431 and big_headers.json()["error"]["code"] == "headers_too_large"
     # Past even the HTTP parser's buffer (128 KB request line): still JSON, not a reset.
@@ -153,9 +153,9 @@ def test_openapi_reads_the_parameter_table() -> None:
     from tests.api.conftest import api_settings
 
     s = api_settings(data_dir=__import__("pathlib").Path("/nonexistent"))
-    document = openapi_document(s)
+    document = openapi_document(s.api)
     documented = {p["name"]: p for p in document["paths"]["/v1/cdr"]["get"]["parameters"]}
-    table = list_params(Limits(s.default_limit, s.max_limit, s.max_offset))
+    table = list_params(Limits(s.api.default_limit, s.api.max_limit, s.api.max_offset))
     assert list(documented) == [p.name for p in table]
     for param in table:
         schema = documented[param.name]["schema"]
@@ -163,7 +163,7 @@ def test_openapi_reads_the_parameter_table() -> None:
             assert schema.get(key) == param.schema.get(key), (param.name, key)
         if param.schema["type"] == "string":
             assert schema["pattern"] == param.schema["pattern"]
-    assert documented["offset"]["schema"]["maximum"] == s.max_offset
+    assert documented["offset"]["schema"]["maximum"] == s.api.max_offset
     assert documented["duration"]["schema"] == {"type": "integer", "minimum": 0, "maximum": 4_294_967_295}
     enum = document["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
     assert enum == error_codes()
@@ -173,7 +173,7 @@ def test_openapi_reads_the_parameter_table() -> None:
 
 
 async def test_deep_pagination_points_to_scroll(api: Api) -> None:
-    deepest = api.settings.max_offset
+    deepest = api.settings.api.max_offset
     async with api.client() as client:
         by_offset = await client.get("/v1/cdr", params={"offset": str(deepest + 1), "limit": "10"})
         by_page = await client.get("/v1/cdr", params={"page": str(deepest // 10 + 2), "limit": "10"})

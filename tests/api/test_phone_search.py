@@ -64,13 +64,13 @@ def _calls(n: int, seed: int, start: datetime) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 async def phones_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     settings = api_settings(tmp_path_factory.mktemp("phone-store"))
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     before = [m for m in load_migrations() if m.name != "phone_search"]
     await migrate(store, before)
     old = _calls(300, seed=1, start=datetime(2024, 3, 1, tzinfo=UTC))
-    await store_events(store, old, settings.zone, canonical_numbers=False)  # as before 0007
+    await store_events(store, old, settings.common.zone, canonical_numbers=False)  # as before 0007
     await migrate(store)  # 0007: the canonical columns default to the raw numbers, keys backfilled
-    server, task, url = await serve(create_app(settings, store, Metrics()), settings)
+    server, task, url = await serve(create_app(settings.api, settings.common, store, Metrics()), settings)
     seeded = Api(url, settings, store)
     seeded.events.extend(old)
     await seeded.insert(_calls(300, seed=2, start=datetime(2024, 4, 1, tzinfo=UTC)))
@@ -165,7 +165,7 @@ async def test_a_search_that_finds_its_calls_is_one_read(phones_api: Api) -> Non
     """The read reports how many keys it had, so a number with fewer calls than the batch
     (most numbers) needs no second read to know that none is left."""
     store = _CountingStore(phones_api.store.dsn, database=phones_api.store.database)
-    app = create_app(phones_api.settings, store, Metrics())
+    app = create_app(phones_api.settings.api, phones_api.settings.common, store, Metrics())
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=_auth()) as client:

@@ -48,11 +48,11 @@ queries = st.dictionaries(st.sampled_from(PARAMS), values, max_size=6)
 
 
 _DEFAULTS = load_settings()
-LIMITS = Limits(_DEFAULTS.default_limit, _DEFAULTS.max_limit, _DEFAULTS.max_offset)
+LIMITS = Limits(_DEFAULTS.api.default_limit, _DEFAULTS.api.max_limit, _DEFAULTS.api.max_offset)
 LIST_PARAMS = list_params(LIMITS)
 # The service's default tenant and one far from it: dates and numbers are read in each.
 CONTEXTS = st.sampled_from(
-    [Context(_DEFAULTS.zone, _DEFAULTS.phone_region), Context(ZoneInfo("Pacific/Kiritimati"), "US")]
+    [Context(_DEFAULTS.common.zone, _DEFAULTS.common.phone_region), Context(ZoneInfo("Pacific/Kiritimati"), "US")]
 )
 
 
@@ -112,7 +112,7 @@ accepted = st.fixed_dictionaries(
 async def test_a_query_the_parser_accepts_is_served(api: Api, query: dict[str, str]) -> None:
     """What the parser lets through, extreme dates and numbers and any text included,
     reaches the store and is answered, not a 500."""
-    assume(isinstance(_parsed(query, Context(api.settings.zone, api.settings.phone_region)), ListRequest))
+    assume(isinstance(_parsed(query, Context(api.settings.common.zone, api.settings.common.phone_region)), ListRequest))
     async with api.client() as client:
         r = await client.get("/v1/cdr", params=query)
     assert r.status_code == 200, (query, r.status_code, r.text)

@@ -19,9 +19,9 @@ async def test_ready_once_the_schema_is_current_and_still_ready_when_clickhouse_
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     settings = api_settings(tmp_path_factory.mktemp("readiness"))
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     metrics = Metrics()
-    server, task, url = await serve(create_app(settings, store, metrics), settings)
+    server, task, url = await serve(create_app(settings.api, settings.common, store, metrics), settings)
     headers = {"Authorization": f"Bearer {TOKENS['t1.example']}"}
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -48,7 +48,7 @@ async def test_ready_once_the_schema_is_current_and_still_ready_when_clickhouse_
 async def test_the_api_ops_port_follows_the_same_rule(tmp_path_factory: pytest.TempPathFactory) -> None:
     """`cdr api` serves /readyz on its ops port (the chart's probe)."""
     settings = api_settings(tmp_path_factory.mktemp("ops-readiness"))
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     metrics = Metrics()
     server, task, url = await serve(api_ops_app(store, metrics), settings)
     try:

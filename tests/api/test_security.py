@@ -56,7 +56,7 @@ async def test_bad_cursors_are_400(api: Api) -> None:
     good = await _first_cursor(api)
     middle = len(good) // 2
     flipped = good[:middle] + ("A" if good[middle] != "A" else "B") + good[middle + 1 :]
-    codec = CursorCodec(SECRET.encode(), ttl_s=api.settings.cursor_ttl_s)
+    codec = CursorCodec(SECRET.encode(), ttl_s=api.settings.api.cursor_ttl_s)
     expired = codec.encode(
         Position(
             "t1.example",
@@ -180,7 +180,7 @@ async def test_bad_values_name_the_parameter(api: Api) -> None:
                 "message": r.json()["error"]["message"],
                 "param": name,
             }
-        too_big = await client.get("/v1/cdr", params={"limit": str(api.settings.max_limit + 1)})
+        too_big = await client.get("/v1/cdr", params={"limit": str(api.settings.api.max_limit + 1)})
         backwards = await client.get("/v1/cdr", params={"start_date": "2024-05-02", "end_date": "2024-05-01"})
     assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "limit"
     assert backwards.status_code == 400 and backwards.json()["error"]["param"] == "end_date"
@@ -312,7 +312,7 @@ async def test_a_changed_token_file_takes_effect_without_a_restart(api: Api, tmp
 async def test_every_tenant_route_refuses_a_request_without_a_token(api: Api) -> None:
     """Walks the routes of the app as built: every /v1 route is authenticated by the way
     it is built, and nothing else but the documented operational routes is public."""
-    app = create_app(api.settings, api.store, Metrics())
+    app = create_app(api.settings.api, api.settings.common, api.store, Metrics())
     public = {"/openapi.json", "/docs", "/docs/init.js", "/docs/static", "/healthz", "/readyz", "/metrics"}
     public |= {"/console", "/console/", "/console/static"}  # the console's static page: data only with a token
     tenant_routes = [r for r in app.routes if isinstance(r, Route) and r.path.startswith("/v1/")]

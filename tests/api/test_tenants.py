@@ -87,7 +87,7 @@ async def test_timezone_tokens_and_rate_limit_per_tenant_and_reloaded(api: Api, 
 def test_a_bad_entry_names_the_tenant_and_field(tmp_path: Path, tenants: dict[str, Any], needle: str) -> None:
     settings = load_settings(tenants_file=_directory(tmp_path / "tenants.yaml", tenants), api_tokens="")
     with pytest.raises(SettingsError, match="CDR_TENANTS_FILE") as info:
-        load_directory(settings)
+        load_directory(settings.api, settings.common)
     assert needle in str(info.value)
 
 
@@ -95,12 +95,13 @@ def test_json_files_defaults_and_tokens_from_the_environment(tmp_path: Path) -> 
     path = tmp_path / "tenants.json"
     path.write_bytes(orjson.dumps({"tenants": {"acme.vn": {"tokens": [token_digest("a").upper()]}}}))
     settings = load_settings(tenants_file=path, api_tokens=f"env.vn:{token_digest('b')}", timezone="Asia/Bangkok")
-    directory = load_directory(settings)
+    directory = load_directory(settings.api, settings.common)
     assert directory.digests == {token_digest("a"): "acme.vn", token_digest("b"): "env.vn"}
     assert directory.profile("acme.vn").timezone == "Asia/Bangkok" == directory.profile("env.vn").timezone
     for broken, message in ((b"{not json", "not valid JSON"), (b"[]", "expected a mapping 'tenants:'")):
         path.write_bytes(broken)
         with pytest.raises(SettingsError, match=message):
-            load_directory(settings)
+            load_directory(settings.api, settings.common)
+    missing = load_settings(tenants_file=tmp_path / "missing.yaml")
     with pytest.raises(SettingsError, match="cannot read"):
-        load_directory(load_settings(tenants_file=tmp_path / "missing.yaml"))
+        load_directory(missing.api, missing.common)

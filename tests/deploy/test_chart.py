@@ -106,7 +106,7 @@ def test_rendered_objects_keep_their_promises(path: Path) -> None:
                 assert "secretKeyRef" in env.get("valueFrom", {}), env
 
     # Probes point at routes that exist, on ports the container opens.
-    served = set(openapi_document(load_settings())["paths"])
+    served = set(openapi_document(load_settings().api)["paths"])
     for name in ("ingest", "api"):
         c = containers[name]
         ports = {p["name"] for p in c["ports"]}
@@ -195,7 +195,7 @@ def test_ingest_reaches_a_secured_kafka() -> None:
     assert {"name": "kafka-tls", "mountPath": "/etc/cdr/kafka-tls", "readOnly": True} in mounts
     plain = {name: e["value"] for name, e in env.items() if "value" in e}
     settings = load_settings(**{k.removeprefix("CDR_").lower(): v for k, v in plain.items()}, kafka_sasl_password="x")
-    assert settings.kafka_sasl_username == "cdr-ingest" and settings.kafka_ssl_check_hostname
+    assert settings.kafka.kafka_sasl_username == "cdr-ingest" and settings.kafka.kafka_ssl_check_hostname
     assert not any(name.startswith("CDR_KAFKA_S") for name in env_of(objects, "api"))
 
 
@@ -437,7 +437,7 @@ def test_a_private_clickhouse_ca_reaches_every_pod_that_talks_to_clickhouse() ->
             k.removeprefix("CDR_").lower(): e["value"] for k, e in env.items() if k.startswith("CDR_") and "value" in e
         }
         settings = load_settings(**plain)
-        assert str(settings.clickhouse_ca_file) == "/etc/cdr/clickhouse-tls/ca.crt", component
+        assert str(settings.clickhouse.clickhouse_ca_file) == "/etc/cdr/clickhouse-tls/ca.crt", component
     api, ingest, migrate = (pod_of(objects, c) for c in ("api", "ingest", "migrate"))
     assert {"name": "extra-ca", "configMap": {"name": "corporate-ca"}} in api["volumes"]
     assert {"name": "extra-ca", "mountPath": "/etc/cdr/extra-ca", "readOnly": True} in api["containers"][0][
@@ -529,8 +529,8 @@ def test_the_api_drains_before_it_stops_and_outlives_the_proxys_idle_timeout() -
 
     config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == "cdr-api")
     settings = load_settings(api_keep_alive_s=config["data"]["CDR_API_KEEP_ALIVE_S"])
-    server = http_server(Starlette(), "127.0.0.1", 0, settings)
-    assert server.config.timeout_keep_alive == settings.api_keep_alive_s > 60
+    server = http_server(Starlette(), "127.0.0.1", 0, settings.api)
+    assert server.config.timeout_keep_alive == settings.api.api_keep_alive_s > 60
 
     (budget,) = (o for o in by_kind(objects, "PodDisruptionBudget") if o["metadata"]["name"] == "cdr-api")
     assert "minAvailable" not in budget["spec"]

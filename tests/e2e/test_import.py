@@ -29,7 +29,7 @@ def _bad_lines() -> list[bytes]:
 
 
 async def _stored(store_dir: Path) -> list[Any]:
-    store = open_store(load_settings(data_dir=store_dir, clickhouse_url=None))
+    store = open_store(load_settings(data_dir=store_dir, clickhouse_url=None).clickhouse)
     try:
         return await store.query("SELECT tenant_id, count() FROM cdr.cdr FINAL GROUP BY tenant_id ORDER BY tenant_id")
     finally:

@@ -24,8 +24,8 @@ class IngestEnv:
 
     @asynccontextmanager
     async def running(self, **overrides: object) -> AsyncIterator[Ingestor]:
-        settings = self.settings.model_copy(update=overrides) if overrides else self.settings
-        ingestor = build_ingestor(settings, self.store, self.metrics)
+        settings = self.settings.replaced(**overrides)
+        ingestor = build_ingestor(settings.kafka, settings.ingest, settings.common, self.store, self.metrics)
         await ingestor.start()
         try:
             yield ingestor
@@ -53,8 +53,8 @@ def make_settings(kafka_bootstrap: str, data_dir: Path, backend: dict[str, str],
 @pytest.fixture
 async def ingest_env(kafka_bootstrap: str, tmp_path: Path, backend: dict[str, str]) -> AsyncIterator[IngestEnv]:
     settings = make_settings(kafka_bootstrap, tmp_path / "store", backend)
-    await create_topics(kafka_bootstrap, settings.kafka_topic, settings.kafka_dlq_topic)
-    store = open_store(settings)
+    await create_topics(kafka_bootstrap, settings.kafka.kafka_topic, settings.kafka.kafka_dlq_topic)
+    store = open_store(settings.clickhouse)
     await migrate(store)
     try:
         yield IngestEnv(settings, store, Metrics())

@@ -37,9 +37,9 @@ async def feed_env(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Ingest
         feed_heartbeat_s=0.3,
         feed_max_streams_per_tenant=2,
     )
-    await create_topics(kafka_bootstrap, settings.kafka_topic, settings.kafka_dlq_topic)
-    store = open_store(settings)
-    await migrate(store, feed_retention_days=settings.feed_retention_days)
+    await create_topics(kafka_bootstrap, settings.kafka.kafka_topic, settings.kafka.kafka_dlq_topic)
+    store = open_store(settings.clickhouse)
+    await migrate(store, feed_retention_days=settings.api.feed_retention_days)
     try:
         yield IngestEnv(settings, store, Metrics())
     finally:
@@ -81,14 +81,14 @@ async def test_rows_carry_their_kafka_position_and_the_feed_delivers_each_newest
     evs = events(60, seed=3, start=datetime.now(UTC) - timedelta(hours=1), spacing_s=1)
     since = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
     async with feed_env.running():
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(evs))
         await stored(store, 60)
         # A correction of the first call, and a stale re-delivery of its first version after it.
         later = corrected(evs[0], 5, status="NO ANSWER")
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded([later, evs[0]]))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded([later, evs[0]]))
         await stored(store, 61)
 
-    records = await read_all(settings.kafka_bootstrap_servers, settings.kafka_topic, 62)
+    records = await read_all(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, 62)
     where = {(r.partition, r.offset): orjson.loads(r.value) for r in records}
     rows = await store.query(
         f"SELECT toString(id), toUnixTimestamp64Milli(emitted_at), source_partition, source_offset "
@@ -131,10 +131,10 @@ async def test_long_poll_answers_when_a_change_arrives_and_other_tenants_never_s
         assert not waiting.done()
         # One call for t2 (never shown to t1), then one for t1.
         theirs = events(1, seed=5, tenants=("t2.example",), start=datetime.now(UTC) - timedelta(minutes=5))
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(theirs))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(theirs))
         published = time.monotonic()
         ours = events(1, seed=6, tenants=("t1.example",), start=datetime.now(UTC) - timedelta(minutes=5))
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(ours))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(ours))
         answer = (await waiting).json()
         # Answered with the change, well before the end of the wait.
         assert [i["id"] for i in answer["data"]] == [ours[0]["id"]]
@@ -153,7 +153,7 @@ async def test_the_stream_resumes_with_last_event_id_sends_heartbeats_and_limits
         heartbeats = 0
         async with aconnect_sse(http, "GET", "/v1/cdr/changes/stream", params={"cursor": start}) as source:
             assert source.response.status_code == 200
-            await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(first))
+            await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(first))
             async for event in source.aiter_sse():
                 got.append(orjson.loads(event.data))
                 last_id = event.id
@@ -168,7 +168,7 @@ async def test_the_stream_resumes_with_last_event_id_sends_heartbeats_and_limits
             refused = await http.get("/v1/cdr/changes/stream")
             assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
             assert "Retry-After" in refused.headers
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(second))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(second))
         resumed: list[dict[str, Any]] = []
         async with http.stream(
             "GET", "/v1/cdr/changes/stream", headers={"Last-Event-ID": last_id, "Accept": "text/event-stream"}

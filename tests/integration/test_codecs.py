@@ -32,7 +32,7 @@ async def test_batches_in_every_codec_are_stored(ingest_env: IngestEnv) -> None:
     """A librdkafka PBX may compress with any of Kafka's codecs: each is decoded and stored,
     none is dead-lettered."""
     settings = ingest_env.settings
-    bootstrap, topic = settings.kafka_bootstrap_servers, settings.kafka_topic
+    bootstrap, topic = settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic
     sent = {codec: events(200, seed=30 + i) for i, codec in enumerate(CODECS)}
     for codec, evs in sent.items():
         await produce(bootstrap, topic, encoded(evs), compression=codec)
@@ -46,14 +46,14 @@ async def test_batches_in_every_codec_are_stored(ingest_env: IngestEnv) -> None:
         await wait_for(all_committed, 60, "every codec's batches committed")
 
     assert sorted(await stored_ids(ingest_env.store)) == expected
-    assert sum((await _end_offsets(bootstrap, settings.kafka_dlq_topic)).values()) == 0
+    assert sum((await _end_offsets(bootstrap, settings.kafka.kafka_dlq_topic)).values()) == 0
 
 
 async def test_an_aborted_transaction_is_not_stored(ingest_env: IngestEnv) -> None:
     """Events of a transaction the producer aborted are in the log, followed by the abort
     marker: read_committed skips them, read_uncommitted would store them."""
     settings = ingest_env.settings
-    bootstrap, topic = settings.kafka_bootstrap_servers, settings.kafka_topic
+    bootstrap, topic = settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic
     aborted, committed = events(100, seed=41), events(100, seed=42)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=unique("txn"))
     await producer.start()
@@ -74,14 +74,14 @@ async def test_an_aborted_transaction_is_not_stored(ingest_env: IngestEnv) -> No
 
     async with ingest_env.running():
         await wait_for(
-            lambda: _committed_at_least(bootstrap, settings.kafka_group_id, topic, last),
+            lambda: _committed_at_least(bootstrap, settings.kafka.kafka_group_id, topic, last),
             60,
             "the group committed past the committed transaction",
         )
 
     # Stored in offset order, so everything before the committed transaction's end was read.
     assert sorted(await stored_ids(ingest_env.store)) == sorted(e["id"] for e in committed)
-    assert sum((await _end_offsets(bootstrap, settings.kafka_dlq_topic)).values()) == 0
+    assert sum((await _end_offsets(bootstrap, settings.kafka.kafka_dlq_topic)).values()) == 0
 
 
 async def _committed_at_least(bootstrap: str, group: str, topic: str, offset: int, partition: int = 0) -> bool:
@@ -132,7 +132,7 @@ async def test_a_corrupt_batch_is_never_committed_past(ingest_env: IngestEnv, ca
     stored or dead-lettered. (aiokafka drops the whole fetch at its first bad batch, so
     the stop can be up to a fetch before it.)"""
     settings = ingest_env.settings
-    bootstrap, topic = settings.kafka_bootstrap_servers, settings.kafka_topic
+    bootstrap, topic = settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic
     before, damaged, after = events(100, seed=51), events(20, seed=52), events(100, seed=53)
     await produce(bootstrap, topic, encoded(before), partition=0)
     await produce(bootstrap, topic, encoded(damaged), partition=0, compression="gzip")
@@ -152,7 +152,7 @@ async def test_a_corrupt_batch_is_never_committed_past(ingest_env: IngestEnv, ca
             return refusals() >= 2
 
         await wait_for(refused_twice, 60, "the damaged batch refused twice (a retry)")
-        assert (await committed_offsets(bootstrap, settings.kafka_group_id, topic))[0] <= len(before)
+        assert (await committed_offsets(bootstrap, settings.kafka.kafka_group_id, topic))[0] <= len(before)
 
     assert set(await stored_ids(ingest_env.store)) <= {e["id"] for e in before}
-    assert sum((await _end_offsets(bootstrap, settings.kafka_dlq_topic)).values()) == 0
+    assert sum((await _end_offsets(bootstrap, settings.kafka.kafka_dlq_topic)).values()) == 0

@@ -34,11 +34,11 @@ async def test_the_default_is_the_brokers_replication_factor(kafka_bootstrap: st
     settings = load_settings(
         kafka_bootstrap_servers=kafka_bootstrap, kafka_topic=topic, kafka_dlq_topic=topic + ".dlq", kafka_partitions=3
     )
-    assert settings.kafka_replication_factor == -1
-    assert await create_topics(settings) == [topic, topic + ".dlq"]
+    assert settings.kafka.kafka_replication_factor == -1
+    assert await create_topics(settings.kafka) == [topic, topic + ".dlq"]
     # The single test broker's default.replication.factor is 1.
     assert await _replicas(kafka_bootstrap, [topic, topic + ".dlq"]) == {topic: {1}, topic + ".dlq": {1}}
-    assert await create_topics(settings) == []  # a second run finds them
+    assert await create_topics(settings.kafka) == []  # a second run finds them
 
 
 async def test_a_factor_above_the_broker_count_is_refused_before_creating(kafka_bootstrap: str) -> None:
@@ -50,5 +50,5 @@ async def test_a_factor_above_the_broker_count_is_refused_before_creating(kafka_
         kafka_replication_factor=2,
     )
     with pytest.raises(SettingsError, match=r"CDR_KAFKA_REPLICATION_FACTOR: replication factor 2 is more than the 1"):
-        await create_topics(settings)
+        await create_topics(settings.kafka)
     assert await _replicas(kafka_bootstrap, [topic, topic + ".dlq"]) == {}

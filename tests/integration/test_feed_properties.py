@@ -68,7 +68,9 @@ class Group:
     async def rebalance(self) -> None:
         """The second ingestor joins (and gets partitions) or leaves: the group rebalances."""
         if self.b is None:
-            self.b = build_ingestor(self.settings, self.store, Metrics())
+            self.b = build_ingestor(
+                self.settings.kafka, self.settings.ingest, self.settings.common, self.store, Metrics()
+            )
             await self.b.start()
             joined = self.b
 
@@ -82,14 +84,18 @@ class Group:
         self.rebalances += 1
 
     async def publish(self, evs: list[dict[str, Any]]) -> None:
-        self.published += await produce(self.settings.kafka_bootstrap_servers, self.settings.kafka_topic, encoded(evs))
+        self.published += await produce(
+            self.settings.kafka.kafka_bootstrap_servers, self.settings.kafka.kafka_topic, encoded(evs)
+        )
 
     async def all_stored(self) -> None:
         """Every published event stored and committed (by whichever ingestor owns it now)."""
         s = self.settings
 
         async def committed() -> bool:
-            offsets = await committed_offsets(s.kafka_bootstrap_servers, s.kafka_group_id, s.kafka_topic)
+            offsets = await committed_offsets(
+                s.kafka.kafka_bootstrap_servers, s.kafka.kafka_group_id, s.kafka.kafka_topic
+            )
             return sum(offsets.values()) >= self.published
 
         await wait_for(committed, 90, f"{self.published} events stored and committed")
@@ -108,12 +114,12 @@ async def group(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Group]:
         feed_max_streams_per_tenant=100,
         kafka_session_timeout_ms=6_000,
     )
-    await create_topics(kafka_bootstrap, s.kafka_topic, s.kafka_dlq_topic)
-    store = open_store(s)
-    await migrate(store, feed_retention_days=s.feed_retention_days)
-    a = build_ingestor(s, store, Metrics())
+    await create_topics(kafka_bootstrap, s.kafka.kafka_topic, s.kafka.kafka_dlq_topic)
+    store = open_store(s.clickhouse)
+    await migrate(store, feed_retention_days=s.api.feed_retention_days)
+    a = build_ingestor(s.kafka, s.ingest, s.common, store, Metrics())
     await a.start()
-    server, task, url = await serve(create_app(s, store, Metrics()), s)
+    server, task, url = await serve(create_app(s.api, s.common, store, Metrics()), s)
     shared = Group(s, store, url, a)
     try:
         yield shared

@@ -25,7 +25,7 @@ async def test_an_import_merges_the_months_it_wrote(tmp_path: Path) -> None:
     report = await import_files(settings, [path], tmp_path / "rejects.ndjson", batch_size=100)
     assert report.stored == len(calls)
 
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     try:
         parts = await store.query(
             "SELECT partition, count() FROM system.parts WHERE database = 'cdr' AND table = 'cdr' AND active"

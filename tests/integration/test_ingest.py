@@ -48,7 +48,9 @@ async def test_50k_events_exactly_once_and_every_field_round_trips(ingest_env: I
     # Nulls and empty strings must survive too.
     sent[0].update(recording_url=None, receive_dest=None, extension=None, time_answered=None, sip_call_id="")
     sent[1].update(recording_url="", receive_dest="", extension="")
-    await produce(ingest_env.settings.kafka_bootstrap_servers, ingest_env.settings.kafka_topic, encoded(sent))
+    await produce(
+        ingest_env.settings.kafka.kafka_bootstrap_servers, ingest_env.settings.kafka.kafka_topic, encoded(sent)
+    )
 
     async with ingest_env.running():
 
@@ -99,7 +101,7 @@ async def test_duplicates_and_corrections_collapse_to_newest(ingest_env: IngestE
         fixed["status"] = "FAILED"
         fixed["cause"] = "CORRECTED"
         corrected.append(fixed)
-    bootstrap, topic = ingest_env.settings.kafka_bootstrap_servers, ingest_env.settings.kafka_topic
+    bootstrap, topic = ingest_env.settings.kafka.kafka_bootstrap_servers, ingest_env.settings.kafka.kafka_topic
     # Old, then corrected, then the old ones again (late re-delivery must not win).
     await produce(bootstrap, topic, encoded(sent))
     await produce(bootstrap, topic, encoded(corrected))
@@ -157,7 +159,7 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
         mixed.append((f"poison-{i}".encode(), value))
     mixed.extend(good_iter)
     settings = ingest_env.settings
-    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, mixed)
+    await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, mixed)
 
     async with ingest_env.running():
 
@@ -165,7 +167,7 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
             return len(await stored_ids(ingest_env.store)) >= len(good)
 
         await wait_for(all_stored, 60, "every good event stored")
-        dead = await read_all(settings.kafka_bootstrap_servers, settings.kafka_dlq_topic, len(poison))
+        dead = await read_all(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_dlq_topic, len(poison))
 
     assert sorted(await stored_ids(ingest_env.store)) == sorted(e["id"] for e in good)
     assert len(dead) == len(poison)
@@ -195,13 +197,13 @@ async def test_poison_messages_go_to_dlq_with_reasons_and_never_stall(ingest_env
     }
     for name, value in poison.items():
         # Published unchanged, but for a message over CDR_MAX_EVENT_BYTES: its first bytes and its size.
-        limit = settings.max_event_bytes
+        limit = settings.ingest.max_event_bytes
         record = by_value[value[:limit]]
         if len(value) > limit:
             assert dict(record.headers)[HEADER_ORIGINAL_SIZE] == str(len(value)).encode()
         headers = {k: v.decode() for k, v in record.headers}
         assert headers[HEADER_KIND] == expected_kind[name], name
-        assert headers[HEADER_TOPIC] == settings.kafka_topic
+        assert headers[HEADER_TOPIC] == settings.kafka.kafka_topic
         assert int(headers[HEADER_PARTITION]) in range(4)
         assert int(headers[HEADER_OFFSET]) >= 0
         assert headers[HEADER_ERROR], name
@@ -218,7 +220,9 @@ async def test_mostly_bad_partition_stops_the_ingestor_without_committing(ingest
     garbage = [(b"k", b"<xml>not a call</xml>") for _ in range(400)]
     # One key: one partition, so the limit sees the whole stream.
     await produce(
-        settings.kafka_bootstrap_servers, settings.kafka_topic, [(b"same-key", value) for _, value in good + garbage]
+        settings.kafka.kafka_bootstrap_servers,
+        settings.kafka.kafka_topic,
+        [(b"same-key", value) for _, value in good + garbage],
     )
     async with ingest_env.running(dlq_min_messages=100, dlq_window=200, dlq_max_ratio=0.5) as ingestor:
 
@@ -229,7 +233,9 @@ async def test_mostly_bad_partition_stops_the_ingestor_without_committing(ingest
         ready, checks = await ingestor.ready()
     assert not ready and "halted" in checks["pipeline"]
     assert ingestor.pipeline.fatal is not None and "invalid" in ingestor.pipeline.fatal
-    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    offsets = await committed_offsets(
+        settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_group_id, settings.kafka.kafka_topic
+    )
     # Whatever was committed precedes the batch that broke the limit; the rest stays for a human.
     assert sum(offsets.values()) < len(good) + len(garbage)
 
@@ -243,7 +249,9 @@ async def test_overlapping_batches_on_two_workers_commit_in_order(ingest_env: In
     may be validated out of order; each is still stored once, and each batch's commit
     comes after the one before it (per partition, offsets committed only grow)."""
     sent = events(30_000, seed=11)
-    await produce(ingest_env.settings.kafka_bootstrap_servers, ingest_env.settings.kafka_topic, encoded(sent))
+    await produce(
+        ingest_env.settings.kafka.kafka_bootstrap_servers, ingest_env.settings.kafka.kafka_topic, encoded(sent)
+    )
     commits: list[dict[int, int]] = []
     async with ingest_env.running(validation_processes=2, batch_size=1_500) as ingestor:
         pipeline = ingestor.pipeline
@@ -281,7 +289,9 @@ async def test_a_stored_batch_is_freed_without_waiting_for_the_garbage_collector
     from faststream.kafka.message import KafkaAckableMessage
 
     sent = events(20_000, seed=12)
-    await produce(ingest_env.settings.kafka_bootstrap_servers, ingest_env.settings.kafka_topic, encoded(sent))
+    await produce(
+        ingest_env.settings.kafka.kafka_bootstrap_servers, ingest_env.settings.kafka.kafka_topic, encoded(sent)
+    )
     gc.collect()
     gc.disable()
     try:

@@ -44,15 +44,15 @@ def _start_ingestor(env: dict[str, str], log_path: Path) -> subprocess.Popen[byt
 @pytest.mark.slow
 async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
     settings = make_settings(kafka_bootstrap, tmp_path / "store", {}, batch_size=2_000)
-    await create_topics(kafka_bootstrap, settings.kafka_topic, settings.kafka_dlq_topic)
+    await create_topics(kafka_bootstrap, settings.kafka.kafka_topic, settings.kafka.kafka_dlq_topic)
     env = {
         **os.environ,
         "CDR_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "CDR_KAFKA_TOPIC": settings.kafka_topic,
-        "CDR_KAFKA_DLQ_TOPIC": settings.kafka_dlq_topic,
-        "CDR_KAFKA_GROUP_ID": settings.kafka_group_id,
-        "CDR_DATA_DIR": str(settings.data_dir),
-        "CDR_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "CDR_KAFKA_TOPIC": settings.kafka.kafka_topic,
+        "CDR_KAFKA_DLQ_TOPIC": settings.kafka.kafka_dlq_topic,
+        "CDR_KAFKA_GROUP_ID": settings.kafka.kafka_group_id,
+        "CDR_DATA_DIR": str(settings.clickhouse.data_dir),
+        "CDR_CLICKHOUSE_DATABASE": settings.clickhouse.clickhouse_database,
         "CDR_BATCH_SIZE": "2000",
         "CDR_BATCH_TIME_MS": "200",
         "CDR_OPS_PORT": "0",
@@ -72,13 +72,13 @@ async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp
         chunk = 0
         while not kills_done.is_set():
             more = encoded(events(2_000, seed=5_000 + chunk, start=datetime(2024, 5, 1, tzinfo=UTC) + chunk * STEP))
-            await produce(kafka_bootstrap, settings.kafka_topic, more)
+            await produce(kafka_bootstrap, settings.kafka.kafka_topic, more)
             pairs.extend(more)
             chunk += 1
             await asyncio.sleep(0.25)
 
     async def committed() -> int:
-        offsets = await committed_offsets(kafka_bootstrap, settings.kafka_group_id, settings.kafka_topic)
+        offsets = await committed_offsets(kafka_bootstrap, settings.kafka.kafka_group_id, settings.kafka.kafka_topic)
         return sum(offsets.values())
 
     producing = asyncio.create_task(produce_until_kills_done())
@@ -118,7 +118,7 @@ async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp
             process.wait()
     sent = [orjson.loads(value) for _, value in pairs]
 
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     try:
         ids = await stored_ids(store)
     finally:
@@ -138,7 +138,7 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
     first = events(1_000, seed=6)
     second = events(4_000, seed=7)
     async with ingest_env.running() as ingestor:
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(first))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(first))
 
         async def first_stored() -> bool:
             return len(await stored_ids(store)) == len(first)
@@ -147,14 +147,14 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
 
         async def first_committed() -> bool:
             offsets = await committed_offsets(
-                settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic
+                settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_group_id, settings.kafka.kafka_topic
             )
             return sum(offsets.values()) == len(first)
 
         await wait_for(first_committed, 30, "the first commit")
 
         await refuse_inserts(store)
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(second))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(second))
 
         async def failing() -> bool:
             return ingest_env.metrics.insert_failures._value.get() >= 3
@@ -163,7 +163,7 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
         ready, checks = await ingestor.ready()
         assert not ready, checks
         offsets = await committed_offsets(
-            settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic
+            settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_group_id, settings.kafka.kafka_topic
         )
         assert sum(offsets.values()) == len(first), "committed during the outage"
 
@@ -176,7 +176,9 @@ async def test_clickhouse_outage_blocks_commits_then_recovers(ingest_env: Ingest
         await wait_for(lambda: _ready(ingestor), 30, "ready again")
 
     assert set(await stored_ids(store)) == {e["id"] for e in first + second}
-    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    offsets = await committed_offsets(
+        settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_group_id, settings.kafka.kafka_topic
+    )
     assert sum(offsets.values()) == len(first) + len(second)
 
 
@@ -191,13 +193,15 @@ async def test_a_table_missing_after_the_schema_was_current_halts_ingest(ingest_
     with an error naming the setting, commits nothing, and never retries."""
     settings, store = ingest_env.settings, ingest_env.store
     await store.command(f"DETACH TABLE {store.qualified('cdr')}")
-    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(events(200, seed=13)))
+    await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(events(200, seed=13)))
     async with ingest_env.running() as ingestor:
         await asyncio.wait_for(ingestor.pipeline.halted.wait(), 60)
         fatal = ingestor.pipeline.fatal
     assert fatal is not None and "UNKNOWN_TABLE" in fatal and "CDR_CLICKHOUSE_CLUSTER" in fatal, fatal
     assert ingest_env.metrics.insert_failures._value.get() == 0, "a missing table was retried"
-    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    offsets = await committed_offsets(
+        settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_group_id, settings.kafka.kafka_topic
+    )
     assert sum(offsets.values()) == 0
 
 
@@ -209,7 +213,7 @@ async def test_a_schema_mismatch_halts_ingest_instead_of_retrying(ingest_env: In
     await store.command(f"DROP VIEW {store.qualified('cdr_changes_mv')}")
     await store.command(f"ALTER TABLE {store.qualified('cdr')} DROP COLUMN receive_dest")
     sent = events(500, seed=12)
-    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(sent))
+    await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(sent))
     async with ingest_env.running() as ingestor:
         await asyncio.wait_for(ingestor.pipeline.halted.wait(), 60)
         fatal = ingestor.pipeline.fatal
@@ -217,7 +221,9 @@ async def test_a_schema_mismatch_halts_ingest_instead_of_retrying(ingest_env: In
     assert fatal is not None and "code 16" in fatal, fatal  # NO_SUCH_COLUMN_IN_TABLE
     assert not ready and "halted" in checks["pipeline"]
     assert ingest_env.metrics.insert_failures._value.get() == 0, "a permanent error was retried"
-    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    offsets = await committed_offsets(
+        settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_group_id, settings.kafka.kafka_topic
+    )
     assert sum(offsets.values()) == 0
 
 
@@ -235,18 +241,18 @@ async def test_rows_clickhouse_refuses_are_dead_lettered_and_the_rest_stored(ing
     for n in bad_at:
         sent[n]["sip_call_id"] = f"refuse-me-{n}@t1.example"
     produced = encoded(sent)
-    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, produced)
-    bootstrap = settings.kafka_bootstrap_servers
+    await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, produced)
+    bootstrap = settings.kafka.kafka_bootstrap_servers
     async with ingest_env.running() as ingestor:
 
         async def all_committed() -> bool:
-            offsets = await committed_offsets(bootstrap, settings.kafka_group_id, settings.kafka_topic)
+            offsets = await committed_offsets(bootstrap, settings.kafka.kafka_group_id, settings.kafka.kafka_topic)
             return sum(offsets.values()) == len(sent) or ingestor.pipeline.halted.is_set()
 
         await wait_for(all_committed, 60, "the batch committed (or a halt)")
         assert ingestor.pipeline.fatal is None, ingestor.pipeline.fatal
         assert not ingestor.pipeline.halted.is_set()
-        dead = await read_all(bootstrap, settings.kafka_dlq_topic, len(bad_at))
+        dead = await read_all(bootstrap, settings.kafka.kafka_dlq_topic, len(bad_at))
 
     good_ids = {e["id"] for n, e in enumerate(sent) if n not in bad_at}
     assert set(await stored_ids(store)) == good_ids
@@ -265,13 +271,15 @@ async def test_clickhouse_refusing_most_rows_halts_instead_of_dead_lettering_the
     dead-letter limit's share of a batch the search stops and ingest halts, committing nothing."""
     settings, store = ingest_env.settings, ingest_env.store
     await store.command(f"ALTER TABLE {store.qualified('cdr')} ADD CONSTRAINT never CHECK sip_call_id = 'none'")
-    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(events(400, seed=32)))
+    await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(events(400, seed=32)))
     async with ingest_env.running(dlq_min_messages=1) as ingestor:
         await asyncio.wait_for(ingestor.pipeline.halted.wait(), 60)
         fatal = ingestor.pipeline.fatal
     assert fatal is not None and "VIOLATED_CONSTRAINT" in fatal and "refused more than" in fatal, fatal
     assert ingest_env.metrics.events_dead_lettered.labels(reason="refused_by_clickhouse")._value.get() == 0
-    offsets = await committed_offsets(settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.kafka_topic)
+    offsets = await committed_offsets(
+        settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_group_id, settings.kafka.kafka_topic
+    )
     assert sum(offsets.values()) == 0
 
 
@@ -284,12 +292,15 @@ async def test_two_ingestors_in_one_group_end_with_exactly_the_produced_ids(inge
     its partitions move only when its session expires). The other ends with exactly
     the produced ids, and no committed offset ever moves backwards (a commit for a
     partition its consumer no longer owns would do that)."""
-    settings = ingest_env.settings.model_copy(update={"batch_size": 1_000, "kafka_session_timeout_ms": 6_000})
-    bootstrap, topic, group = settings.kafka_bootstrap_servers, settings.kafka_topic, settings.kafka_group_id
-    a = build_ingestor(
-        settings.model_copy(update={"kafka_group_instance_id": "replica-a"}), ingest_env.store, Metrics()
+    settings = ingest_env.settings.replaced(batch_size=1_000, kafka_session_timeout_ms=6_000)
+    bootstrap, topic, group = (
+        settings.kafka.kafka_bootstrap_servers,
+        settings.kafka.kafka_topic,
+        settings.kafka.kafka_group_id,
     )
-    b = build_ingestor(settings, ingest_env.store, Metrics())
+    replica_a = settings.replaced(kafka_group_instance_id="replica-a")
+    a = build_ingestor(replica_a.kafka, replica_a.ingest, replica_a.common, ingest_env.store, Metrics())
+    b = build_ingestor(settings.kafka, settings.ingest, settings.common, ingest_env.store, Metrics())
     sent = events(24_000, seed=21)
     pairs = encoded(sent)
     history: list[dict[int, int]] = []

@@ -28,7 +28,7 @@ async def test_the_ingestor_stores_canonical_numbers_in_each_tenants_region(
         return len(await stored_ids(ingest_env.store)) >= len(calls)
 
     async with ingest_env.running(tenants_file=directory):  # CDR_PHONE_REGION: VN
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(calls))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(calls))
         await wait_for(stored, 60, "the calls stored")
 
     table = ingest_env.store.qualified("cdr")

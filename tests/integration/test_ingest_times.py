@@ -65,10 +65,10 @@ async def test_naive_times_are_read_in_each_tenants_zone_and_a_reload_applies_to
         return len(await stored_ids(ingest_env.store)) >= n
 
     async with ingest_env.running(tenants_file=directory):  # CDR_TIMEZONE: Asia/Ho_Chi_Minh
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(first))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(first))
         await wait_for(lambda: stored(3), 60, "the first batch stored")
         _directory(directory, {"ny.example": "America/New_York", "tokyo.example": "Asia/Tokyo"})
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(second))
+        await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(second))
         await wait_for(lambda: stored(6), 60, "the second batch stored")
 
     started = await _started_at(ingest_env)
@@ -102,7 +102,7 @@ async def test_implausible_times_are_dead_lettered_naming_the_field(ingest_env: 
     good = events(500, seed=12)
     bad = _implausible()
     messages = encoded(good) + [(b"bad", value) for value in bad.values()]
-    await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, messages)
+    await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, messages)
 
     async with ingest_env.running():
 
@@ -110,7 +110,7 @@ async def test_implausible_times_are_dead_lettered_naming_the_field(ingest_env: 
             return len(await stored_ids(ingest_env.store)) >= len(good)
 
         await wait_for(all_stored, 60, "every plausible call stored")
-        dead = await read_all(settings.kafka_bootstrap_servers, settings.kafka_dlq_topic, len(bad))
+        dead = await read_all(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_dlq_topic, len(bad))
 
     assert sorted(await stored_ids(ingest_env.store)) == sorted(e["id"] for e in good)
     errors = {record.value: {k: v.decode() for k, v in record.headers} for record in dead}

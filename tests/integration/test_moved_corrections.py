@@ -41,7 +41,7 @@ def _moved(event: dict[str, Any], *, by_s: int, emitted_after_s: float, status: 
 
 
 async def test_a_correction_that_moves_a_call_leaves_one_record_in_every_read(ingest_env: IngestEnv) -> None:
-    bootstrap, topic = ingest_env.settings.kafka_bootstrap_servers, ingest_env.settings.kafka_topic
+    bootstrap, topic = ingest_env.settings.kafka.kafka_bootstrap_servers, ingest_env.settings.kafka.kafka_topic
     calls = events(12, seed=25, tenants=(TENANT,), spacing_s=600)
     apart, together = calls[0], calls[1]
     # 30 s earlier, emitted a second after the original: the case of the issue.
@@ -64,13 +64,11 @@ async def test_a_correction_that_moves_a_call_leaves_one_record_in_every_read(in
         await wait_for(lambda: _at_least(stored, 17), 60, "the stale versions stored")
 
     want = sorted((as_record(e) for e in newest.values()), key=lambda r: (r["time_started"], r["id"]))
-    settings = ingest_env.settings.model_copy(
-        update={
-            "api_tokens": ",".join(f"{t}:{token_digest(token)}" for t, token in TOKENS.items()),
-            "cursor_secret": SecretStr(SECRET),
-        }
+    settings = ingest_env.settings.replaced(
+        api_tokens=",".join(f"{t}:{token_digest(token)}" for t, token in TOKENS.items()),
+        cursor_secret=SecretStr(SECRET),
     )
-    server, task, url = await serve(create_app(settings, ingest_env.store, Metrics()), settings)
+    server, task, url = await serve(create_app(settings.api, settings.common, ingest_env.store, Metrics()), settings)
     api = Api(url, settings, ingest_env.store)
     try:
         async with api.client(TENANT) as client:

@@ -30,6 +30,7 @@ from cdr.notify.notifier import Notifier
 from cdr.notify.ssrf import Resolver, system_resolver
 from cdr.settings import Settings
 from cdr.store import Store, open_store
+from cdr.store.feed_hub import feed_hub_for
 from cdr.store.migrations import migrate
 from cdr.store.webhooks import EndpointState, state_rows
 from tests.api.conftest import SECRET, TOKENS, free_port, replace_file, running_api
@@ -225,7 +226,8 @@ async def test_every_change_arrives_signed_and_in_order_through_failures_and_a_s
 
 @asynccontextmanager
 async def notifying(settings: Settings, store: Store, resolver: Resolver = system_resolver) -> AsyncIterator[Notifier]:
-    notifier = Notifier(settings, store, Metrics(), resolver=resolver)
+    hub = feed_hub_for(settings.api, store)
+    notifier = Notifier(settings.notify, settings.common, store, Metrics(), hub=hub, resolver=resolver)
     stopping = asyncio.Event()
     task = asyncio.create_task(notifier.run(stopping))
     try:
@@ -246,9 +248,9 @@ async def webhook_env(
         cursor_secret=SECRET,
         **(FAST | extra),
     )
-    await create_topics(kafka_bootstrap, settings.kafka_topic, settings.kafka_dlq_topic)
-    store = open_store(settings)
-    await migrate(store, feed_retention_days=settings.feed_retention_days)
+    await create_topics(kafka_bootstrap, settings.kafka.kafka_topic, settings.kafka.kafka_dlq_topic)
+    store = open_store(settings.clickhouse)
+    await migrate(store, feed_retention_days=settings.api.feed_retention_days)
     return IngestEnv(settings, store, Metrics())
 
 
@@ -280,7 +282,7 @@ async def test_a_dead_endpoint_never_delays_the_healthy_ones(
             await recorded(store, 21)
             for wave, seed in enumerate((41, 42)):
                 evs = events(60, seed=seed, start=start + timedelta(minutes=10 * wave), spacing_s=3)
-                await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+                await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(evs))
 
                 async def healthy_have_all(evs: list[dict[str, Any]] = evs) -> bool:
                     for path in healthy:
@@ -315,7 +317,7 @@ async def test_the_api_shows_each_endpoints_state_to_its_tenant_only_and_replays
         async with env.running(), notifying(settings, store), running_api(settings, store) as url:
             await recorded(store, 3)
             since = datetime.now(UTC) - timedelta(seconds=1)
-            await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+            await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(evs))
 
             async def delivered() -> bool:
                 return {i for i, _ in versions(receiver.got["/t1/crm"])} == mine
@@ -397,7 +399,7 @@ async def test_urls_reaching_private_addresses_are_refused_with_the_reason_shown
         async with env.running(), notifying(settings, store, resolve), running_api(settings, store) as url:
             await recorded(store, 6)
             evs = events(4, seed=61, tenants=("t1.example",), start=datetime.now(UTC) - timedelta(hours=1))
-            await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+            await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(evs))
 
             async def named_refused() -> bool:
                 shown = {s["name"]: s for s in await api_states(url, "t1.example")}
@@ -437,7 +439,7 @@ async def test_endpoints_of_a_tenant_catching_up_together_share_their_reads(
     evs = events(2_500, seed=71, tenants=("t1.example",), start=datetime.now(UTC) - timedelta(hours=3), spacing_s=1)
     try:
         async with env.running():
-            await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+            await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(evs))
 
             async def stored() -> bool:
                 rows = await store.query(f"SELECT count() FROM {store.qualified('cdr_changes')}")
@@ -494,7 +496,7 @@ async def test_an_endpoint_failing_too_long_is_disabled_with_the_reason_until_a_
         async with env.running(), notifying(settings, store) as notifier, running_api(settings, store) as url:
             await recorded(store, 1)
             since = datetime.now(UTC) - timedelta(seconds=1)
-            await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, encoded(evs))
+            await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(evs))
 
             async def disabled() -> bool:
                 (crm,) = await api_states(url, "t1.example")

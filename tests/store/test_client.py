@@ -184,7 +184,7 @@ def test_an_embedded_folder_that_cannot_be_made_is_named(tmp_path_factory: pytes
     occupied = tmp_path_factory.mktemp("occupied") / "a-file"
     occupied.write_text("not a folder")
     with pytest.raises(SettingsError, match=r"CDR_DATA_DIR: .*a-file") as info:
-        open_store(load_settings(clickhouse_url=None, data_dir=occupied))
+        open_store(load_settings(clickhouse_url=None, data_dir=occupied).clickhouse)
     assert info.value.problems[0]["setting"] == "CDR_DATA_DIR"
 
 

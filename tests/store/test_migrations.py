@@ -97,7 +97,7 @@ def test_only_an_embedded_ingestor_migrates(tmp_path_factory: pytest.TempPathFac
     server = load_settings(clickhouse_url="http://clickhouse.example:8123")
     step = schema_step(embedded)
     assert isinstance(step, functools.partial) and step.func is migrate
-    assert step.keywords == {"feed_retention_days": embedded.feed_retention_days}
+    assert step.keywords == {"feed_retention_days": embedded.api.feed_retention_days}
     assert schema_step(server) is wait_until_current
 
 

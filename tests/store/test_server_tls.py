@@ -98,7 +98,7 @@ async def test_an_untrusted_certificate_is_configuration_naming_the_setting(
     settings = load_settings(
         clickhouse_url=f"https://localhost:{peer.port}", clickhouse_ca_file=certs.other_ca, data_dir=tmp_path
     )
-    failure = await _first_query(open_store(settings))
+    failure = await _first_query(open_store(settings.clickhouse))
     assert isinstance(failure, SettingsError), failure
     assert str(failure).startswith("CDR_CLICKHOUSE_CA_FILE:") and str(certs.other_ca) in str(failure)
     assert peer.handshakes == []
@@ -127,6 +127,6 @@ async def test_the_client_certificate_is_shown(peer: TlsPeer, certs: Certificate
         clickhouse_client_key_file=certs.client_key,
         data_dir=tmp_path,
     )
-    failure = await _first_query(open_store(settings))
+    failure = await _first_query(open_store(settings.clickhouse))
     assert isinstance(failure, StoreUnavailable), failure
     assert peer.handshakes and peer.handshakes[0] == "client"

@@ -38,7 +38,7 @@ from cdr.api.tenants import load_directory
 from cdr.api.webhooks import WebhookRoutes
 from cdr.metrics import Metrics
 from cdr.ops import ops_routes
-from cdr.settings import Settings, SettingsError
+from cdr.settings import ApiSettings, CommonSettings, SettingsError
 from cdr.store import Store
 from cdr.store.feed_hub import FeedHub, feed_hub_for
 from cdr.store.migrations import SchemaGate
@@ -94,7 +94,8 @@ def api_ops_app(store: Store, metrics: Metrics) -> Starlette:
 
 
 def create_app(
-    settings: Settings,
+    api: ApiSettings,
+    common: CommonSettings,
     store: Store,
     metrics: Metrics,
     *,
@@ -111,24 +112,22 @@ def create_app(
     the token and tenant files are rechecked by (a test moves it on instead of waiting).
     ``feed_hub``: the change feed's shared reader, when the caller pokes it (`cdr run`'s
     ingestor, after each stored batch); else one of its own."""
-    if settings.cursor_secret is None:
+    if api.cursor_secret is None:
         raise SettingsError("CDR_CURSOR_SECRET is required by the API (at least 32 characters)")
-    watched = [path for path in (settings.api_tokens_file, settings.tenants_file) if path is not None]
-    tokens = TokenAuthority(lambda: load_directory(settings), watched, clock)
+    watched = [path for path in (api.api_tokens_file, common.tenants_file) if path is not None]
+    tokens = TokenAuthority(lambda: load_directory(api, common), watched, clock)
     if not tokens.tenants:
         log.warning("no API tokens configured (CDR_API_TOKENS / CDR_API_TOKENS_FILE): every request gets 401")
     cursors = CursorCodec(
-        settings.cursor_secret.get_secret_value().encode(),
-        settings.cursor_ttl_s,
-        previous=(
-            settings.cursor_secret_previous.get_secret_value().encode() if settings.cursor_secret_previous else None
-        ),
-        feed_ttl_s=settings.feed_retention_days * 86_400,
+        api.cursor_secret.get_secret_value().encode(),
+        api.cursor_ttl_s,
+        previous=api.cursor_secret_previous.get_secret_value().encode() if api.cursor_secret_previous else None,
+        feed_ttl_s=api.feed_retention_days * 86_400,
     )
-    cdr = CdrRoutes(settings, store, tokens, cursors, TenantRateLimiter())
-    hub = feed_hub or feed_hub_for(settings, store)
-    feed = FeedRoutes(settings, store, cdr, cursors, hub)
-    document = openapi_document(settings)
+    cdr = CdrRoutes(api, store, tokens, cursors, TenantRateLimiter())
+    hub = feed_hub or feed_hub_for(api, store)
+    feed = FeedRoutes(api, store, cdr, cursors, hub)
+    document = openapi_document(api)
 
     ready = _readiness(store, metrics, extra_ready)
 
@@ -138,7 +137,7 @@ def create_app(
     routes: list[Route | Mount] = [
         # Before the lookup route, whose {key:path} would take "changes" for a Call-ID.
         *feed.routes(),
-        *WebhookRoutes(settings, store, cdr).routes(),
+        *WebhookRoutes(api, common, store, cdr).routes(),
         *cdr.routes(),
         Route("/openapi.json", openapi, methods=["GET"]),
         *docs_routes(),
@@ -149,7 +148,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        log.info("api ready", extra={"tenants": tokens.tenants, "embedded": settings.embedded})
+        log.info("api ready", extra={"tenants": tokens.tenants, "embedded": store.dsn.startswith("chdb:")})
         try:
             yield
         finally:
@@ -185,9 +184,7 @@ def create_app(
         middleware=[
             # Outermost first. The request id and no-store reach every response, errors included.
             Middleware(ObservedResponses, metrics=metrics, routes=routes),
-            Middleware(
-                RequestLimits, max_url_bytes=settings.api_max_url_bytes, max_header_bytes=settings.api_max_header_bytes
-            ),
+            Middleware(RequestLimits, max_url_bytes=api.api_max_url_bytes, max_header_bytes=api.api_max_header_bytes),
             Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5),
             Middleware(CancelOnDisconnect),
         ],

@@ -28,7 +28,7 @@ from cdr.api.params import FEED_FILTER_PARAMS, FeedRequest, Limits, MultiQuery, 
 from cdr.api.ratelimit import Slots
 from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import Caller, CdrRoutes
-from cdr.settings import Settings
+from cdr.settings import ApiSettings
 from cdr.store import Store
 from cdr.store.feed import (
     MAX_PARTITIONS,
@@ -77,7 +77,7 @@ class FeedRoutes:
     routes (``CdrRoutes.tenant_route``); a store read holds one of the tenant's read slots
     only while it runs, never while a long poll or a stream waits."""
 
-    def __init__(self, settings: Settings, store: Store, cdr: CdrRoutes, cursors: CursorCodec, hub: FeedHub) -> None:
+    def __init__(self, settings: ApiSettings, store: Store, cdr: CdrRoutes, cursors: CursorCodec, hub: FeedHub) -> None:
         self._settings = settings
         self._store = store
         self._cdr = cdr

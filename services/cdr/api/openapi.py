@@ -7,7 +7,7 @@ from typing import Any
 from cdr import __version__
 from cdr.api.errors import error_codes
 from cdr.api.params import Limits, Param, export_params, feed_params, list_params, stats_params
-from cdr.settings import Settings
+from cdr.settings import ApiSettings
 from cdr.store.queries import GROUP_BY, STAT_QUANTILE_FIELDS, STAT_QUANTILES
 
 OPENAPI_FILE = "openapi.json"
@@ -64,7 +64,7 @@ _FEED_400 = (
 )
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
+def openapi_document(settings: ApiSettings) -> dict[str, Any]:
     record_properties: dict[str, Any] = {
         "id": {"type": "string", "format": "uuid"},
         "sip_call_id": {"type": "string"},

@@ -37,7 +37,7 @@ from cdr.api.params import (
 from cdr.api.ratelimit import Slots, TenantRateLimiter
 from cdr.api.responses import OrjsonResponse
 from cdr.model.record import API_FIELDS
-from cdr.settings import Settings
+from cdr.settings import ApiSettings
 from cdr.store import Store, StoreError, StoreUnavailable
 from cdr.store.errors import BUDGET
 from cdr.store.queries import (
@@ -106,7 +106,7 @@ def _as_utc(value: datetime) -> datetime:
 class CdrRoutes:
     def __init__(
         self,
-        settings: Settings,
+        settings: ApiSettings,
         store: Store,
         auth: TokenAuthority,
         cursors: CursorCodec,

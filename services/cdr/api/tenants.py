@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from cdr.settings import Settings, SettingsError, claim_token
+from cdr.settings import ApiSettings, CommonSettings, SettingsError, claim_token
 from cdr.tenants import read_tenants_file
 
 
@@ -41,19 +41,19 @@ class Directory:
         return self.profiles.get(tenant, self.default)
 
 
-def default_profile(settings: Settings) -> TenantProfile:
-    return TenantProfile(settings.timezone, settings.phone_region, settings.rate_limit_per_s, settings.rate_limit_burst)
+def default_profile(api: ApiSettings, common: CommonSettings) -> TenantProfile:
+    return TenantProfile(common.timezone, common.phone_region, api.rate_limit_per_s, api.rate_limit_burst)
 
 
-def load_directory(settings: Settings) -> Directory:
+def load_directory(api: ApiSettings, common: CommonSettings) -> Directory:
     """Every token digest and tenant profile the settings name; a SettingsError naming the
     tenant and field for a bad entry, and both tenants for a digest listed twice."""
-    digests = settings.token_digests()
-    default = default_profile(settings)
+    digests = api.token_digests()
+    default = default_profile(api, common)
     profiles: dict[str, TenantProfile] = {}
-    if settings.tenants_file is None:
+    if common.tenants_file is None:
         return Directory(digests, profiles, default)
-    for tenant, entry in read_tenants_file(settings.tenants_file).items():
+    for tenant, entry in read_tenants_file(common.tenants_file).items():
         for digest in entry.tokens:
             try:
                 claim_token(digests, digest, tenant)

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from cdr.api.errors import InvalidParameter, NotFound
 from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import Caller, CdrRoutes
-from cdr.settings import Settings, SettingsError
+from cdr.settings import ApiSettings, CommonSettings, SettingsError
 from cdr.store import Store
 from cdr.store.feed import start_position, tenant_start
 from cdr.store.webhooks import (
@@ -66,15 +66,14 @@ class _Webhooks:
 
 
 class WebhookRoutes:
-    def __init__(self, settings: Settings, store: Store, cdr: CdrRoutes) -> None:
-        self._settings = settings
+    def __init__(self, api: ApiSettings, common: CommonSettings, store: Store, cdr: CdrRoutes) -> None:
         self._store = store
         self._cdr = cdr
-        self._webhooks = _Webhooks(settings.tenants_file)
+        self._webhooks = _Webhooks(common.tenants_file)
         self._state = store.qualified(STATE_TABLE)
         self._replays = store.qualified(REPLAYS_TABLE)
         self._changes = store.qualified("cdr_changes")
-        self._retention_s = settings.feed_retention_days * 86_400
+        self._retention_s = api.feed_retention_days * 86_400
 
     def routes(self) -> list[Route]:
         replay = self._cdr.tenant_route("/v1/webhooks/{name}/replay", self.replay)

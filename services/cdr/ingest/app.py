@@ -26,7 +26,7 @@ from cdr.ingest.validation import Validator
 from cdr.ingest.writer import BatchWriter
 from cdr.kafka_security import check_kafka_access, kafka_security, options_of
 from cdr.metrics import Metrics
-from cdr.settings import Settings
+from cdr.settings import CommonSettings, IngestSettings, KafkaSettings
 from cdr.startup import with_retries
 from cdr.store import Store
 from cdr.tenants import ZoneDirectory
@@ -44,7 +44,9 @@ async def _no_decode(message: object) -> None:
 class Ingestor:
     """A configured, not yet started ingestor."""
 
-    settings: Settings
+    kafka: KafkaSettings
+    ingest: IngestSettings
+    common: CommonSettings
     broker: KafkaBroker
     subscriber: LogicSubscriber[Any]
     pipeline: Pipeline
@@ -58,14 +60,13 @@ class Ingestor:
     async def start(self) -> None:
         """Connect, retrying an unreachable cluster for ``CDR_STARTUP_TIMEOUT_MS``; a missing
         topic is a SettingsError at once (no waiting on metadata that never comes)."""
-        s = self.settings
         await with_retries(
             "Kafka",
             self._connect,
             transient=(KafkaError, TimeoutError, OSError),
-            timeout_s=s.startup_timeout_ms / 1000,
-            setting="CDR_KAFKA_BOOTSTRAP_SERVERS",
-            value=s.kafka_bootstrap_servers,
+            timeout_s=self.common.startup_timeout_ms / 1000,
+            setting=self.kafka.env("kafka_bootstrap_servers"),
+            value=self.kafka.kafka_bootstrap_servers,
         )
         await self.validator.start()
         await self.broker.start()
@@ -73,19 +74,22 @@ class Ingestor:
         log.info(
             "ingest started",
             extra={
-                "topic": s.kafka_topic,
-                "group_id": s.kafka_group_id,
-                "batch_size": s.batch_size,
-                "batch_time_ms": s.batch_time_ms,
+                "topic": self.kafka.kafka_topic,
+                "group_id": self.kafka.kafka_group_id,
+                "batch_size": self.ingest.batch_size,
+                "batch_time_ms": self.ingest.batch_time_ms,
             },
         )
 
     async def _connect(self) -> None:
-        await check_kafka_access(self.settings, self.kafka_options)
+        await check_kafka_access(self.kafka, self.kafka_options)
         await self.dead_letters.start()
         try:
             await self.dead_letters.require_topics(
-                {self.settings.kafka_topic: "CDR_KAFKA_TOPIC", self.settings.kafka_dlq_topic: "CDR_KAFKA_DLQ_TOPIC"}
+                {
+                    self.kafka.kafka_topic: self.kafka.env("kafka_topic"),
+                    self.kafka.kafka_dlq_topic: self.kafka.env("kafka_dlq_topic"),
+                }
             )
         except BaseException:
             await self.dead_letters.stop()
@@ -103,7 +107,7 @@ class Ingestor:
         """Finish the batch in hand (or abandon it uncommitted), leave the group, close;
         all within ``CDR_SHUTDOWN_TIMEOUT_MS`` whatever state Kafka and ClickHouse are in."""
         self.stopping.set()
-        deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
+        deadline = time.monotonic() + self.ingest.shutdown_timeout_ms / 1000
         if self._monitor is not None:
             self._monitor.cancel()
         try:
@@ -134,19 +138,21 @@ async def _within(deadline: float, step: Awaitable[None], what: str) -> bool:
     return True
 
 
-def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingestor:
+def build_ingestor(
+    kafka: KafkaSettings, ingest: IngestSettings, common: CommonSettings, store: Store, metrics: Metrics
+) -> Ingestor:
     stopping = asyncio.Event()
-    initial_s, max_s = settings.insert_retry_initial_ms / 1000, settings.insert_retry_max_ms / 1000
-    corrections = Corrections(store, timedelta(seconds=settings.correction_grace_s))
+    initial_s, max_s = ingest.insert_retry_initial_ms / 1000, ingest.insert_retry_max_ms / 1000
+    corrections = Corrections(store, timedelta(seconds=ingest.correction_grace_s))
     writer = BatchWriter(
         store, metrics, stopping, initial_backoff_s=initial_s, max_backoff_s=max_s, corrections=corrections
     )
-    timeout_s = settings.kafka_request_timeout_ms / 1000
-    security = kafka_security(settings)  # key files and password file read once
+    timeout_s = kafka.kafka_request_timeout_ms / 1000
+    security = kafka_security(kafka)  # key files and password file read once
     options = options_of(security)
     dead_letters = KafkaDeadLetters(
-        settings.kafka_bootstrap_servers,
-        settings.kafka_dlq_topic,
+        kafka.kafka_bootstrap_servers,
+        kafka.kafka_dlq_topic,
         security=options,
         metrics=metrics,
         stopping=stopping,
@@ -155,38 +161,40 @@ def build_ingestor(settings: Settings, store: Store, metrics: Metrics) -> Ingest
         max_backoff_s=max_s,
     )
     # Naive PBX times in each tenant's zone of the tenant directory (re-read when it changes).
-    zones = ZoneDirectory(settings.zone, settings.tenants_file, phone_region=settings.phone_region)
-    validator = Validator(zones, settings.validation_processes, settings.max_call_seconds)
+    zones = ZoneDirectory(common.zone, common.tenants_file, phone_region=common.phone_region)
+    validator = Validator(zones, ingest.validation_processes, ingest.max_call_seconds)
     pipeline = Pipeline(
         validator=validator,
-        max_event_bytes=settings.max_event_bytes,
+        max_event_bytes=ingest.max_event_bytes,
         writer=writer,
         dead_letters=dead_letters,
-        dlq_limit=DlqLimit(settings.dlq_max_ratio, settings.dlq_window, settings.dlq_min_messages),
+        dlq_limit=DlqLimit(ingest.dlq_max_ratio, ingest.dlq_window, ingest.dlq_min_messages),
         metrics=metrics,
         stopping=stopping,
-        revoke_wait_s=settings.revoke_wait_ms / 1000,
+        revoke_wait_s=ingest.revoke_wait_ms / 1000,
         commit_timeout_s=timeout_s,
-        max_future_skew_s=settings.max_future_skew_s,
+        max_future_skew_s=ingest.max_future_skew_s,
     )
     broker = KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        kafka.kafka_bootstrap_servers,
         client_id="cdr-ingest",
         security=security,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
+        request_timeout_ms=kafka.kafka_request_timeout_ms,
         log_level=logging.DEBUG,  # FastStream logs every batch at this level
     )
-    subscriber = register_subscriber(broker, settings, pipeline)
+    subscriber = register_subscriber(broker, kafka, ingest, pipeline)
     health = IngestHealth(
         pipeline=pipeline,
         dead_letters=dead_letters,
         consumer=lambda: subscriber.consumer,
         metrics=metrics,
-        interval_s=settings.health_interval_ms / 1000,
+        interval_s=ingest.health_interval_ms / 1000,
         timeout_s=timeout_s,
-        stall_after_s=settings.stall_after_ms / 1000,
+        stall_after_s=ingest.stall_after_ms / 1000,
     )
-    return Ingestor(settings, broker, subscriber, pipeline, validator, dead_letters, health, stopping, options)
+    return Ingestor(
+        kafka, ingest, common, broker, subscriber, pipeline, validator, dead_letters, health, stopping, options
+    )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -209,7 +217,9 @@ _POLL_MS = 50  # FastStream's empty-poll wait (and sleep) between fetches: fresh
 _FETCH_BYTES_PER_PARTITION = 2 * 1024 * 1024
 
 
-def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipeline) -> LogicSubscriber[Any]:
+def register_subscriber(
+    broker: KafkaBroker, kafka: KafkaSettings, ingest: IngestSettings, pipeline: Pipeline
+) -> LogicSubscriber[Any]:
     """Batches by size and time: the broker holds each fetch until it has
     ``fetch_min_bytes`` or ``batch_time_ms`` passed; one handler call takes at most
     ``batch_size`` records. Offsets are committed by the pipeline, never by FastStream.
@@ -219,20 +229,20 @@ def register_subscriber(broker: KafkaBroker, settings: Settings, pipeline: Pipel
     about three batch times (p50 2.2 s at 1,000 events/s with 1 s). Its wait is kept short
     (records in aiokafka's buffer are returned at once whatever it is); the broker's hold
     is the one bound."""
-    min_bytes = min(settings.batch_size * 256, _FETCH_BYTES_PER_PARTITION)
+    min_bytes = min(ingest.batch_size * 256, _FETCH_BYTES_PER_PARTITION)
     subscriber = broker.subscriber(
-        settings.kafka_topic,
-        group_id=settings.kafka_group_id,
-        group_instance_id=settings.kafka_group_instance_id,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
+        kafka.kafka_topic,
+        group_id=kafka.kafka_group_id,
+        group_instance_id=kafka.kafka_group_instance_id,
+        session_timeout_ms=kafka.kafka_session_timeout_ms,
         batch=True,
-        max_records=settings.batch_size,
-        batch_timeout_ms=min(settings.batch_time_ms, _POLL_MS),
+        max_records=ingest.batch_size,
+        batch_timeout_ms=min(ingest.batch_time_ms, _POLL_MS),
         fetch_min_bytes=min_bytes,
-        fetch_max_wait_ms=settings.batch_time_ms,
+        fetch_max_wait_ms=ingest.batch_time_ms,
         max_partition_fetch_bytes=_FETCH_BYTES_PER_PARTITION,
-        auto_offset_reset=settings.kafka_auto_offset_reset,
-        isolation_level=settings.kafka_isolation_level,
+        auto_offset_reset=kafka.kafka_auto_offset_reset,
+        isolation_level=kafka.kafka_isolation_level,
         ack_policy=AckPolicy.MANUAL,
         decoder=_no_decode,
         listener=_Rebalance(pipeline),

@@ -25,7 +25,7 @@ from cdr.ingest.dlq import (
 )
 from cdr.metrics import DEAD_LETTER_KINDS
 from cdr.model.event import CallEnded
-from cdr.settings import Settings
+from cdr.settings import KafkaSettings
 
 ASYNCAPI_FILE = "asyncapi.json"
 
@@ -39,7 +39,7 @@ _DLQ = (
 )
 
 
-def asyncapi_document(settings: Settings) -> dict[str, Any]:
+def asyncapi_document(settings: KafkaSettings) -> dict[str, Any]:
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         description="The PBX's Kafka cluster (CDR_KAFKA_BOOTSTRAP_SERVERS).",

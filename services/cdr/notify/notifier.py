@@ -33,10 +33,10 @@ from cdr.notify.delivery import Attempt, Sender, backoff_s, utc_now
 from cdr.notify.directory import Endpoint, EndpointDirectory, EndpointKey
 from cdr.notify.signing import message_id
 from cdr.notify.ssrf import Resolver, system_resolver
-from cdr.settings import Settings
+from cdr.settings import CommonSettings, NotifySettings
 from cdr.store import Store, StoreError
 from cdr.store.feed import Change, Offsets, per_partition, start_position, tenant_read, tenant_start
-from cdr.store.feed_hub import FeedHub, Overflowed, feed_hub_for, settle_changes
+from cdr.store.feed_hub import FeedHub, Overflowed, settle_changes
 from cdr.store.webhooks import (
     ERROR_EXCERPT,
     REPLAYS_TABLE,
@@ -238,24 +238,25 @@ class Notifier:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: NotifySettings,
+        common: CommonSettings,
         store: Store,
         metrics: Metrics,
         *,
-        hub: FeedHub | None = None,
+        hub: FeedHub,
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.hub = hub or feed_hub_for(settings, store)
+        self.hub = hub
         self.changes_table = store.qualified("cdr_changes")
         self.versions_table = store.qualified("cdr_versions_by_id")
         self._state_table = STATE_TABLE
         self._replays_table = store.qualified(REPLAYS_TABLE)
         self.directory = EndpointDirectory(
-            settings.tenants_file, settings.zone, allow_private=settings.webhook_allow_private
+            common.tenants_file, common.zone, allow_private=settings.webhook_allow_private
         )
         self.sender = Sender(
             connect_timeout_s=settings.webhook_connect_timeout_s,

@@ -17,6 +17,7 @@ from cdr.serve import http_server
 from cdr.settings import Settings
 from cdr.startup import masked_url, with_retries
 from cdr.store import StoreUnavailable, open_store
+from cdr.store.feed_hub import feed_hub_for
 from cdr.store.migrations import migrate, wait_until_current
 
 log = logging.getLogger(__name__)
@@ -26,21 +27,23 @@ async def run_notify(settings: Settings) -> int:
     """Deliver webhooks until SIGTERM/SIGINT. On a server it waits for `cdr migrate`; an
     embedded store is this process's alone, so it migrates (as `cdr ingest` does there)."""
     metrics = Metrics(roles=("notify",))
-    store = open_store(settings)
-    notifier = Notifier(settings, store, metrics)
+    store = open_store(settings.clickhouse)
+    notifier = Notifier(settings.notify, settings.common, store, metrics, hub=feed_hub_for(settings.api, store))
     stopping = asyncio.Event()
 
     async def ready() -> tuple[bool, dict[str, str]]:
         return notifier.running, {"notifier": "running" if notifier.running else "starting"}
 
-    server = http_server(Starlette(routes=ops_routes(metrics, ready)), settings.api_host, settings.ops_port, settings)
+    server = http_server(
+        Starlette(routes=ops_routes(metrics, ready)), settings.api.api_host, settings.common.ops_port, settings.api
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     serving = asyncio.create_task(server.serve())
     schema = (
-        functools.partial(migrate, feed_retention_days=settings.feed_retention_days)
-        if settings.embedded
+        functools.partial(migrate, feed_retention_days=settings.api.feed_retention_days)
+        if settings.clickhouse.embedded
         else wait_until_current
     )
     starting = asyncio.create_task(
@@ -48,9 +51,9 @@ async def run_notify(settings: Settings) -> int:
             "ClickHouse",
             lambda: schema(store),
             transient=(StoreUnavailable,),
-            timeout_s=settings.startup_timeout_ms / 1000,
-            setting="CDR_CLICKHOUSE_URL",
-            value=masked_url(settings.clickhouse_dsn),
+            timeout_s=settings.common.startup_timeout_ms / 1000,
+            setting=settings.clickhouse.env("clickhouse_url"),
+            value=masked_url(settings.clickhouse.clickhouse_dsn),
         )
     )
     stopped = asyncio.create_task(stopping.wait())

@@ -1,6 +1,6 @@
 """The seam between the service and ClickHouse: clickhouse-connect, either transport.
 
-One setting picks the transport (``Settings.clickhouse_dsn``): ``http(s)://`` reaches a
+One setting picks the transport (``ClickHouseSettings.clickhouse_dsn``): ``http(s)://`` reaches a
 ClickHouse server or cluster, ``chdb:///dir`` runs the embedded engine (chdb) in this
 process. Everything else is the same code: the same client calls, the same
 server-side ``{name:Type}`` parameter binding, the same Arrow inserts and the same
@@ -32,14 +32,12 @@ from urllib.parse import urlsplit
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from cdr.settings import SettingsError
+from cdr.settings import ClickHouseSettings, SettingsError
 from cdr.store.errors import StoreError, StoreUnavailable, classify
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from clickhouse_connect.driver.client import Client
-
-    from cdr.settings import Settings
 
 Param = str | int | float | datetime | uuid.UUID | Sequence[str] | Sequence[int] | Sequence[uuid.UUID] | None
 Row = list[Any]
@@ -106,9 +104,9 @@ def require_embedded_engine() -> None:
     """SettingsError unless the embedded engine (chdb, the ``embedded`` extra) can be loaded:
     the production image leaves it out, so a pod without CDR_CLICKHOUSE_URL is told so at once."""
     if importlib.util.find_spec("chdb") is None:
+        setting = ClickHouseSettings.env("clickhouse_url")
         raise SettingsError(
-            f"CDR_CLICKHOUSE_URL: {EMBEDDED_MISSING}",
-            [{"setting": "CDR_CLICKHOUSE_URL", "value": "(unset)", "error": EMBEDDED_MISSING}],
+            f"{setting}: {EMBEDDED_MISSING}", [{"setting": setting, "value": "(unset)", "error": EMBEDDED_MISSING}]
         )
 
 
@@ -154,7 +152,7 @@ def _raise_for_tls(exc: ClickHouseError, where: str, tls: ServerTls) -> None:
     if "CERTIFICATE_VERIFY_FAILED" in text:
         trusted = tls.ca_file or "the system CA store"
         raise SettingsError(
-            f"CDR_CLICKHOUSE_CA_FILE: the certificate of {where} is not trusted by {trusted}"
+            f"{ClickHouseSettings.env('clickhouse_ca_file')}: the certificate of {where} is not trusted by {trusted}"
             " (or does not name that host)"
         ) from exc
 
@@ -286,7 +284,9 @@ class Store:
         self._kill_sql = kill_statement(cluster)
         scheme = urlsplit(dsn).scheme
         if scheme not in ("chdb", "http", "https"):
-            raise StoreError(f"CDR_CLICKHOUSE_URL must be chdb:///dir or http(s)://host[:port], not {scheme}://")
+            raise StoreError(
+                f"{ClickHouseSettings.env('clickhouse_url')} must be chdb:///dir or http(s)://host[:port], not {scheme}://"
+            )
         self.dsn = dsn
 
         def make_client() -> Client:
@@ -428,42 +428,42 @@ class Store:
         return f"{self.database}.{table}"
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(clickhouse: ClickHouseSettings) -> Store:
     """The store the settings ask for (``CDR_CLICKHOUSE_URL``, else chdb in ``CDR_DATA_DIR``)."""
-    dsn = settings.clickhouse_dsn
-    if settings.embedded:
+    dsn = clickhouse.clickhouse_dsn
+    if clickhouse.embedded:
         require_embedded_engine()
         path = urlsplit(dsn).path
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            setting = "CDR_CLICKHOUSE_URL" if settings.clickhouse_url else "CDR_DATA_DIR"
+            setting = clickhouse.env("clickhouse_url" if clickhouse.clickhouse_url else "data_dir")
             raise SettingsError(
                 f"{setting}: cannot use {path} as the embedded store folder: {exc.strerror or exc}",
                 [{"setting": setting, "value": path, "error": f"cannot create the folder: {exc.strerror or exc}"}],
             ) from exc
-    password = settings.clickhouse_password.get_secret_value() if settings.clickhouse_password else None
+    password = clickhouse.clickhouse_password.get_secret_value() if clickhouse.clickhouse_password else None
     return Store(
         dsn,
         password=password,
         tls=ServerTls(
-            ca_file=_path(settings.clickhouse_ca_file),
-            verify=settings.clickhouse_verify,
-            cert_file=_path(settings.clickhouse_client_cert_file),
-            key_file=_path(settings.clickhouse_client_key_file),
+            ca_file=_path(clickhouse.clickhouse_ca_file),
+            verify=clickhouse.clickhouse_verify,
+            cert_file=_path(clickhouse.clickhouse_client_cert_file),
+            key_file=_path(clickhouse.clickhouse_client_key_file),
         ),
-        database=settings.clickhouse_database,
-        cluster=settings.clickhouse_cluster,
-        read_workers=settings.clickhouse_pool_size,
-        write_workers=settings.clickhouse_write_pool_size,
-        bulk_workers=settings.export_readers,
+        database=clickhouse.clickhouse_database,
+        cluster=clickhouse.clickhouse_cluster,
+        read_workers=clickhouse.clickhouse_pool_size,
+        write_workers=clickhouse.clickhouse_write_pool_size,
+        bulk_workers=clickhouse.export_readers,
         read_budget=ReadBudget(
-            seconds=settings.query_timeout_ms / 1000,
-            max_rows_to_read=settings.query_max_rows_to_read,
-            max_memory_bytes=settings.query_max_memory_bytes,
+            seconds=clickhouse.query_timeout_ms / 1000,
+            max_rows_to_read=clickhouse.query_max_rows_to_read,
+            max_memory_bytes=clickhouse.query_max_memory_bytes,
         ),
         # Replicas exist only in cluster mode; one server is never behind itself.
-        max_replica_delay_s=settings.clickhouse_max_replica_delay_s if settings.clickhouse_cluster else None,
+        max_replica_delay_s=clickhouse.clickhouse_max_replica_delay_s if clickhouse.clickhouse_cluster else None,
     )
 
 

@@ -12,7 +12,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from cdr.settings import Settings
+from cdr.settings import ApiSettings
 from cdr.store.client import Store
 from cdr.store.errors import StoreError
 from cdr.store.feed import HUB_LOOKBACK_S, Change, Offsets, hub_read, hub_start, settle, versions_of, versions_read
@@ -200,8 +200,8 @@ class FeedHub:
                 await self._task
 
 
-def feed_hub_for(settings: Settings, store: Store) -> FeedHub:
-    return FeedHub(store, interval_s=settings.feed_poll_interval_ms / 1000, horizon_s=store.max_replica_delay_s)
+def feed_hub_for(api: ApiSettings, store: Store) -> FeedHub:
+    return FeedHub(store, interval_s=api.feed_poll_interval_ms / 1000, horizon_s=store.max_replica_delay_s)
 
 
 async def settle_changes(store: Store, versions_table: str, changes: list[Change]) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from cdr.settings import SettingsError
+from cdr.settings import ClickHouseSettings, SettingsError
 from cdr.store.client import Store
 from cdr.store.errors import SchemaMissing, StoreError
 
@@ -132,10 +132,8 @@ async def check_one_shard(store: Store) -> None:
     )
     problem = shard_problem(store.cluster, rows)
     if problem is not None:
-        raise SettingsError(
-            f"CDR_CLICKHOUSE_CLUSTER: {problem}",
-            [{"setting": "CDR_CLICKHOUSE_CLUSTER", "value": store.cluster, "error": problem}],
-        )
+        setting = ClickHouseSettings.env("clickhouse_cluster")
+        raise SettingsError(f"{setting}: {problem}", [{"setting": setting, "value": store.cluster, "error": problem}])
 
 
 def unreplicated_problem(macros: dict[str, str], database_engine: str) -> str | None:
@@ -167,10 +165,8 @@ async def check_replicated_setup(store: Store) -> None:
         engine = await store.query("SELECT value FROM system.settings WHERE name = 'default_database_engine'")
     problem = unreplicated_problem(macros, str(engine[0][0]) if engine else "")
     if problem is not None:
-        raise SettingsError(
-            f"CDR_CLICKHOUSE_CLUSTER: {problem}",
-            [{"setting": "CDR_CLICKHOUSE_CLUSTER", "value": "(unset)", "error": problem}],
-        )
+        setting = ClickHouseSettings.env("clickhouse_cluster")
+        raise SettingsError(f"{setting}: {problem}", [{"setting": setting, "value": "(unset)", "error": problem}])
 
 
 async def migrate(
