@@ -9,8 +9,11 @@ PYTEST_ARGS ?=
 # The development environment has the embedded engine (the `embedded` extra) that the tests and
 # `make run` use; `uv run` would otherwise sync it away. The image leaves it out (Dockerfile).
 UV_RUN := $(UV) run --frozen --extra embedded
+# uv sync builds the compiled validator (rust/cdr-validate) with maturin, which runs cargo:
+# rustup installs it in ~/.cargo/bin, which a non-login shell may not have on its PATH.
+export PATH := $(PATH):$(HOME)/.cargo/bin
 
-.PHONY: help setup browser test image-env run lint bench kafka-start kafka-stop clean
+.PHONY: help setup rust browser test image-env run lint bench kafka-start kafka-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,7 +22,12 @@ $(UV):
 	python3 -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
-setup: $(UV) ## create .venv with the locked dependencies and the embedded engine
+rust: ## check for the Rust toolchain (cargo 1.88+) that builds rust/cdr-validate
+	@command -v cargo >/dev/null || { echo "the ingest's compiled validator (rust/cdr-validate) is built from source" \
+	  "and needs a Rust toolchain, 1.88 or newer: install it with rustup (https://rustup.rs) and run make again" >&2; \
+	  exit 1; }
+
+setup: $(UV) rust ## create .venv with the locked dependencies and the embedded engine (builds rust/cdr-validate)
 	$(UV) sync --frozen --extra embedded
 
 # The console's browser tests drive Debian's Chromium through its driver: installed here,
@@ -39,7 +47,7 @@ browser: ## install Debian's chromium and chromium-driver when missing (the cons
 test: setup browser ## run the whole test suite (starts its own Kafka unless CDR_KAFKA_BOOTSTRAP_SERVERS is set)
 	$(UV_RUN) pytest $(PYTEST_ARGS)
 
-image-env: $(UV) ## build the image's Python environment as the Dockerfile does (no chdb) and run cdr from it
+image-env: $(UV) rust ## build the image's Python environment as the Dockerfile does (no chdb) and run cdr from it
 	UV=$(UV) .ci/image-env.sh
 
 run: setup ## local Kafka + ingest + API + PBX simulator; prints a curl line (Ctrl-C stops all)
@@ -50,6 +58,8 @@ lint: setup ## ruff, mypy and the dead-code finder
 	$(UV_RUN) ruff format --check services tests bench
 	$(UV_RUN) mypy
 	$(UV_RUN) vulture
+	cargo fmt --check --manifest-path rust/cdr-validate/Cargo.toml
+	cargo clippy --quiet --release --manifest-path rust/cdr-validate/Cargo.toml -- -D warnings
 
 bench: setup ## benchmarks (not part of test): ingest, freshness and API, each beside its baseline
 	$(UV_RUN) python bench/run.py
@@ -61,4 +71,4 @@ kafka-stop: ## stop the local Kafka broker
 	deploy/local/kafka.sh stop
 
 clean: ## remove the virtual environments, caches and local data
-	rm -rf .venv $(TOOLS) .cache data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv $(TOOLS) .cache data .pytest_cache .mypy_cache .ruff_cache rust/cdr-validate/target

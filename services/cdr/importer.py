@@ -1,6 +1,7 @@
 """`cdr import FILE...`: historical calls straight into the store, through the ingest's
-own validation (the same pydantic model, size limit and emitted_at skew) and the same
-columnar insert, so an imported call is stored exactly as if the PBX had published it.
+own validation (``validate_batch``: the same compiled validator and pydantic model, size
+limit and emitted_at skew) and the same columnar insert, so an imported call is stored
+exactly as if the PBX had published it.
 
 Each batch is resolved against the stored versions of its calls first (a correction that
 moves a call: ``cdr.ingest.corrections``, as the ingestor's writer does), then gets its
@@ -39,9 +40,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdr.ingest.corrections import Corrections
-from cdr.ingest.processor import Invalid, precheck, to_table, validate
+from cdr.ingest.processor import Invalid, precheck
+from cdr.ingest.validation import validate_batch
 from cdr.model.event import CallEnded
-from cdr.phones import PhoneRegions, with_canonical_numbers
 from cdr.settings import Settings, SettingsError
 from cdr.store import Store, open_store
 from cdr.store.feed import IMPORT_PARTITION, ROWS_PER_MS
@@ -60,15 +61,15 @@ class _ImportWriter:
     """Inserts batches one after another: resolved against the stored versions, then
     stamped with feed positions that grow from batch to batch."""
 
-    def __init__(self, store: Store, corrections: Corrections, phones: PhoneRegions) -> None:
+    def __init__(self, store: Store, corrections: Corrections) -> None:
         self._store = store
         self._corrections = corrections
-        self._phones = phones
         self._last_ms = 0
         self.months: set[int] = set()  # the partitions written (YYYYMM of time_started, UTC)
 
-    async def write(self, batch: list[CallEnded]) -> None:
-        rows = await self._corrections.resolve(with_canonical_numbers(to_table(batch), self._phones))
+    async def write(self, rows: pa.Table) -> None:
+        """``rows``: a batch's ``cdr`` columns with their canonical numbers (validate_batch)."""
+        rows = await self._corrections.resolve(rows)
         # The tombstones' months too: a tombstone lies at the time its call moved from.
         self.months.update(int(m) for m in pc.unique(pc.strftime(rows.column("time_started"), "%Y%m")).to_pylist())
         if rows.num_rows > ROWS_PER_MS:
@@ -182,45 +183,44 @@ async def import_files(
 ) -> ImportReport:
     sources = [_Source(path) for path in paths]  # every file readable before anything is stored
     report = ImportReport(files=[str(p) for p in paths])
-    store = open_store(settings.clickhouse)
+    store = open_store(settings)
     progress = Progress(sum(s.size for s in sources), tty=tty)
-    latest = datetime.now(UTC) + timedelta(seconds=settings.ingest.max_future_skew_s)
+    latest = datetime.now(UTC) + timedelta(seconds=settings.max_future_skew_s)
     # Naive times in each tenant's zone, and the longest call, as the ingestor reads them.
-    directory = ZoneDirectory(
-        settings.common.zone, settings.common.tenants_file, phone_region=settings.common.phone_region
-    ).current()
-    tenant_zones = directory.by_tenant
-    writer = _ImportWriter(
-        store, Corrections(store, timedelta(seconds=settings.ingest.correction_grace_s)), directory.phones
-    )
+    directory = ZoneDirectory(settings.zone, settings.tenants_file, phone_region=settings.phone_region).current()
+    writer = _ImportWriter(store, Corrections(store, timedelta(seconds=settings.correction_grace_s)))
+
+    async def store_batch(path: Path, lines: list[tuple[int, bytes, Invalid | None]]) -> None:
+        """The ingestor's validation of a batch of lines (validate_batch); its rejects in line order."""
+        checked = [k for k, (_, _, problem) in enumerate(lines) if problem is None]
+        values = [lines[k][1] for k in checked]
+        verdicts = validate_batch(values, directory, latest, settings.max_call_seconds)
+        problems = {k: problem for k, (_, _, problem) in enumerate(lines) if problem is not None}
+        problems.update({checked[i]: problem for i, problem in verdicts.invalid.items()})
+        for k in sorted(problems):
+            number, value, _ = lines[k]
+            rejected.write(_reject(path, number, problems[k], value))
+        report.rejected += len(problems)
+        if verdicts.rows.num_rows:
+            await writer.write(verdicts.rows)
+            report.stored += verdicts.rows.num_rows
+
     try:
-        await migrate(store, feed_retention_days=settings.api.feed_retention_days)
+        await migrate(store, feed_retention_days=settings.feed_retention_days)
         with rejects.open("wb") as rejected:
             done_before = 0
             for source in sources:
-                batch: list[CallEnded] = []
+                # A batch's lines: number, value and, when the size check refused it, why.
+                pending: list[tuple[int, bytes, Invalid | None]] = []
                 for number, value in source.events():
                     report.lines += 1
-                    outcome = precheck(value, settings.ingest.max_event_bytes) or validate(
-                        value,
-                        settings.common.zone,
-                        latest,
-                        tenant_zones=tenant_zones,
-                        max_call_s=settings.ingest.max_call_seconds,
-                    )
-                    if isinstance(outcome, Invalid):
-                        report.rejected += 1
-                        rejected.write(_reject(source.path, number, outcome, value))
-                    else:
-                        batch.append(outcome)
-                    if len(batch) >= batch_size:
-                        await writer.write(batch)
-                        report.stored += len(batch)
-                        batch = []
+                    pending.append((number, value, precheck(value, settings.max_event_bytes)))
+                    if len(pending) >= batch_size:
+                        await store_batch(source.path, pending)
+                        pending = []
                     progress.update(done_before + source.position(), report.lines)
-                if batch:
-                    await writer.write(batch)
-                    report.stored += len(batch)
+                if pending:
+                    await store_batch(source.path, pending)
                 done_before += source.size
                 source.close()
             progress.update(done_before, report.lines, final=True)

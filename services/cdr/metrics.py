@@ -23,7 +23,7 @@ DeadLetterKind = Literal[
 ]
 """Why a message was dead-lettered: the ``reason`` label, and the DLQ's ``x-dlq-kind`` header."""
 IngestStage = Literal["validate", "dead_letter", "write", "commit"]
-Parser = Literal["lean", "pydantic"]
+Parser = Literal["compiled", "pydantic"]
 Role = Literal["ingest", "api", "notify"]
 """What a process does: `cdr ingest`, `cdr api`, `cdr notify`, or all three (`cdr run`)."""
 DeliveryOutcome = Literal["delivered", "http_error", "timeout", "connection_error", "redirect", "refused"]
@@ -53,7 +53,7 @@ class Metrics:
         )
         self.events_parsed = Counter(
             "cdr_events_parsed_total",
-            "Messages validated, by parser: lean (the batch fast path) or pydantic (the rest).",
+            "Messages validated, by parser: compiled (the batch validator, rust/cdr-validate) or pydantic (the rest).",
             ["parser"],
             registry=ingest,
         )

@@ -1,4 +1,4 @@
-"""A batch's validation in the pipeline: the lean path, the model for what it leaves, the
+"""A batch's validation in the pipeline: the compiled validator, the model for what it leaves, the
 rows back in Kafka order and the refused ones with their reasons; on a worker process
 (the default) as on a thread, and past a worker that dies."""
 
@@ -31,7 +31,7 @@ def event(seed: int, **changes: object) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("processes", [1, 0])
-async def test_lean_and_model_rows_come_back_in_kafka_order(tmp_path: Path, processes: int) -> None:
+async def test_compiled_and_model_rows_come_back_in_kafka_order(tmp_path: Path, processes: int) -> None:
     store = Store(f"chdb://{tmp_path}", database="cdr")  # the writer is not used by _validate
     metrics = Metrics()
     validator = Validator(HCM, processes)
@@ -61,7 +61,7 @@ async def test_lean_and_model_rows_come_back_in_kafka_order(tmp_path: Path, proc
     assert [(n, problem.kind) for n, problem in refused] == [(2, "invalid_event"), (4, "too_large")]
     assert "duration" in refused[0][1].reason
     parsed = {s.labels["parser"]: s.value for s in metrics.events_parsed.collect()[0].samples if "total" in s.name}
-    assert parsed == {"lean": 3.0, "pydantic": 2.0}  # integer times and the bad event went to the model
+    assert parsed == {"compiled": 3.0, "pydantic": 2.0}  # integer times and the bad event went to the model
 
 
 class _NoDeadLetters:

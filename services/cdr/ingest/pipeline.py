@@ -304,7 +304,7 @@ class Pipeline:
         verdicts = await self._validator(values, datetime.now(UTC) + self._skew)
         for k, problem in verdicts.invalid.items():
             invalid[candidates[k]] = problem
-        self._metrics.parsed("lean").inc(verdicts.lean)
+        self._metrics.parsed("compiled").inc(verdicts.compiled)
         self._metrics.parsed("pydantic").inc(verdicts.model)
         return _with_sources(verdicts.rows, records, invalid), invalid
 
