@@ -183,18 +183,20 @@ async def import_files(
 ) -> ImportReport:
     sources = [_Source(path) for path in paths]  # every file readable before anything is stored
     report = ImportReport(files=[str(p) for p in paths])
-    store = open_store(settings)
+    store = open_store(settings.clickhouse)
     progress = Progress(sum(s.size for s in sources), tty=tty)
-    latest = datetime.now(UTC) + timedelta(seconds=settings.max_future_skew_s)
+    latest = datetime.now(UTC) + timedelta(seconds=settings.ingest.max_future_skew_s)
     # Naive times in each tenant's zone, and the longest call, as the ingestor reads them.
-    directory = ZoneDirectory(settings.zone, settings.tenants_file, phone_region=settings.phone_region).current()
-    writer = _ImportWriter(store, Corrections(store, timedelta(seconds=settings.correction_grace_s)))
+    directory = ZoneDirectory(
+        settings.common.zone, settings.common.tenants_file, phone_region=settings.common.phone_region
+    ).current()
+    writer = _ImportWriter(store, Corrections(store, timedelta(seconds=settings.ingest.correction_grace_s)))
 
     async def store_batch(path: Path, lines: list[tuple[int, bytes, Invalid | None]]) -> None:
         """The ingestor's validation of a batch of lines (validate_batch); its rejects in line order."""
         checked = [k for k, (_, _, problem) in enumerate(lines) if problem is None]
         values = [lines[k][1] for k in checked]
-        verdicts = validate_batch(values, directory, latest, settings.max_call_seconds)
+        verdicts = validate_batch(values, directory, latest, settings.ingest.max_call_seconds)
         problems = {k: problem for k, (_, _, problem) in enumerate(lines) if problem is not None}
         problems.update({checked[i]: problem for i, problem in verdicts.invalid.items()})
         for k in sorted(problems):
@@ -206,7 +208,7 @@ async def import_files(
             report.stored += verdicts.rows.num_rows
 
     try:
-        await migrate(store, feed_retention_days=settings.feed_retention_days)
+        await migrate(store, feed_retention_days=settings.api.feed_retention_days)
         with rejects.open("wb") as rejected:
             done_before = 0
             for source in sources:
@@ -214,7 +216,7 @@ async def import_files(
                 pending: list[tuple[int, bytes, Invalid | None]] = []
                 for number, value in source.events():
                     report.lines += 1
-                    pending.append((number, value, precheck(value, settings.max_event_bytes)))
+                    pending.append((number, value, precheck(value, settings.ingest.max_event_bytes)))
                     if len(pending) >= batch_size:
                         await store_batch(source.path, pending)
                         pending = []
