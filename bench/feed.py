@@ -269,6 +269,59 @@ async def latency(bootstrap: str, rate: int, seconds: float) -> dict[str, Any]:
 # ---- drain ----------------------------------------------------------------------------
 
 
+def _ms(began: float) -> float:
+    return (time.perf_counter() - began) * 1000
+
+
+async def page_costs(data: Path, since: datetime, pages: int = 30) -> dict[str, float]:
+    """What one page of the drain costs, part by part (p50 ms over ``pages`` pages spread
+    through the backlog), on the store the drain read, after `cdr run` stopped (the
+    embedded store is one process's at a time): the read of the page, the versions lookup,
+    and rendering its items (rows to items, JSON)."""
+    from cdr.settings import load_settings
+    from cdr.store import open_store
+    from cdr.store.feed import Change, start_position, tenant_read, tenant_start
+    from cdr.store.feed_hub import settle_changes
+
+    store = open_store(load_settings(data_dir=data).clickhouse)
+    table, versions = store.qualified("cdr_changes"), store.qualified("cdr_versions_by_id")
+    try:
+        start = tenant_start(table, DRAIN_TENANT, since)
+        first = start_position(await store.query(start.sql, start.params))
+        last = await store.query(
+            f"SELECT source_partition, max(source_offset) FROM {table} WHERE tenant_id = {{t:String}}"
+            " GROUP BY source_partition",
+            {"t": DRAIN_TENANT},
+        )
+        span = {int(p): int(o) - first.get(int(p), -1) for p, o in last}
+        costs: dict[str, list[float]] = {"read": [], "versions": [], "render": [], "total": []}
+        for n in range(pages):
+            position = {p: first.get(p, -1) + span[p] * n // pages for p in span}
+            began = time.perf_counter()
+            query = tenant_read(
+                table,
+                DRAIN_TENANT,
+                position,
+                limit=1000,
+                now_ms=time.time_ns() // 10**6,
+                horizon_s=None,
+                zone=ZONE.key,
+            )
+            rows = await store.query(query.sql, query.params)
+            costs["read"].append(_ms(began))
+            changes = [Change.of(row, ZONE.key) for row in rows]
+            began_versions = time.perf_counter()
+            await settle_changes(store, versions, changes)
+            costs["versions"].append(_ms(began_versions))
+            began_render = time.perf_counter()
+            orjson.dumps({"data": [c.render(ZONE) for c in changes if c.change], "cursor": ""})
+            costs["render"].append(_ms(began_render))
+            costs["total"].append(_ms(began))
+        return {name: percentiles(values)["p50"] for name, values in costs.items()}
+    finally:
+        await store.close()
+
+
 async def drain(bootstrap: str, events: int) -> dict[str, float]:
     topic = await new_topic(bootstrap, "drain")
     url = f"http://127.0.0.1:{PORT}"
@@ -284,7 +337,7 @@ async def drain(bootstrap: str, events: int) -> dict[str, float]:
             began = time.monotonic()
             params = {"since": since, "limit": "1000"}
             while True:
-                answer = (await client.get("/v1/cdr/changes", params=params)).json()
+                answer = orjson.loads((await client.get("/v1/cdr/changes", params=params)).content)
                 pages += 1
                 received += len(answer["data"])
                 ids.update(item["id"] for item in answer["data"])
@@ -292,7 +345,9 @@ async def drain(bootstrap: str, events: int) -> dict[str, float]:
                 if not answer["data"] and len(ids) >= events:
                     break
             drained_s = time.monotonic() - began
+    per_page = await page_costs(OUT / "feed-drain-store", datetime.fromisoformat(since))
     return {
+        **{f"page_{name}_ms": value for name, value in per_page.items()},
         "events": events,
         "ingest_s": ingest_s,
         "drain_s": drained_s,
@@ -486,6 +541,11 @@ async def main() -> None:
                 f"backlog {r['events']:,} changes (ingested in {r['ingest_s']:.1f} s): drained in {r['drain_s']:.1f} s"
                 f" = {r['per_s']:,.0f} changes/s, {r['pages']:.0f} pages, {r['distinct']:,.0f} distinct of"
                 f" {r['received']:,.0f} received"
+            )
+            print(
+                f"one page (p50 of 30 through the backlog, straight on the store): read {r['page_read_ms']:.1f} ms,"
+                f" versions lookup {r['page_versions_ms']:.1f} ms, render {r['page_render_ms']:.1f} ms,"
+                f" all {r['page_total_ms']:.1f} ms"
             )
         elif args.what == "contend":
             r = await contend(bootstrap, args.seconds)

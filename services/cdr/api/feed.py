@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import orjson
+from sse_starlette import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,7 +35,6 @@ from cdr.store.feed import (
     Change,
     FeedFilters,
     Offsets,
-    per_partition,
     start_position,
     tenant_read,
     tenant_start,
@@ -148,14 +147,14 @@ class FeedRoutes:
             ),
         )
 
-        async def events() -> AsyncIterator[dict[str, str]]:
+        async def events() -> AsyncIterator[bytes]:
             sub = await self._hub.subscribe(caller.tenant)
             try:
                 complete = False
                 while True:
                     if not complete:
-                        for item, cursor in await self._catch_up(reader):
-                            yield {"id": cursor, "data": orjson.dumps(item).decode()}
+                        async for chunk in self._catch_up(reader):
+                            yield chunk
                         complete = True
                         continue
                     try:
@@ -167,10 +166,8 @@ class FeedRoutes:
                         continue
                     if changes is None:
                         return  # the replica is stopping: the client reconnects elsewhere
-                    for change in changes:
-                        taken = reader.take(change)
-                        if taken is not None:
-                            yield {"id": self._cursor(reader), "data": orjson.dumps(taken).decode()}
+                    if chunk := self._events(reader, changes):
+                        yield chunk
             finally:
                 self._hub.unsubscribe(sub)
                 release()
@@ -183,17 +180,24 @@ class FeedRoutes:
             release()
             raise
 
-    async def _catch_up(self, reader: _Reader) -> list[tuple[dict[str, object], str]]:
-        """Everything visible past the reader's position, read by itself, with each item's cursor."""
-        out: list[tuple[dict[str, object], str]] = []
+    async def _catch_up(self, reader: _Reader) -> AsyncIterator[bytes]:
+        """Everything visible past the reader's position, read by itself, a read at a time."""
         while True:
             changes, complete = await self._read(reader, _CATCH_UP_ROWS)
-            for change in changes:
-                item = reader.take(change)
-                if item is not None:
-                    out.append((item, self._cursor(reader)))
+            if chunk := self._events(reader, changes):
+                yield chunk
             if complete:
-                return out
+                return
+
+    def _events(self, reader: _Reader, changes: list[Change]) -> bytes:
+        """The events of the changes the reader takes, each with its cursor as its id, as one
+        piece of the stream: one write for a read or a poll, not one per item."""
+        events = []
+        for change in changes:
+            item = reader.take(change)
+            if item is not None:
+                events.append(ServerSentEvent(orjson.dumps(item).decode(), id=self._cursor(reader)).encode())
+        return b"".join(events)
 
     async def _direct(self, reader: _Reader, limit: int) -> tuple[list[dict[str, object]], bool]:
         """One read of the reader's next changes: the items, and whether it read everything
@@ -207,7 +211,6 @@ class FeedRoutes:
         return items, complete
 
     async def _read(self, reader: _Reader, limit: int) -> tuple[list[Change], bool]:
-        per = per_partition(limit, reader.position)
         query = tenant_read(
             self._table,
             reader.caller.tenant,
@@ -215,20 +218,17 @@ class FeedRoutes:
             limit=limit,
             now_ms=_now_ms(),
             horizon_s=self._horizon_s,
+            zone=reader.zone.key,
         )
         release = self._cdr.claim_reads(reader.caller.tenant, 1)
         try:
             rows = await self._cdr.run(query.sql, query.params)
-            changes = [Change.of(row) for row in rows]
+            changes = [Change.of(row, reader.zone.key) for row in rows]
             if changes:
                 await self._cdr.guarded(settle_changes(self._store, self._versions, changes))
         finally:
             release()
-        counts: dict[int, int] = defaultdict(int)
-        for change in changes:
-            counts[change.partition] += 1
-        complete = len(changes) < limit and all(n < per for n in counts.values())
-        return changes, complete
+        return changes, len(changes) < limit
 
     async def _reader(self, caller: Caller, wanted: FeedRequest) -> _Reader:
         zone = ZoneInfo(caller.timezone)

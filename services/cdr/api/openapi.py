@@ -205,7 +205,7 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
                     "description": (
                         "A page of changes after the cursor and the next cursor (always given, also with no"
                         " changes). A page may hold fewer than `limit` changes, or none, while more follow (a"
-                        " filter skips changes; a read takes a fair share of each partition): continue with the"
+                        " filter skips changes, as does a version with a newer one): continue with the"
                         " cursor. With `wait`, an empty answer comes only at the end of the wait; a change that"
                         " arrives meanwhile is answered at once." + _FEED_START + " " + _FEED_GUARANTEES
                     ),

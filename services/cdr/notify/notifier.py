@@ -35,7 +35,7 @@ from cdr.notify.signing import message_id
 from cdr.notify.ssrf import Resolver, system_resolver
 from cdr.settings import CommonSettings, NotifySettings
 from cdr.store import Store, StoreError
-from cdr.store.feed import Change, Offsets, per_partition, start_position, tenant_read, tenant_start
+from cdr.store.feed import Change, Offsets, start_position, tenant_read, tenant_start
 from cdr.store.feed_hub import FeedHub, Overflowed, settle_changes
 from cdr.store.webhooks import (
     ERROR_EXCERPT,
@@ -339,11 +339,7 @@ class Notifier:
         changes = [Change.of(row) for row in rows]
         if changes:
             await self.retrying(lambda: settle_changes(self.store, self.versions_table, changes))
-        counts: dict[int, int] = {}
-        for change in changes:
-            counts[change.partition] = counts.get(change.partition, 0) + 1
-        per = per_partition(limit, position)
-        return changes, len(changes) < limit and all(n < per for n in counts.values())
+        return changes, len(changes) < limit
 
     def touch(self, worker: _Worker) -> None:
         self._dirty.add(worker.endpoint.key)

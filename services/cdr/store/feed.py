@@ -9,7 +9,6 @@ in offset order, a reader that saw offset o of partition p has seen every offset
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from cdr.store.client import Param
-from cdr.store.queries import Query
+from cdr.store.queries import TIME_FORMAT, Query
 
 # The source partition of `cdr import` rows, whose offsets are batch_start_ms * ROWS_PER_MS + row.
 IMPORT_PARTITION = -1
@@ -41,6 +40,14 @@ _COLUMNS = (
     " toUnixTimestamp64Milli(emitted_at), source_partition, source_offset"
 )
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # what queries.TIME_FORMAT makes ClickHouse write
+# The three times as the list API shows them in the reader's zone, and the version's
+# seconds: made by ClickHouse, as the list's times are, instead of per item in Python.
+_LOCAL_COLUMNS = (
+    f", formatDateTime(time_started, '{TIME_FORMAT}', {{tz:String}})"
+    f", if(isNull(time_answered), '', formatDateTime(assumeNotNull(time_answered), '{TIME_FORMAT}', {{tz:String}}))"
+    f", formatDateTime(time_ended, '{TIME_FORMAT}', {{tz:String}})"
+    ", formatDateTime(emitted_at, '%Y-%m-%dT%H:%i:%S', 'UTC')"
+)
 
 
 @dataclass(frozen=True)
@@ -92,11 +99,21 @@ class Change:
     partition: int
     offset: int
     change: str = ""  # "created" | "corrected" once settled; "" for a stale version
+    # time_started, time_answered, time_ended as the API shows them in zone ``local_zone``,
+    # and emitted_at's seconds as RFC 3339 UTC.
+    local: tuple[str, str, str, str] | None = None
+    local_zone: str = ""
     _rendered: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, row: list[Any] | tuple[Any, ...]) -> Change:
-        return cls(*row)
+    def of(cls, row: list[Any] | tuple[Any, ...], zone: str | None = None) -> Change:
+        """A row of a read; ``zone``: the one the read was made for (``tenant_read``), whose
+        last four columns are the times shown in it and the version's seconds."""
+        if zone is None:
+            return cls(*row)
+        change = cls(*row[:-4])
+        change.local, change.local_zone = (row[-4], row[-3], row[-2], row[-1]), zone
+        return change
 
     def render(self, zone: ZoneInfo) -> dict[str, Any]:
         """The item: the record as GET /v1/cdr/{id} shows it in ``zone``, plus ``version``
@@ -105,6 +122,14 @@ class Change:
         key = zone.key
         item = self._rendered.get(key)
         if item is None:
+            if self.local is not None and key == self.local_zone:
+                started, answered, ended, seconds = self.local
+                version = f"{seconds}.{self.emitted_ms % 1000:03d}Z"
+            else:
+                started = _local(self.time_started_ms, zone)
+                answered = "" if self.time_answered_ms is None else _local(self.time_answered_ms, zone)
+                ended = _local(self.time_ended_ms, zone)
+                version = version_text(self.emitted_ms)
             item = {
                 "id": self.id,
                 "sip_call_id": self.sip_call_id,
@@ -117,11 +142,11 @@ class Change:
                 "from_number": self.from_number,
                 "to_number": self.to_number,
                 "receive_dest": self.receive_dest,
-                "time_started": _local(self.time_started_ms, zone),
-                "time_answered": "" if self.time_answered_ms is None else _local(self.time_answered_ms, zone),
-                "time_ended": _local(self.time_ended_ms, zone),
+                "time_started": started,
+                "time_answered": answered,
+                "time_ended": ended,
                 "status": self.status,
-                "version": version_text(self.emitted_ms),
+                "version": version,
                 "change": self.change,
             }
             self._rendered[key] = item
@@ -145,9 +170,21 @@ def _after(position: Mapping[int, int], params: dict[str, Param]) -> str:
     for i, (partition, offset) in enumerate(sorted(position.items())):
         tests.append(f"(source_partition = {{p{i}:Int32}} AND source_offset > {{o{i}:Int64}})")
         params[f"p{i}"], params[f"o{i}"] = partition, offset
-    tests.append("source_partition NOT IN {known:Array(Int32)}")
-    params["known"] = sorted(position)
-    return "(" + " OR ".join(tests) + ")"
+    return "(" + " OR ".join([*tests, _unnamed(position, params)]) + ")"
+
+
+def _unnamed(position: Mapping[int, int], params: dict[str, Param]) -> str:
+    """The partitions ``position`` does not name, as ranges between those it names: a
+    seek on the sort key each (``NOT IN`` reads the partition column of every row)."""
+    known = sorted(position)
+    if not known:
+        return "1"
+    ranges = ["source_partition < {k0:Int32}", f"source_partition > {{k{len(known) - 1}:Int32}}"]
+    for i, partition in enumerate(known):
+        params[f"k{i}"] = partition
+        if i and partition - known[i - 1] > 1:
+            ranges.append(f"(source_partition > {{k{i - 1}:Int32}} AND source_partition < {{k{i}:Int32}})")
+    return "(" + " OR ".join(ranges) + ")"
 
 
 def _visible(params: dict[str, Param], *, now_ms: int, horizon_s: int | None) -> list[str]:
@@ -163,38 +200,58 @@ def _visible(params: dict[str, Param], *, now_ms: int, horizon_s: int | None) ->
     return clauses
 
 
-def per_partition(limit: int, position: Mapping[int, int]) -> int:
-    """Rows a read takes of each partition: a fair share of ``limit`` among the partitions
-    the position names, so that a backlog in one does not hold up the others."""
-    return max(1, math.ceil(limit / max(1, len(position))))
-
-
 def tenant_read(
-    table: str, tenant: str, position: Mapping[int, int], *, limit: int, now_ms: int, horizon_s: int | None
+    table: str,
+    tenant: str,
+    position: Mapping[int, int],
+    *,
+    limit: int,
+    now_ms: int,
+    horizon_s: int | None,
+    zone: str | None = None,
 ) -> Query:
-    """The tenant's next rows past ``position``: at most ``per_partition`` of each, ``limit`` in all."""
-    params: dict[str, Param] = {"tenant": tenant}
+    """The tenant's next ``limit`` rows past ``position``, in (partition, offset) order.
+
+    One read in the sort key's order, stopped at ``limit``: a page costs its own rows, not
+    the backlog behind it. (It took a fair share of each partition with ``LIMIT n BY
+    source_partition``, which read and sorted every row past the position first: 3-7x
+    slower a page, and growing with the backlog; bench/RESULTS.md, issue 27.) A backlog in
+    one partition is read before the partitions after it; every one is read to its end.
+    ``zone``: the rows end with the times shown in it and the version's seconds (``Change.of``)."""
+    params: dict[str, Param] = {"tenant": tenant, "limit": limit}
     clauses = [
         "tenant_id = {tenant:String}",
         _after(position, params),
         *_visible(params, now_ms=now_ms, horizon_s=horizon_s),
     ]
-    params["per"] = per_partition(limit, position)
-    params["limit"] = limit
+    columns = _COLUMNS
+    if zone is not None:
+        columns += _LOCAL_COLUMNS
+        params["tz"] = zone
     sql = (
-        f"SELECT {_COLUMNS} FROM {table} WHERE {' AND '.join(clauses)}"
-        " ORDER BY source_partition, source_offset LIMIT {per:UInt32} BY source_partition LIMIT {limit:UInt32}"
+        f"SELECT {columns} FROM {table} WHERE {' AND '.join(clauses)}"
+        " ORDER BY tenant_id, source_partition, source_offset LIMIT {limit:UInt32}"
     )
     return Query(sql, params)
 
 
 def hub_read(
-    table: str, position: Mapping[int, int], *, low_ms: int, limit: int, now_ms: int, horizon_s: int | None
+    table: str,
+    tenants: Iterable[str],
+    position: Mapping[int, int],
+    *,
+    low_ms: int,
+    limit: int,
+    now_ms: int,
+    horizon_s: int | None,
 ) -> Query:
-    """Every tenant's rows past ``position`` among the parts stamped since ``low_ms`` (the
-    day partitions and their ingested_at ranges prune the rest)."""
-    params: dict[str, Param] = {"low": low_ms, "limit": limit}
+    """The ``tenants``' rows past ``position`` among the parts stamped since ``low_ms`` (the
+    day partitions and their ingested_at ranges prune the rest). Only the tenants someone
+    listens to: the tenant leads the sort key, so a poll reads in proportion to what is
+    listened to, not to everything ingested."""
+    params: dict[str, Param] = {"low": low_ms, "limit": limit, "tenants": sorted(tenants)}
     clauses = [
+        "tenant_id IN {tenants:Array(String)}",
         "ingested_at >= fromUnixTimestamp64Milli({low:Int64}, 'UTC')",
         _after(position, params),
         *_visible(params, now_ms=now_ms, horizon_s=horizon_s),

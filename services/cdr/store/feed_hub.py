@@ -81,15 +81,20 @@ class Subscription:
 
 
 class FeedHub:
-    """One per API replica: reads every tenant's new changes once per interval (and at once
-    when ``poke``d: the ingestor in `cdr run` does after each stored batch) and hands each
-    subscriber its tenant's share. Polls only while someone subscribes.
+    """One per API replica: reads the new changes of every tenant someone listens to once
+    per interval (and at once when ``poke``d: the ingestor in `cdr run` does after each
+    stored batch) and hands each subscriber its tenant's share. Polls only while someone
+    subscribes.
 
-    Completeness: a poll reads, per partition, every row past the hub's position that is
-    visible when the poll starts, among parts stamped since ``HUB_LOOKBACK_S`` (plus the
-    replica horizon) before the poll before it -- an insert is visible well within that of
-    its stamp. A subscriber takes the polls that start after it subscribed; it reads for
-    itself whatever was visible before (``FeedRoutes._direct``), so nothing falls between."""
+    Completeness: a poll reads, per partition, every row of the listened tenants past the
+    hub's position that is visible when it reads, among parts stamped since
+    ``HUB_LOOKBACK_S`` (plus the replica horizon) before the poll before it -- an insert is
+    visible well within that of its stamp. A subscriber is added only between polls (never
+    while one reads), and takes every poll after it, each of which reads its tenant; it
+    reads for itself whatever was visible before (``FeedRoutes._direct``). The hub's position
+    came from rows visible to the poll before, so every offset below it was visible then
+    (a partition's rows become visible in offset order), before the subscriber read for
+    itself: nothing falls between."""
 
     def __init__(self, store: Store, *, interval_s: float, horizon_s: int | None) -> None:
         self._store = store
@@ -105,8 +110,11 @@ class FeedHub:
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._starting: asyncio.Lock = asyncio.Lock()
+        # Held by a poll from its start to its hand-out, and to add a subscriber.
+        self._polling: asyncio.Lock = asyncio.Lock()
         self._closed = False
         self.polls = 0  # polls that read (tests, and the README's cost figures)
+        self.rows = 0  # rows those polls read
 
     def poke(self) -> None:
         """New changes are stored: poll now, not at the next interval."""
@@ -117,9 +125,13 @@ class FeedHub:
         async with self._starting:
             if self._task is None or self._task.done():
                 await self._start()
-        sub = Subscription(tenant, self._polls_started + 1, closed=self._closed)
-        self._subscribers[tenant].add(sub)
-        self._count += 1
+        # Not while a poll reads: it reads only the tenants listened to when it began, and
+        # the position it leaves may pass rows of this tenant that this reader's own read
+        # (which starts after this) would not see yet.
+        async with self._polling:
+            sub = Subscription(tenant, self._polls_started + 1, closed=self._closed)
+            self._subscribers[tenant].add(sub)
+            self._count += 1
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -163,16 +175,27 @@ class FeedHub:
                 self._poked.set()
 
     async def _poll(self) -> bool:
+        async with self._polling:
+            return await self._poll_listened()
+
+    async def _poll_listened(self) -> bool:
         """One read for every subscriber; True when it was cut at ``_HUB_ROWS`` (more wait)."""
         started = _now_ms()
         self._polls_started += 1
         index = self._polls_started
         low = self._last_poll_ms - (HUB_LOOKBACK_S + (self._horizon_s or 0)) * 1000
         query = hub_read(
-            self._table, self._position, low_ms=low, limit=_HUB_ROWS, now_ms=started, horizon_s=self._horizon_s
+            self._table,
+            list(self._subscribers),
+            self._position,
+            low_ms=low,
+            limit=_HUB_ROWS,
+            now_ms=started,
+            horizon_s=self._horizon_s,
         )
         rows = await self._store.query(query.sql, query.params)
         self.polls += 1
+        self.rows += len(rows)
         changes = [Change.of(row) for row in rows]
         if changes:
             await settle_changes(self._store, self._versions, changes)
