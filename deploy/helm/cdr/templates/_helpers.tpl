@@ -318,3 +318,33 @@ it, instead of a pod stuck in CreateContainerConfigError. */}}
 {{- range . }}{{ if and .value (not .existingSecret) }}{{ $inline = append $inline (list .key .value) }}{{ end }}{{ end }}
 {{- toJson $inline | sha256sum }}
 {{- end }}
+
+{{/* Resources of an ingestor: ingest.resources when given, else the sizing rule fitted to
+bench/sizing.py's peaks (bench/RESULTS.md, "Issue 26 item 2"; README, "Sizing the ingestors"):
+  memory = 480 MiB + 110 MiB x workers + 2,700 bytes x batchSize x batches held, + 25 %,
+where batches held = workers + 2 (those validating, one queued, one being written), 2 on a
+thread. Request and limit are equal: a first install catches up on the topic's whole
+retention at full speed, i.e. at its peak, for as long as that takes; a request below it
+would be the first evicted under node pressure. CPU: the consumer and each worker keep a
+core busy at full speed. */}}
+{{- define "cdr.ingestResources" -}}
+{{- $ingest := .Values.ingest }}
+{{- if $ingest.resources }}
+{{- toYaml $ingest.resources }}
+{{- else }}
+{{- $base := 480 }}{{/* MiB: the consumer and what a batch costs whatever its size */}}
+{{- $perWorker := 110 }}{{/* MiB: a validation worker's own (its interpreter and imports) */}}
+{{- $rowBytes := 2700 }}{{/* bytes per event of a batch held, over all its copies */}}
+{{- $headroom := 25 }}{{/* percent above the fitted peak, then rounded up to 64Mi */}}
+{{- $workers := int $ingest.validationProcesses }}
+{{- $held := ternary (add $workers 2) 2 (gt $workers 0) }}
+{{- $rows := mul (int $ingest.batchSize) $held }}
+{{- $peak := add $base (mul $perWorker $workers) (div (mul $rows $rowBytes) 1048576) }}
+{{- $memory := mul (div (add (div (mul $peak (add 100 $headroom)) 100) 63) 64) 64 }}
+requests:
+  cpu: {{ add 1 $workers | quote }}
+  memory: {{ $memory }}Mi
+limits:
+  memory: {{ $memory }}Mi
+{{- end }}
+{{- end }}
