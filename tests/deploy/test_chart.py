@@ -325,6 +325,7 @@ def test_ingest_replicas_beyond_partitions_fail() -> None:
     "bad",
     [
         {"ingest": {"replicas": "two"}},
+        {"ingest": {"resources": {"memory": "1Gi"}}},  # not under requests or limits
         {"clickhouse": {"database": "cdr; DROP"}},
         {"logLevel": "LOUD"},
         {"api": {"service": {"type": "Mesh"}}},
@@ -686,6 +687,8 @@ def test_the_production_example_gets_the_memory_the_rule_gives_for_its_batch() -
     resources = ingest_resources(values)
     assert resources["limits"]["memory"] == resources["requests"]["memory"] == f"{memory}Mi"
     assert resources["requests"]["cpu"] == str(1 + workers)
+    # The NOTES tell the operator what the rule gave.
+    assert f"requests {memory}Mi memory (limit {memory}Mi) and {1 + workers} CPU, the rule" in notes(values)
 
 
 def test_the_docs_restart_and_scale_the_ingestors_by_their_workload_kind() -> None:
@@ -694,6 +697,8 @@ def test_the_docs_restart_and_scale_the_ingestors_by_their_workload_kind() -> No
     StatefulSet, or say which kind, wherever they act on the ingestors."""
     production = render(scenario(CHART / "ci" / "production-values.yaml"))
     assert workload(production, "-ingest")["kind"] == "StatefulSet"
+    assert "rollout restart statefulset/cdr-ingest" in notes(scenario(CHART / "ci" / "production-values.yaml"))
+    assert "rollout restart deployment/cdr-ingest" in notes(scenario(CHART / "ci" / "minimal-values.yaml"))
     for doc in (ROOT / "README.md", ROOT / "deploy" / "RUNBOOK.md"):
         for line in doc.read_text().splitlines():
             if "kubectl" in line and "ingest" in line:
