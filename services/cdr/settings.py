@@ -411,7 +411,8 @@ class IngestSettings(_Group):
         le=16,
         description=(
             "Worker processes that validate batches beside the consumer (0: a thread of the consumer's"
-            " process, which holds its GIL). Each costs ~140 MB of memory; on 2 cores two ingest ~15 %"
+            " process, which holds its GIL). Each costs ~110 MiB plus its batch (README, 'Sizing the"
+            " ingestors'); on 2 cores two ingest ~15 %"
             " more than a thread and one no more (bench/RESULTS.md), and they keep validation off the"
             " API's interpreter in `cdr run`."
         ),
