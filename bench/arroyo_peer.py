@@ -5,7 +5,7 @@ Arroyo's own building blocks, as Snuba uses them: a `StreamProcessor` over its
 confluent-kafka consumer, `Reduce` batching (the ingestor's batch size and time),
 `RunTaskInThreads` for the write (one batch in flight, like the ingestor), then
 `CommitOffsets`: offsets move only after the insert. The batch step is the ingestor's
-own: the lean validation with the model for the rest (`validate_batch`, on arroyo's
+own: the compiled validation with the model for the rest (`validate_batch`, on arroyo's
 write thread rather than the ingestor's worker process) and one
 insert of the Arrow table through the same store client into the same schema. Invalid
 events are counted, not dead-lettered (the benchmark's traffic has none).
