@@ -19,9 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cdr.store import Store
+from cdr.store import Store, feed_hub
 from cdr.store.client import connect
-from cdr.store.feed import Change, tenant_read
+from cdr.store.feed import IMPORT_PARTITION, ROWS_PER_MS, Change, hub_start, tenant_read
 from cdr.store.feed_hub import FeedHub
 from cdr.store.migrations import migrate
 from tests.helpers import wait_for
@@ -143,3 +143,71 @@ async def test_times_shown_by_the_engine_are_those_python_shows(store: Store) ->
             engine.change = python.change = "created"
             assert engine.local is not None
             assert engine.render(zone) == python.render(zone)
+
+
+async def add_change(store: Store, tenant: str, partition: int, offset: int, *, ingested_ms: int | None = None) -> None:
+    """One call of ``tenant`` at (partition, offset); stamped now unless ``ingested_ms``."""
+    stamp = "now64(3)" if ingested_ms is None else "fromUnixTimestamp64Milli({ingested:Int64}, 'UTC')"
+    await store.command(
+        f"INSERT INTO {store.qualified('cdr')} (tenant_id, id, sip_call_id, cause, duration, billsec, direction,"
+        " recording_url, recording_file, extension, from_number, to_number, receive_dest, time_started,"
+        " time_answered, time_ended, status, emitted_at, source_partition, source_offset, ingested_at)"
+        " SELECT {tenant:String}, generateUUIDv4(), 'sip', 'NORMAL_CLEARING', 60, 50, 'inbound', '', '', '101',"
+        " '0901234567', '0281234567', '', toDateTime64('2026-12-01 00:00:00', 3, 'UTC'), NULL,"
+        " toDateTime64('2026-12-01 00:01:00', 3, 'UTC'), 'ANSWERED', toDateTime64('2026-12-01 00:01:01', 3, 'UTC'),"
+        f" {{partition:Int32}}, {{offset:Int64}}, {stamp}",
+        {"tenant": tenant, "partition": partition, "offset": offset, "ingested": ingested_ms or 0},
+    )
+
+
+async def test_the_hub_starts_before_rows_a_reader_cannot_see_yet(store: Store) -> None:
+    """The hub's first position comes from the rows every reader can see: an import batch
+    stamped seconds ago (visible IMPORT_HORIZON_S after its stamp) and, on a cluster, rows
+    younger than the replica horizon are not passed, or no reader would ever get them."""
+    table = store.qualified("cdr_changes")
+    now_ms = time.time_ns() // 10**6
+    old_import = (now_ms - 60_000) * ROWS_PER_MS
+    fresh_import = (now_ms - 1_000) * ROWS_PER_MS
+    await add_change(store, TENANT, IMPORT_PARTITION, old_import, ingested_ms=now_ms - 60_000)
+    await add_change(store, TENANT, IMPORT_PARTITION, fresh_import, ingested_ms=now_ms - 1_000)
+    await add_change(store, TENANT, 0, 7, ingested_ms=now_ms - 20_000)
+    await add_change(store, TENANT, 0, 8)  # just stored
+
+    async def start(horizon_s: int | None) -> dict[int, int]:
+        query = hub_start(table, low_ms=now_ms - 120_000, now_ms=now_ms, horizon_s=horizon_s)
+        return {int(p): int(o) for p, o in await store.query(query.sql, query.params)}
+
+    assert await start(None) == {IMPORT_PARTITION: old_import, 0: 8}
+    # With a 10 s replica horizon: neither the row stored just now nor the import of a second ago.
+    assert await start(10) == {IMPORT_PARTITION: old_import, 0: 7}
+
+
+async def test_a_hub_behind_by_more_than_its_lookback_still_reads_every_row(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll cut at its row limit keeps its lower bound: the rows past the cut were stored
+    before the poll began and must still be read by the next one, however far behind. The
+    hub's clock is set: it starts at the rows' stamp and polls 10 s later (lookback 1 s)."""
+    stamp_ms = time.time_ns() // 10**6
+    clock = [stamp_ms]
+    monkeypatch.setattr(feed_hub, "_now_ms", lambda: clock[0])
+    monkeypatch.setattr(feed_hub, "_HUB_ROWS", 10)
+    monkeypatch.setattr(feed_hub, "HUB_LOOKBACK_S", 1)
+    hub = FeedHub(store, interval_s=3600, horizon_s=None)  # polls only when poked
+    try:
+        sub = await hub.subscribe(TENANT)
+        for offset in range(25):
+            await add_change(store, TENANT, offset % 2, 100 + offset, ingested_ms=stamp_ms)
+        clock[0] = stamp_ms + 10_000
+        hub.poke()
+        got: list[Change] = []
+
+        async def all_25() -> bool:
+            while (changes := await sub.next(0.01)) is not None:
+                got.extend(changes)
+            return len(got) >= 25
+
+        await wait_for(all_25, 30, "25 changes read in three cut polls")
+        assert len({(c.partition, c.offset) for c in got}) == 25 and hub.polls == 3
+    finally:
+        await hub.close()

@@ -263,12 +263,20 @@ def hub_read(
     return Query(sql, params)
 
 
-def hub_start(table: str, *, low_ms: int) -> Query:
-    """Where a poll across all tenants starts: the last offset of each partition stamped since ``low_ms``."""
+def hub_start(table: str, *, low_ms: int, now_ms: int, horizon_s: int | None) -> Query:
+    """Where a poll across all tenants starts: the last offset of each partition stamped since
+    ``low_ms`` among the rows every reader can see by now. A subscriber's own read sees only
+    those (``_visible``): a start past a row it cannot see yet (an import batch of the last
+    seconds, a row younger than the replica horizon) would skip that row for good."""
+    params: dict[str, Param] = {"low": low_ms}
+    clauses = [
+        "ingested_at >= fromUnixTimestamp64Milli({low:Int64}, 'UTC')",
+        *_visible(params, now_ms=now_ms, horizon_s=horizon_s),
+    ]
     return Query(
         f"SELECT source_partition, max(source_offset) FROM {table}"
-        " WHERE ingested_at >= fromUnixTimestamp64Milli({low:Int64}, 'UTC') GROUP BY source_partition",
-        {"low": low_ms},
+        f" WHERE {' AND '.join(clauses)} GROUP BY source_partition",
+        params,
     )
 
 

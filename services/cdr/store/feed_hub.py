@@ -148,7 +148,7 @@ class FeedHub:
         low = _now_ms() - (HUB_LOOKBACK_S + (self._horizon_s or 0)) * 1000
         started = _now_ms()
         self._polls_started += 1
-        query = hub_start(self._table, low_ms=low)
+        query = hub_start(self._table, low_ms=low, now_ms=started, horizon_s=self._horizon_s)
         rows = await self._store.query(query.sql, query.params)
         self._position = {int(p): int(o) for p, o in rows}
         self._last_poll_ms = started
@@ -199,7 +199,11 @@ class FeedHub:
         changes = [Change.of(row) for row in rows]
         if changes:
             await settle_changes(self._store, self._versions, changes)
-        self._last_poll_ms = started
+        cut = len(rows) >= _HUB_ROWS
+        if not cut:
+            # A cut poll keeps its lower bound: the rows past the cut may be older than this
+            # poll's, and a hub that stays behind must still read them.
+            self._last_poll_ms = started
         by_tenant: dict[str, list[Change]] = defaultdict(list)
         for change in changes:
             self._position[change.partition] = change.offset
@@ -208,7 +212,7 @@ class FeedHub:
             for sub in self._subscribers.get(tenant, ()):
                 if index >= sub.first_poll:
                     sub.push(theirs)
-        return len(rows) >= _HUB_ROWS
+        return cut
 
     async def close(self) -> None:
         """Stop polling; every subscriber's wait ends (streams end cleanly)."""
