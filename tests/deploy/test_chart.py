@@ -249,6 +249,21 @@ def test_the_api_can_read_as_a_user_of_its_own() -> None:
     assert "CDR_CLICKHOUSE_PASSWORD" not in env_of(render(scenario(CHART / "ci" / "minimal-values.yaml")), "api")
 
 
+def test_every_component_reads_phone_numbers_in_the_same_region() -> None:
+    """The ingestor stores each number's E.164 form read in CDR_PHONE_REGION and the API reads
+    a search the same way: one value for all (it was the API's alone, so an ingestor stored
+    numbers read as VN while the API searched in another region)."""
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["phoneRegion"] = "TH"
+    objects = render(values)
+    job = by_kind(objects, "Job")[0]["spec"]["template"]["spec"]["containers"][0]
+    regions = [env_of(objects, c)["CDR_PHONE_REGION"]["value"] for c in ("api", "ingest", "notify")]
+    assert [*regions, {e["name"]: e for e in job["env"]}["CDR_PHONE_REGION"]["value"]] == ["TH"] * 4
+    values["api"]["phoneRegion"] = "TH"  # the old key is refused, not ignored
+    with pytest.raises(helm.HelmError, match="phoneRegion"):
+        render(values)
+
+
 def env_of(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
     pod = workload(objects, component)["spec"]["template"]["spec"]
     return {e["name"]: e for e in pod["containers"][0]["env"]}

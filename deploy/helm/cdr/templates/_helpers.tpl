@@ -80,6 +80,8 @@ app.kubernetes.io/part-of: cdr
 {{- end }}
 - name: CDR_TIMEZONE
   value: {{ .Values.timezone | quote }}
+- name: CDR_PHONE_REGION
+  value: {{ .Values.phoneRegion | quote }}
 - name: CDR_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- end }}
