@@ -46,7 +46,7 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 
 
 def tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of a process and all its children (the ingestor's validation workers)."""
+    """Resident bytes of a process and all its children (a shared library once per process)."""
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
 
 

@@ -7,7 +7,7 @@
     (what a first attempt looks like; measured on a prefix, it is too slow for all)
 (d) the same job on sentry-arroyo (`bench/arroyo_peer.py`), the peer
 
-Memory is the whole process tree's (the ingestor's validation worker included).
+Memory is the whole process tree's.
 
   python bench/ingest.py [--events 1000000] [--partitions 4] [--baseline-seconds 20] [--only-ingest]
 """

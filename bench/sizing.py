@@ -1,11 +1,11 @@
-"""Memory and CPU of `cdr ingest` catching up on a backlog at full speed, per batch size and
-validation workers: the measurements the chart's ingest sizing rule is derived from
+"""Memory and CPU of `cdr ingest` catching up on a backlog at full speed, per batch size:
+the measurements the chart's ingest sizing rule is derived from
 (`cdr.ingestResources` in deploy/helm/cdr/templates/_helpers.tpl; bench/RESULTS.md, "Issue 26
 item 2").
 
-Each configuration is one `cdr ingest` process tree (the consumer and its spawned validation
-workers) on the embedded engine, reading a preloaded topic from its start with a new group,
-sampled every 0.5 s until everything is committed. From /proc/PID/smaps of each process:
+Each configuration is one `cdr ingest` process (validation runs on a thread of it; its tree
+is read whole all the same) on the embedded engine, reading a preloaded topic from its start
+with a new group, sampled every 0.5 s until everything is committed. From /proc/PID/smaps of each process:
 
 - tree RSS: the sum of the processes' RSS, as bench/ingest.py reports it (it counts a shared
   library once per process that maps it);
@@ -18,7 +18,7 @@ sampled every 0.5 s until everything is committed. From /proc/PID/smaps of each 
 
 Idle is the same command on a group that starts at the topic's end, after `--idle-seconds`.
 
-  python bench/sizing.py [--events 400000] [--batch-sizes 5000 20000 50000] [--workers 0 1 2]
+  python bench/sizing.py [--events 400000] [--batch-sizes 5000 20000 50000]
                          [--engine-probe]
 """
 
@@ -92,7 +92,7 @@ def footprint(root: psutil.Process) -> Footprint:
         try:
             rss, anon, mapped = smaps(process.pid)
         except (FileNotFoundError, ProcessLookupError, psutil.Error):
-            continue  # a worker that just ended
+            continue  # a process that just ended
         sample.tree_rss += rss
         sample.pod += anon
         sample.per_process[process.pid] = rss
@@ -110,7 +110,6 @@ class Peak:
     without_chdb: int = 0
     chdb: int = 0
     consumer: int = 0
-    worker: int = 0  # the largest worker
 
     def add(self, sample: Footprint, consumer_pid: int) -> None:
         self.tree_rss = max(self.tree_rss, sample.tree_rss)
@@ -118,8 +117,6 @@ class Peak:
         self.without_chdb = max(self.without_chdb, sample.without_chdb)
         self.chdb = max(self.chdb, sample.chdb)
         self.consumer = max(self.consumer, sample.per_process.get(consumer_pid, 0))
-        workers = [rss for pid, rss in sample.per_process.items() if pid != consumer_pid]
-        self.worker = max([self.worker, *workers])
 
 
 async def preload(bootstrap: str, topic: str, events: int) -> None:
@@ -167,13 +164,12 @@ async def committed(bootstrap: str, topic: str, group: str) -> int:
         await consumer.stop()
 
 
-def start(bootstrap: str, topic: str, group: str, batch: int, workers: int, **extra: str) -> subprocess.Popen[bytes]:
+def start(bootstrap: str, topic: str, group: str, batch: int, **extra: str) -> subprocess.Popen[bytes]:
     data = OUT / "sizing-store"
     shutil.rmtree(data, ignore_errors=True)
     env = {
         **ingest_environment(bootstrap, group, data, topic),
         "CDR_BATCH_SIZE": str(batch),
-        "CDR_VALIDATION_PROCESSES": str(workers),
         **extra,
     }
     return subprocess.Popen([sys.executable, "-m", "cdr.cli", "ingest"], env=env)
@@ -184,10 +180,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=60)
 
 
-async def idle(bootstrap: str, topic: str, workers: int, seconds: float) -> Footprint:
-    process = start(
-        bootstrap, topic, f"sizing-idle-{time.time_ns()}", 20_000, workers, CDR_KAFKA_AUTO_OFFSET_RESET="latest"
-    )
+async def idle(bootstrap: str, topic: str, seconds: float) -> Footprint:
+    process = start(bootstrap, topic, f"sizing-idle-{time.time_ns()}", 20_000, CDR_KAFKA_AUTO_OFFSET_RESET="latest")
     try:
         await asyncio.sleep(seconds)
         return footprint(psutil.Process(process.pid))
@@ -198,18 +192,16 @@ async def idle(bootstrap: str, topic: str, workers: int, seconds: float) -> Foot
 @dataclass
 class Run:
     batch: int
-    workers: int
     idle: Footprint
     peak: Peak
     events_per_s: float
-    consumer_cores: float
-    worker_cores: float  # all workers together
+    cores: float  # the whole tree
     load: float  # 1-minute load average at the end
 
 
-async def catch_up(bootstrap: str, topic: str, events: int, batch: int, workers: int, idle_sample: Footprint) -> Run:
+async def catch_up(bootstrap: str, topic: str, events: int, batch: int, idle_sample: Footprint) -> Run:
     group = f"sizing-{time.time_ns()}"
-    process = start(bootstrap, topic, group, batch, workers)
+    process = start(bootstrap, topic, group, batch)
     root = psutil.Process(process.pid)
     peak = Peak()
     cpu: dict[int, float] = {}
@@ -233,16 +225,12 @@ async def catch_up(bootstrap: str, topic: str, events: int, batch: int, workers:
     elapsed = time.perf_counter() - began
     load = os.getloadavg()[0]
     stop(process)
-    consumer_cpu = cpu.pop(process.pid, 0.0)
-    run = Run(
-        batch, workers, idle_sample, peak, events / elapsed, consumer_cpu / elapsed, sum(cpu.values()) / elapsed, load
-    )
+    run = Run(batch, idle_sample, peak, events / elapsed, sum(cpu.values()) / elapsed, load)
     print(
-        f"  batch {batch:,}, workers {workers}: {run.events_per_s:,.0f} events/s start to finish;"
+        f"  batch {batch:,}: {run.events_per_s:,.0f} events/s start to finish;"
         f" peak pod {peak.pod / MIB:.0f} MB (without chdb {peak.without_chdb / MIB:.0f}, chdb library"
-        f" {peak.chdb / MIB:.0f}), tree RSS {peak.tree_rss / MIB:.0f} MB; consumer {peak.consumer / MIB:.0f} MB,"
-        f" largest worker {peak.worker / MIB:.0f} MB; CPU consumer {run.consumer_cores:.2f} cores, workers"
-        f" {run.worker_cores:.2f}; load {load:.1f}",
+        f" {peak.chdb / MIB:.0f}), tree RSS {peak.tree_rss / MIB:.0f} MB; consumer {peak.consumer / MIB:.0f} MB;"
+        f" CPU {run.cores:.2f} cores; load {load:.1f}",
         flush=True,
     )
     return run
@@ -295,7 +283,6 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=400_000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[5_000, 20_000, 50_000])
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--idle-seconds", type=float, default=12.0)
     parser.add_argument("--engine-probe", action="store_true", help="also measure the embedded engine alone")
     args = parser.parse_args()
@@ -306,29 +293,28 @@ async def main() -> None:
     runs: list[Run] = []
     with kafka() as bootstrap:
         await preload(bootstrap, topic, args.events)
-        for workers in args.workers:
-            idle_sample = await idle(bootstrap, topic, workers, args.idle_seconds)
-            print(
-                f"idle, workers {workers}: pod {idle_sample.pod / MIB:.0f} MB (without chdb"
-                f" {idle_sample.without_chdb / MIB:.0f}), tree RSS {idle_sample.tree_rss / MIB:.0f} MB",
-                flush=True,
-            )
-            for batch in args.batch_sizes:
-                runs.append(await catch_up(bootstrap, topic, args.events, batch, workers, idle_sample))
+        idle_sample = await idle(bootstrap, topic, args.idle_seconds)
+        print(
+            f"idle: pod {idle_sample.pod / MIB:.0f} MB (without chdb"
+            f" {idle_sample.without_chdb / MIB:.0f}), tree RSS {idle_sample.tree_rss / MIB:.0f} MB",
+            flush=True,
+        )
+        for batch in args.batch_sizes:
+            runs.append(await catch_up(bootstrap, topic, args.events, batch, idle_sample))
     print()
     print(f"machine: {machine()}; {args.events:,} events, {PARTITIONS} partitions, PBX traffic mix")
     print(
-        "| workers | batch | events/s | idle pod (without chdb) | peak pod | peak without chdb | chdb library"
-        " | peak tree RSS | consumer RSS | largest worker | CPU consumer + workers | load |"
+        "| batch | events/s | idle pod (without chdb) | peak pod | peak without chdb | chdb library"
+        " | peak tree RSS | consumer RSS | CPU cores | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         p = r.peak
         print(
-            f"| {r.workers} | {r.batch:,} | {r.events_per_s:,.0f} | {r.idle.pod / MIB:.0f} MB"
+            f"| {r.batch:,} | {r.events_per_s:,.0f} | {r.idle.pod / MIB:.0f} MB"
             f" ({r.idle.without_chdb / MIB:.0f}) | {p.pod / MIB:.0f} MB | {p.without_chdb / MIB:.0f} MB"
             f" | {p.chdb / MIB:.0f} MB | {p.tree_rss / MIB:.0f} MB | {p.consumer / MIB:.0f} MB"
-            f" | {p.worker / MIB:.0f} MB | {r.consumer_cores:.2f} + {r.worker_cores:.2f} | {r.load:.1f} |"
+            f" | {r.cores:.2f} | {r.load:.1f} |"
         )
 
 

@@ -18,7 +18,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -218,9 +217,3 @@ async def store_events(
         raise ValueError(f"test data has invalid events: {bad[:3]}")
     rows = to_table([p for p in parsed if isinstance(p, CallEnded)])
     await store.insert_arrow("cdr", with_canonical_numbers(rows, PhoneRegions()) if canonical_numbers else rows)
-
-
-def validation_workers(process: psutil.Process) -> list[psutil.Process]:
-    """The validation pool's spawned workers among a process' children (not its resource
-    tracker)."""
-    return [p for p in process.children() if "spawn_main" in " ".join(p.cmdline())]

@@ -18,8 +18,8 @@ and the chart's values.yaml list them:
   cluster and replica delay, credentials and TLS, the store's client pools (the export
   readers, ``CDR_EXPORT_READERS``, are one of them) and the limits every API read runs under
   (``CDR_QUERY_*``: ClickHouse query settings the store applies to each read).
-- ``ingest``: batching, validation workers, insert retries, the event checks (size, clock
-  skew, call length, correction grace), the dead-letter limit, and stop and health timing
+- ``ingest``: batching, insert retries, the event checks (size, clock skew, call length,
+  correction grace), the dead-letter limit, and stop and health timing
   (``CDR_SHUTDOWN_TIMEOUT_MS`` bounds the ingestor's stop, which nothing else uses).
 - ``notify``: ``cdr notify``'s webhook delivery (``CDR_WEBHOOK_*``).
 - ``api``: listen address and port (the ops servers listen on the same address), tokens,
@@ -403,18 +403,6 @@ class IngestSettings(_Group):
         description=(
             "Longest a partly filled batch waits for more events before it is written: an upper bound on"
             " how long a quiet PBX's call waits, and at low traffic about the time between inserts."
-        ),
-    )
-    validation_processes: int = Field(
-        2,
-        ge=0,
-        le=16,
-        description=(
-            "Worker processes that validate batches beside the consumer (0: a thread of the consumer's"
-            " process, which holds its GIL). Each costs ~110 MiB plus its batch (README, 'Sizing the"
-            " ingestors'); on 2 cores two ingest ~15 %"
-            " more than a thread and one no more (bench/RESULTS.md), and they keep validation off the"
-            " API's interpreter in `cdr run`."
         ),
     )
     revoke_wait_ms: int = Field(

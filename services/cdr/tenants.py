@@ -209,12 +209,10 @@ def file_stamp(path: Path) -> FileStamp:
 class TenantZones:
     """The timezone naive PBX timestamps are read in, per tenant: ``by_tenant`` lists the
     tenants whose zone is not ``default`` (every other tenant's is); ``phones``: the region
-    their national numbers are read in (cdr.phones). ``version`` changes with the
-    content, so a worker process can tell whether it already holds it."""
+    their national numbers are read in (cdr.phones)."""
 
     default: ZoneInfo
-    by_tenant: Mapping[str, ZoneInfo] = field(default_factory=dict)  # a dict: it crosses to workers pickled
-    version: int = 0
+    by_tenant: Mapping[str, ZoneInfo] = field(default_factory=dict)
     phones: PhoneRegions = field(default_factory=PhoneRegions)
 
     def of(self, tenant: str) -> ZoneInfo:
@@ -232,9 +230,9 @@ class ZoneDirectory:
         self._phone_region = phone_region
         self._path = path
         self._stamp = None if path is None else file_stamp(path)
-        self._zones = TenantZones(default, phones=PhoneRegions(phone_region)) if path is None else self._load(path, 1)
+        self._zones = TenantZones(default, phones=PhoneRegions(phone_region)) if path is None else self._load(path)
 
-    def _load(self, path: Path, version: int) -> TenantZones:
+    def _load(self, path: Path) -> TenantZones:
         entries = read_tenants_file(path)
         zones = {
             tenant: ZoneInfo(entry.timezone)
@@ -246,7 +244,7 @@ class ZoneDirectory:
             for tenant, entry in entries.items()
             if entry.phone_region is not None and entry.phone_region.upper() != self._phone_region
         }
-        return TenantZones(self._default, zones, version, PhoneRegions(self._phone_region, regions))
+        return TenantZones(self._default, zones, PhoneRegions(self._phone_region, regions))
 
     def current(self) -> TenantZones:
         path = self._path
@@ -257,7 +255,7 @@ class ZoneDirectory:
             return self._zones
         self._stamp = stamp
         try:
-            zones = self._load(path, self._zones.version + 1)
+            zones = self._load(path)
         except SettingsError as exc:
             log.error(
                 "tenant directory changed but cannot be used; keeping the previous zones", extra={"error": str(exc)}

@@ -629,28 +629,17 @@ def test_the_notifier_is_one_pod_replaced_whole_reaching_only_public_https() -> 
 # The ingest sizing rule as the README states it ("Sizing the ingestors"), written here apart
 # from the template so that a change to either shows. Integer MiB, as the template computes.
 SIZING_BASE_MIB = 480
-SIZING_WORKER_MIB = 110
 SIZING_ROW_BYTES = 2700
+SIZING_BATCHES_HELD = 2  # the one validating (on a thread) and the one being written
 SIZING_HEADROOM_PERCENT = 25
 # Peak memory of the ingest process tree catching up at full speed, each page once, less the
-# embedded engine's library, the higher of the two runs (bench/sizing.py; bench/RESULTS.md,
-# "Issue 26 item 2"): (batch size, workers) -> MiB.
-MEASURED_PEAK_MIB = {
-    (5_000, 0): 460,
-    (20_000, 0): 643,
-    (50_000, 0): 706,
-    (5_000, 1): 582,
-    (20_000, 1): 814,
-    (50_000, 1): 951,
-    (5_000, 2): 729,
-    (20_000, 2): 1001,
-    (50_000, 2): 1181,
-}
+# embedded engine's library, the higher of the two runs, validation on a thread (bench/sizing.py;
+# bench/RESULTS.md, "Issue 26 item 2", the 0-worker rows): batch size -> MiB.
+MEASURED_PEAK_MIB = {5_000: 460, 20_000: 643, 50_000: 706}
 
 
-def sizing_rule_mib(batch_size: int, workers: int) -> int:
-    held = workers + 2 if workers else 2
-    peak = SIZING_BASE_MIB + SIZING_WORKER_MIB * workers + batch_size * held * SIZING_ROW_BYTES // 2**20
+def sizing_rule_mib(batch_size: int) -> int:
+    peak = SIZING_BASE_MIB + batch_size * SIZING_BATCHES_HELD * SIZING_ROW_BYTES // 2**20
     with_headroom = peak * (100 + SIZING_HEADROOM_PERCENT) // 100
     return -(-with_headroom // 64) * 64
 
@@ -660,29 +649,31 @@ def ingest_resources(values: dict[str, Any]) -> dict[str, Any]:
     return resources
 
 
-@pytest.mark.parametrize(("batch_size", "workers"), sorted(MEASURED_PEAK_MIB))
-def test_ingest_memory_follows_the_batch_size_and_the_workers(batch_size: int, workers: int) -> None:
+@pytest.mark.parametrize("batch_size", sorted(MEASURED_PEAK_MIB))
+def test_ingest_memory_follows_the_batch_size(batch_size: int) -> None:
     """Issue 26 item 2: without explicit resources the ingestor's memory is the sizing rule
-    for its batch size and validation workers, above what was measured for them; its CPU
-    request counts the workers."""
+    for its batch size, above what was measured for it; one process, one core."""
     values = scenario(CHART / "ci" / "minimal-values.yaml")
-    values["ingest"] = {"batchSize": batch_size, "validationProcesses": workers}
+    values["ingest"] = {"batchSize": batch_size}
     resources = ingest_resources(values)
-    memory = sizing_rule_mib(batch_size, workers)
-    assert resources == {
-        "requests": {"cpu": str(1 + workers), "memory": f"{memory}Mi"},
-        "limits": {"memory": f"{memory}Mi"},
-    }
+    memory = sizing_rule_mib(batch_size)
+    assert resources == {"requests": {"cpu": "1", "memory": f"{memory}Mi"}, "limits": {"memory": f"{memory}Mi"}}
     # Above every measured peak by more than the run-to-run spread seen for one configuration
     # (bench/RESULTS.md, session 9: 675-722 MB peaks for the same run repeated).
-    assert memory >= 1.15 * MEASURED_PEAK_MIB[(batch_size, workers)]
-    # A larger batch or another worker never gets less.
-    larger = {"batchSize": batch_size * 2, "validationProcesses": workers}
-    another = {"batchSize": batch_size, "validationProcesses": workers + 1}
-    for more in (larger, another):
-        values["ingest"] = more
-        grown = ingest_resources(values)
-        assert int(grown["limits"]["memory"].removesuffix("Mi")) > memory, more
+    assert memory >= 1.15 * MEASURED_PEAK_MIB[batch_size]
+    # A larger batch never gets less.
+    values["ingest"] = {"batchSize": batch_size * 2}
+    grown = ingest_resources(values)
+    assert int(grown["limits"]["memory"].removesuffix("Mi")) > memory
+
+
+def test_the_removed_validation_processes_value_is_refused() -> None:
+    """Issue 30: the validation worker processes are gone; a values file that still sets
+    their count is refused by the schema (README, "Upgrading the chart"), not ignored."""
+    values = scenario(CHART / "ci" / "minimal-values.yaml")
+    values["ingest"] = {"validationProcesses": 2}
+    with pytest.raises(helm.HelmError, match="validationProcesses"):
+        render(values)
 
 
 def test_explicit_ingest_resources_win_over_the_sizing_rule() -> None:
@@ -696,14 +687,12 @@ def test_the_production_example_gets_the_memory_the_rule_gives_for_its_batch() -
     values = scenario(CHART / "ci" / "production-values.yaml")
     ingest = values["ingest"]
     assert "resources" not in ingest, "the example shows the rule, not figures of its own"
-    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["ingest"]
-    workers = ingest.get("validationProcesses", defaults["validationProcesses"])
-    memory = sizing_rule_mib(ingest["batchSize"], workers)
+    memory = sizing_rule_mib(ingest["batchSize"])
     resources = ingest_resources(values)
     assert resources["limits"]["memory"] == resources["requests"]["memory"] == f"{memory}Mi"
-    assert resources["requests"]["cpu"] == str(1 + workers)
+    assert resources["requests"]["cpu"] == "1"
     # The NOTES tell the operator what the rule gave.
-    assert f"requests {memory}Mi memory (limit {memory}Mi) and {1 + workers} CPU, the rule" in notes(values)
+    assert f"requests {memory}Mi memory (limit {memory}Mi) and 1 CPU, the rule" in notes(values)
 
 
 def test_the_docs_restart_and_scale_the_ingestors_by_their_workload_kind() -> None:
@@ -724,8 +713,7 @@ def test_the_sizing_rule_reads_the_same_everywhere() -> None:
     """README, values.yaml, the template's own comment and the production example state one
     rule with the template's numbers; the stale figures they contradicted each other with are gone."""
     rule = (
-        f"{SIZING_BASE_MIB} MiB + {SIZING_WORKER_MIB} MiB",
-        f"{SIZING_ROW_BYTES:,} bytes",
+        f"{SIZING_BASE_MIB} MiB + {SIZING_ROW_BYTES:,} bytes",
         f"+ {SIZING_HEADROOM_PERCENT} %",
     )
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
@@ -733,6 +721,7 @@ def test_the_sizing_rule_reads_the_same_everywhere() -> None:
     for text in [helpers, *(doc.read_text() for doc in docs)]:
         assert all(part in text for part in rule), text[:80]
     assert f"$base := {SIZING_BASE_MIB} " in helpers and f"$rowBytes := {SIZING_ROW_BYTES} " in helpers
+    assert f"$held := {SIZING_BATCHES_HELD} " in helpers
     for doc in (ROOT / "README.md", CHART / "values.yaml"):
-        for stale in ("660 MB idle", "330 MB idle", "~140 MB", "768Mi, limit 1536Mi"):
+        for stale in ("660 MB idle", "330 MB idle", "~140 MB", "768Mi, limit 1536Mi", "110 MiB ×", "110 MiB x"):
             assert stale not in doc.read_text(), (doc, stale)

@@ -57,7 +57,6 @@ async def test_a_stream_killed_with_its_process_continues_on_a_new_one_with_noth
         cursor_secret="c" * 40,
         batch_time_ms=100,
         feed_poll_interval_ms=100,
-        validation_processes=0,
         # Static membership: the new process takes the partitions back at once instead of
         # waiting for the killed member's session to expire.
         kafka_group_instance_id="run-0",

@@ -358,4 +358,3 @@ async def _abandon(ingestor: Ingestor) -> None:
     ingestor.stopping.set()
     await ingestor.broker.stop()
     await ingestor.dead_letters.stop()
-    ingestor.validator.close()  # a crashed process' workers exit with it

@@ -53,7 +53,7 @@ class Rig:
         metrics = Metrics()
         writer = BatchWriter(self.store, metrics, self.stopping, initial_backoff_s=0.05, max_backoff_s=0.1)
         return Pipeline(
-            validator=Validator(ZoneInfo("Asia/Ho_Chi_Minh"), processes=0),
+            validator=Validator(ZoneInfo("Asia/Ho_Chi_Minh")),
             max_event_bytes=65_536,
             writer=writer,
             dead_letters=NoDeadLetters(),

@@ -1,6 +1,5 @@
 """A batch's validation in the pipeline: the compiled validator, the model for what it leaves, the
-rows back in Kafka order and the refused ones with their reasons; on a worker process
-(the default) as on a thread, and past a worker that dies."""
+rows back in Kafka order and the refused ones with their reasons."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
-import pytest
 from aiokafka import ConsumerRecord
 
 from cdr.ingest.dlq import DeadLetter, DlqLimit
@@ -30,14 +28,11 @@ def event(seed: int, **changes: object) -> dict[str, object]:
     return {**data, **changes}
 
 
-@pytest.mark.parametrize("processes", [1, 0])
-async def test_compiled_and_model_rows_come_back_in_kafka_order(tmp_path: Path, processes: int) -> None:
+async def test_compiled_and_model_rows_come_back_in_kafka_order(tmp_path: Path) -> None:
     store = Store(f"chdb://{tmp_path}", database="cdr")  # the writer is not used by _validate
     metrics = Metrics()
-    validator = Validator(HCM, processes)
-    await validator.start()
     pipeline = Pipeline(
-        validator=validator,
+        validator=Validator(HCM),
         max_event_bytes=4_096,
         writer=BatchWriter(store, metrics, asyncio.Event(), initial_backoff_s=0.01, max_backoff_s=0.01),
         dead_letters=_NoDeadLetters(),
@@ -54,7 +49,6 @@ async def test_compiled_and_model_rows_come_back_in_kafka_order(tmp_path: Path, 
     try:
         rows, invalid = await pipeline._validate(records)
     finally:
-        validator.close()
         await store.close()
     assert rows.column("id").to_pylist() == [events[n]["id"] for n in (0, 1, 3, 5)]
     refused = [(n, problem) for n, problem in enumerate(invalid) if problem is not None]

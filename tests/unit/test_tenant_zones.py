@@ -12,10 +12,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from cdr.ingest import validation
-from cdr.ingest.validation import Validator, ZonesUnknown
+from cdr.ingest.validation import Validator
 from cdr.settings import SettingsError
-from cdr.tenants import TenantZones, ZoneDirectory
+from cdr.tenants import ZoneDirectory
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 NY = ZoneInfo("America/New_York")
@@ -62,14 +61,14 @@ def test_directory_zones_fall_back_and_reload(tmp_path: Path) -> None:
     write(path, {"ny.example": "America/New_York", "hcm.example": "Asia/Ho_Chi_Minh", "plain.example": None})
     directory = ZoneDirectory(HCM, path)
     zones = directory.current()
-    # Only tenants whose zone differs from CDR_TIMEZONE need to travel.
+    # Only tenants whose zone differs from CDR_TIMEZONE are listed.
     assert zones.by_tenant == {"ny.example": NY}
     assert (zones.of("ny.example"), zones.of("plain.example"), zones.of("unknown.example")) == (NY, HCM, HCM)
-    assert directory.current() is zones  # unchanged file: same zones, same version
+    assert directory.current() is zones  # unchanged file: the same zones, not read again
 
     write(path, {"ny.example": "Asia/Tokyo"})
     reloaded = directory.current()
-    assert reloaded.of("ny.example") == TOKYO and reloaded.version > zones.version
+    assert reloaded.of("ny.example") == TOKYO
 
     path.write_text("tenants: {ny.example: {tokens: [nope]}}")
     assert directory.current() is reloaded  # a broken file keeps the previous zones
@@ -84,32 +83,14 @@ def test_a_bad_directory_at_start_is_a_settings_error(tmp_path: Path) -> None:
         ZoneDirectory(HCM, path)
 
 
-def test_a_worker_is_sent_the_zones_only_when_it_does_not_hold_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(validation, "_held", None)
-    zones = TenantZones(HCM, {"ny.example": NY}, version=3)
-    with pytest.raises(ZonesUnknown):
-        validation._validate_in_worker([naive_call("ny.example")], 3, LATEST, 86_400)
-    sent = validation._validate_in_worker([naive_call("ny.example")], zones, LATEST, 86_400)
-    held = validation._validate_in_worker([naive_call("ny.example")], 3, LATEST, 86_400)
-    assert sent.rows == held.rows
-    assert held.rows.column("time_started").to_pylist() == [datetime(2024, 3, 9, 15, tzinfo=UTC)]
-    with pytest.raises(ZonesUnknown):  # a newer version than it holds
-        validation._validate_in_worker([naive_call("ny.example")], 4, LATEST, 86_400)
-
-
-@pytest.mark.parametrize("processes", [0, 1])
-async def test_a_reload_applies_to_the_next_batch(tmp_path: Path, processes: int) -> None:
+async def test_a_reload_applies_to_the_next_batch(tmp_path: Path) -> None:
     path = tmp_path / "tenants.json"
     write(path, {"ny.example": "America/New_York"})
-    validator = Validator(ZoneDirectory(HCM, path), processes)
-    await validator.start()
-    try:
-        batch = [naive_call("ny.example", 1), naive_call("other.example", 2)]
-        first = await validator(batch, LATEST)
-        write(path, {"ny.example": "Asia/Tokyo", "other.example": "America/New_York"})
-        second = await validator(batch, LATEST)
-    finally:
-        validator.close()
+    validator = Validator(ZoneDirectory(HCM, path))
+    batch = [naive_call("ny.example", 1), naive_call("other.example", 2)]
+    first = await validator(batch, LATEST)
+    write(path, {"ny.example": "Asia/Tokyo", "other.example": "America/New_York"})
+    second = await validator(batch, LATEST)
     assert first.rows.column("time_started").to_pylist() == [
         datetime(2024, 3, 9, 15, tzinfo=UTC),  # New York, EST
         datetime(2024, 3, 9, 3, tzinfo=UTC),  # unlisted: CDR_TIMEZONE

@@ -50,7 +50,6 @@ class Ingestor:
     broker: KafkaBroker
     subscriber: LogicSubscriber[Any]
     pipeline: Pipeline
-    validator: Validator
     dead_letters: KafkaDeadLetters
     health: IngestHealth
     stopping: asyncio.Event
@@ -68,7 +67,6 @@ class Ingestor:
             setting=self.kafka.env("kafka_bootstrap_servers"),
             value=self.kafka.kafka_bootstrap_servers,
         )
-        await self.validator.start()
         await self.broker.start()
         self._monitor = asyncio.create_task(self.health.run())
         log.info(
@@ -110,16 +108,13 @@ class Ingestor:
         deadline = time.monotonic() + self.ingest.shutdown_timeout_ms / 1000
         if self._monitor is not None:
             self._monitor.cancel()
-        try:
-            if not await _within(deadline, self.pipeline.drain(), "finishing the batches in flight"):
-                self.pipeline.abandon()
-            # Closing needs a share of the budget even when the batch took all of it.
-            closing = max(deadline, time.monotonic() + 2.0)
-            if self._monitor is not None:  # started: the broker is connected
-                await _within(closing, self.broker.stop(), "leaving the consumer group")
-            await _within(closing, self.dead_letters.stop(), "closing the dead-letter producer")
-        finally:
-            self.validator.close()
+        if not await _within(deadline, self.pipeline.drain(), "finishing the batches in flight"):
+            self.pipeline.abandon()
+        # Closing needs a share of the budget even when the batch took all of it.
+        closing = max(deadline, time.monotonic() + 2.0)
+        if self._monitor is not None:  # started: the broker is connected
+            await _within(closing, self.broker.stop(), "leaving the consumer group")
+        await _within(closing, self.dead_letters.stop(), "closing the dead-letter producer")
         log.info("ingest stopped", extra={"fatal": self.pipeline.fatal})
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
@@ -162,7 +157,7 @@ def build_ingestor(
     )
     # Naive PBX times in each tenant's zone of the tenant directory (re-read when it changes).
     zones = ZoneDirectory(common.zone, common.tenants_file, phone_region=common.phone_region)
-    validator = Validator(zones, ingest.validation_processes, ingest.max_call_seconds)
+    validator = Validator(zones, ingest.max_call_seconds)
     pipeline = Pipeline(
         validator=validator,
         max_event_bytes=ingest.max_event_bytes,
@@ -192,9 +187,7 @@ def build_ingestor(
         timeout_s=timeout_s,
         stall_after_s=ingest.stall_after_ms / 1000,
     )
-    return Ingestor(
-        kafka, ingest, common, broker, subscriber, pipeline, validator, dead_letters, health, stopping, options
-    )
+    return Ingestor(kafka, ingest, common, broker, subscriber, pipeline, dead_letters, health, stopping, options)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

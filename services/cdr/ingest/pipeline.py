@@ -74,13 +74,14 @@ class Pipeline:
         self._metrics = metrics
         self._stopping = stopping
         # The newest batch's task (it waits for the one before it, so awaiting it awaits
-        # them all), every unfinished one, and room for batches being validated.
+        # them all), every unfinished one, and room for the batch being validated (one:
+        # two validation threads would only share the GIL's Python parts)
         self._inflight: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        self._validating = asyncio.Semaphore(validator.depth)
-        # and for every batch held: those validating and the one being written, no more
+        self._validating = asyncio.Semaphore(1)
+        # and for every batch held: the one validating and the one being written, no more
         # while an insert is retried (ClickHouse away), so memory stays bounded.
-        self._held = asyncio.Semaphore(validator.depth + 1)
+        self._held = asyncio.Semaphore(2)
         self._revoke_wait_s = revoke_wait_s
         self._commit_timeout_s = commit_timeout_s
         self._skew = timedelta(seconds=max_future_skew_s)
@@ -105,10 +106,10 @@ class Pipeline:
     async def handle(self, message: BatchMessage) -> None:
         """The FastStream batch handler. Returns as soon as this batch is under way and
         there is room for the next, so that FastStream fetches it while this one is
-        validated (``Validator``: on a worker process) and the one before is written (in
-        ClickHouse, off the GIL). Batches are stored, and commit, in order. Held at once:
-        ``validator.depth`` validating and one writing; while a write is retried, nothing
-        more. Never raises: an escaped exception would let FastStream move on past a batch
+        validated (``Validator``: on a thread, the compiled pass off the GIL) and the one
+        before is written (in ClickHouse, off the GIL). Batches are stored, and commit, in
+        order. Held at once: one validating and one writing; while a write is retried,
+        nothing more. Never raises: an escaped exception would let FastStream move on past a batch
         that was not stored."""
         await self._held.acquire()
         await self._validating.acquire()
@@ -295,9 +296,9 @@ class Pipeline:
         """The batch's valid events as one table in Kafka order, and why each record that
         is not among them is refused.
 
-        The verdicts are made off the event loop (``Validator``: another process, or a
-        thread): in `cdr run` the API shares the loop, and a batch's tens of milliseconds
-        of validation would hold up every request waiting on it."""
+        The verdicts are made off the event loop (``Validator``: a thread): in `cdr run`
+        the API shares the loop, and a batch's tens of milliseconds of validation would
+        hold up every request waiting on it."""
         invalid = [precheck(r.value, self._max_bytes) for r in records]
         candidates = [i for i, problem in enumerate(invalid) if problem is None]
         values = [cast(bytes, records[i].value) for i in candidates]

@@ -1,4 +1,4 @@
-"""A batch's verdicts, computed beside the consumer: on a worker process, or a thread.
+"""A batch's verdicts, computed on a thread beside the consumer.
 
 The rules run compiled (``cdr_validate``, the Rust crate in rust/cdr-validate): one pass
 over the batch's raw values straight into the ``cdr`` table's Arrow columns, with the GIL
@@ -8,26 +8,19 @@ valid event in a rarer shape (integer timestamps, a naive time where its zone's 
 changes, ...). ``tests/unit/test_compiled_validation.py`` holds the two to the same
 answers.
 
-On a worker process validation runs on the other core while the consumer fetches the
-next batch. The batch crosses as its raw values (one pickled list of bytes) and comes back
-as an Arrow table (pickled as its buffers), both a few milliseconds for 20,000 events.
+The compiled pass releases the GIL, so the consumer keeps fetching and the previous
+batch's insert keeps running meanwhile: one process kept up with the two worker
+processes it replaced, at ~400 MB less (bench/RESULTS.md, Issue 30).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import os
-import signal
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from multiprocessing.process import BaseProcess
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
@@ -82,7 +75,7 @@ class NaiveTimes:
 
 @dataclass
 class _Compiled:
-    """The compiled rules of the zones and limit last used (a process serves one stream of batches)."""
+    """The compiled rules of the zones and limit last used (the ingestor validates one batch at a time)."""
 
     key: tuple[TenantZones, int] | None = None
     rules: Rules | None = None
@@ -175,110 +168,16 @@ def validate_batch(
     return Verdicts(rows, invalid, compiled.rows.num_rows, len(compiled.refused) + len(compiled.deferred))
 
 
-def _worker_started() -> None:
-    """In each worker, first: the consumer's process alone decides when it stops. A Ctrl-C
-    reaches the whole process group, and the consumer closes the pool; a consumer killed
-    outright (SIGKILL, OOM) cannot, so the worker exits when it sees its parent gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-parent").start()
-
-
-def _exit_with(parent: BaseProcess) -> None:
-    parent.join()
-    os._exit(0)
-
-
-class ZonesUnknown(Exception):
-    """A worker was sent the version of tenant zones it does not hold: send them whole."""
-
-
-# In a worker: the tenant zones last sent to it. Only a change crosses with a batch: the
-# consumer sends their version, and the zones themselves to a worker that answers
-# ZonesUnknown (once per worker and change).
-_held: TenantZones | None = None
-
-
-def _hold(zones: TenantZones) -> None:
-    global _held
-    _held = zones
-
-
-def _validate_in_worker(
-    values: Sequence[bytes], zones: TenantZones | int, latest_emitted_at: datetime, max_call_s: int
-) -> Verdicts:
-    if isinstance(zones, TenantZones):
-        _hold(zones)
-    elif _held is None or _held.version != zones:
-        raise ZonesUnknown(zones)
-    assert _held is not None
-    return validate_batch(values, _held, latest_emitted_at, max_call_s)
-
-
-def _warm(zones: TenantZones, max_call_s: int) -> None:
-    """A new worker's first task: imports done, zones held and the rules built before a batch waits."""
-    _hold(zones)
-    _COMPILED.of(zones, max_call_s)
-
-
 class Validator:
-    """Runs ``validate_batch`` on ``processes`` worker processes (0: a thread of this one).
+    """Runs ``validate_batch`` on a thread beside the event loop: the compiled validator
+    releases the GIL, so the consumer fetches and the store inserts meanwhile. Naive
+    times are read in ``zones``: one zone, or the tenants' zones of a directory (a change
+    to it applies from the next batch)."""
 
-    A worker that dies (killed, out of memory) takes no batch with it: the batch is
-    validated here instead, and the next one goes to a new worker. Naive times are read
-    in ``zones``: one zone, or the tenants' zones of a directory (a change to it applies
-    from the next batch)."""
-
-    def __init__(self, zones: ZoneInfo | ZoneDirectory, processes: int, max_call_s: int = MAX_CALL_S) -> None:
+    def __init__(self, zones: ZoneInfo | ZoneDirectory, max_call_s: int = MAX_CALL_S) -> None:
         self._zones = zones if isinstance(zones, ZoneDirectory) else ZoneDirectory(zones)
         self._max_call_s = max_call_s
-        self._processes = processes
-        self._pool: ProcessPoolExecutor | None = None
-        # Batches validated at once: each worker's, and one more queued so that a worker
-        # never waits for the consumer to hand over the next; on a thread, one (two threads
-        # would only share the GIL).
-        self.depth = processes + 1 if processes else 1
-
-    async def start(self) -> None:
-        """Start the workers and wait until they can take a batch."""
-        if self._processes:
-            self._pool = pool = self._new_pool()
-            loop = asyncio.get_running_loop()
-            # Submitted together: the pool starts a worker for each task no idle one takes.
-            zones = self._zones.current()
-            warm = (loop.run_in_executor(pool, _warm, zones, self._max_call_s) for _ in range(self._processes))
-            await asyncio.gather(*warm)
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # Spawned, never forked: this process runs threads (the store's, aiokafka's
-        # resolver), and a fork copies their locks in whatever state they are.
-        context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self._processes, mp_context=context, initializer=_worker_started)
 
     async def __call__(self, values: Sequence[bytes], latest_emitted_at: datetime) -> Verdicts:
         zones = self._zones.current()
-        limit = self._max_call_s
-        pool = self._pool
-        if pool is not None:
-            loop = asyncio.get_running_loop()
-            try:
-                try:
-                    return await loop.run_in_executor(
-                        pool, _validate_in_worker, values, zones.version, latest_emitted_at, limit
-                    )
-                except ZonesUnknown:
-                    return await loop.run_in_executor(
-                        pool, _validate_in_worker, values, zones, latest_emitted_at, limit
-                    )
-            except BrokenProcessPool:
-                log.error("a validation worker died; this batch is validated in the consumer, the next on a new worker")
-                if self._pool is pool:  # the first of the batches it held to fail replaces it
-                    self._pool = self._new_pool()
-                    pool.shutdown(wait=False, cancel_futures=True)
-        return await asyncio.to_thread(validate_batch, values, zones, latest_emitted_at, limit)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        return await asyncio.to_thread(validate_batch, values, zones, latest_emitted_at, self._max_call_s)

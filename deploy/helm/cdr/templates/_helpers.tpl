@@ -323,28 +323,26 @@ it, instead of a pod stuck in CreateContainerConfigError. */}}
 
 {{/* Resources of an ingestor: ingest.resources when given, else the sizing rule fitted to
 bench/sizing.py's peaks (bench/RESULTS.md, "Issue 26 item 2"; README, "Sizing the ingestors"):
-  memory = 480 MiB + 110 MiB x workers + 2,700 bytes x batchSize x batches held, + 25 %,
-where batches held = workers + 2 (those validating, one queued, one being written), 2 on a
-thread. Request and limit are equal: a first install catches up on the topic's whole
+  memory = 480 MiB + 2,700 bytes x batchSize x 2 batches held, + 25 %,
+the batches held being the one validating (on a thread of the consumer) and the one being
+written. Request and limit are equal: a first install catches up on the topic's whole
 retention at full speed, i.e. at its peak, for as long as that takes; a request below it
-would be the first evicted under node pressure. CPU: the consumer and each worker keep a
-core busy at full speed. */}}
+would be the first evicted under node pressure. CPU: one core requested for the consumer's
+event loop, no limit: the validation thread and the embedded engine's insert take spare cores. */}}
 {{- define "cdr.ingestResources" -}}
 {{- $ingest := .Values.ingest }}
 {{- if $ingest.resources }}
 {{- toYaml $ingest.resources }}
 {{- else }}
 {{- $base := 480 }}{{/* MiB: the consumer and what a batch costs whatever its size */}}
-{{- $perWorker := 110 }}{{/* MiB: a validation worker's own (its interpreter and imports) */}}
 {{- $rowBytes := 2700 }}{{/* bytes per event of a batch held, over all its copies */}}
 {{- $headroom := 25 }}{{/* percent above the fitted peak, then rounded up to 64Mi */}}
-{{- $workers := int $ingest.validationProcesses }}
-{{- $held := ternary (add $workers 2) 2 (gt $workers 0) }}
+{{- $held := 2 }}{{/* batches: the one validating (on a thread), the one being written */}}
 {{- $rows := mul (int $ingest.batchSize) $held }}
-{{- $peak := add $base (mul $perWorker $workers) (div (mul $rows $rowBytes) 1048576) }}
+{{- $peak := add $base (div (mul $rows $rowBytes) 1048576) }}
 {{- $memory := mul (div (add (div (mul $peak (add 100 $headroom)) 100) 63) 64) 64 }}
 requests:
-  cpu: {{ add 1 $workers | quote }}
+  cpu: "1"
   memory: {{ $memory }}Mi
 limits:
   memory: {{ $memory }}Mi
