@@ -180,8 +180,13 @@ class Pipeline:
         started = time.perf_counter()
         try:
             verdicts = await self._validate(records)
-        except Exception as exc:  # acted on in order, after the batch before
-            failure = exc
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # acted on in order, after the batch before
+            # A panic in the compiled validator arrives as PyO3's PanicException, a
+            # BaseException by design: uncaught, the task would end with the batch neither
+            # stored nor rewound, and the next batch would commit past it.
+            failure = exc if isinstance(exc, Exception) else RuntimeError(f"validation crashed: {exc!r}")
         finally:
             self._validating.release()
         validate_s = time.perf_counter() - started
