@@ -5,11 +5,14 @@
 (b) raw aiokafka getmany over the same topic, no processing (the ceiling)
 (c) a plain FastStream handler that validates and inserts one message at a time
     (what a first attempt looks like; measured on a prefix, it is too slow for all)
-(d) the same job on sentry-arroyo (`bench/arroyo_peer.py`), the peer
+(d) the same job on sentry-arroyo (`bench/arroyo_peer.py`), the peer: validation in a
+    `RunTaskWithMultiprocessing` pool of `--peer-processes` processes as Snuba runs its
+    consumers (default 2, one a core here), or with 0 on the insert thread of one process
 
 Memory is the whole process tree's.
 
   python bench/ingest.py [--events 1000000] [--partitions 4] [--baseline-seconds 20] [--only-ingest]
+                        [--peer-processes 2]
 """
 
 from __future__ import annotations
@@ -167,12 +170,19 @@ def ingest_environment(bootstrap: str, group: str, data: Path, topic: str = TOPI
     return env
 
 
-def consumers(bootstrap: str, group: str, data: Path) -> dict[str, list[str]]:
+def consumers(bootstrap: str, group: str, data: Path, peer_processes: int) -> dict[str, list[str]]:
     """The command line of each consumer under test, by name."""
+    peer = [sys.executable, str(ROOT / "bench" / "arroyo_peer.py"), bootstrap, TOPIC, group, str(data)]
     return {
         "cdr ingest": [sys.executable, "-m", "cdr.cli", "ingest"],
-        "arroyo peer": [sys.executable, str(ROOT / "bench" / "arroyo_peer.py"), bootstrap, TOPIC, group, str(data)],
+        "arroyo peer": [*peer, "--processes", str(peer_processes)],
     }
+
+
+def peer_label(peer_processes: int) -> str:
+    if peer_processes:
+        return f"arroyo peer, RunTaskWithMultiprocessing, {peer_processes} processes"
+    return "arroyo peer, validation on the insert thread, 1 process"
 
 
 @dataclass
@@ -184,7 +194,7 @@ class Run:
     stored: int  # distinct ids in the store afterwards
 
 
-async def run_consumer(name: str, bootstrap: str, events: int, partitions: int) -> Run:
+async def run_consumer(name: str, bootstrap: str, events: int, partitions: int, peer_processes: int) -> Run:
     """One consumer process over the whole topic, from its start to all offsets committed.
 
     Idle RSS: the same command, first run for 15 s on a group that starts at the topic's
@@ -193,9 +203,9 @@ async def run_consumer(name: str, bootstrap: str, events: int, partitions: int) 
     idle_group = f"bench-idle-{time.time_ns()}"
     shutil.rmtree(data, ignore_errors=True)
     idle_env = {**ingest_environment(bootstrap, idle_group, data), "CDR_KAFKA_AUTO_OFFSET_RESET": "latest"}
-    argv = consumers(bootstrap, idle_group, data)[name]
+    argv = consumers(bootstrap, idle_group, data, peer_processes)[name]
     if name == "arroyo peer":
-        argv = [*argv, "latest"]
+        argv = [*argv, "--offset-reset", "latest"]
     idle = subprocess.Popen(argv, env=idle_env)
     await asyncio.sleep(15)
     idle_rss = tree_rss(psutil.Process(idle.pid))
@@ -205,7 +215,9 @@ async def run_consumer(name: str, bootstrap: str, events: int, partitions: int) 
     shutil.rmtree(data, ignore_errors=True)
     group = f"bench-{time.time_ns()}"
     began = time.perf_counter()
-    process = subprocess.Popen(consumers(bootstrap, group, data)[name], env=ingest_environment(bootstrap, group, data))
+    process = subprocess.Popen(
+        consumers(bootstrap, group, data, peer_processes)[name], env=ingest_environment(bootstrap, group, data)
+    )
     rss = PeakRss(process.pid)
     done = 0
     last_check = 0.0
@@ -233,8 +245,9 @@ async def run_consumer(name: str, bootstrap: str, events: int, partitions: int) 
     rows = await store.query("SELECT uniqExact(id) FROM cdr.cdr FINAL")
     await store.close()
     run = Run((n90 - n10) / (t90 - t10), events / elapsed, idle_rss, rss.peak, int(rows[0][0]))
+    label = peer_label(peer_processes) if name == "arroyo peer" else name
     print(
-        f"    {name}: steady (10%..90% committed) {run.steady:,.0f} events/s; start to finish {run.overall:,.0f}"
+        f"    {label}: steady (10%..90% committed) {run.steady:,.0f} events/s; start to finish {run.overall:,.0f}"
         f" events/s; RSS idle {run.idle_rss / 2**20:.0f} MB, peak {run.peak_rss / 2**20:.0f} MB;"
         f" {run.stored:,} distinct ids stored"
     )
@@ -286,6 +299,12 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument(
+        "--peer-processes",
+        type=int,
+        default=2,
+        help="the arroyo peer's RunTaskWithMultiprocessing processes (bench/arroyo_peer.py); 0 = one process, a thread",
+    )
+    parser.add_argument(
         "--only-ingest", action="store_true", help="run (a) and (b) alone: a quick look while changing the ingestor"
     )
     args = parser.parse_args()
@@ -295,7 +314,7 @@ async def main() -> None:
         raw = await raw_fetch(bootstrap, args.events)
         print(f"(b) raw aiokafka fetch: {raw:,.0f} msg/s")
         runs = {
-            name: await run_consumer(name, bootstrap, args.events, args.partitions)
+            name: await run_consumer(name, bootstrap, args.events, args.partitions, args.peer_processes)
             for name in (("cdr ingest",) if args.only_ingest else ("cdr ingest", "arroyo peer"))
         }
         if args.only_ingest:
@@ -304,13 +323,14 @@ async def main() -> None:
         print(f"(c) one-at-a-time FastStream handler: {naive:,.0f} events/s (over {args.baseline_seconds:.0f} s)")
     print()
     print(f"machine: {machine()}; {args.events:,} events, {args.partitions} partitions, PBX traffic mix as above")
+    print(f"peer (d): {peer_label(args.peer_processes)}")
     print(
         "| run | steady events/s | vs raw fetch (b) | vs arroyo peer (d) | start to finish | RSS idle | peak"
         " | peak − idle |"
     )
     print("|---|---|---|---|---|---|---|---|")
     peer = runs["arroyo peer"].steady
-    for label, name in (("(a) `cdr ingest`", "cdr ingest"), ("(d) arroyo peer, same batch step", "arroyo peer")):
+    for label, name in (("(a) `cdr ingest`", "cdr ingest"), (f"(d) {peer_label(args.peer_processes)}", "arroyo peer")):
         r = runs[name]
         print(
             f"| {label} | {r.steady:,.0f} | {r.steady / raw:.2f}× | {r.steady / peer:.2f}× | {r.overall:,.0f}"
