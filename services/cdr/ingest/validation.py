@@ -75,17 +75,20 @@ class NaiveTimes:
 
 @dataclass
 class _Compiled:
-    """The compiled rules of the zones and limit last used (the ingestor validates one batch at a time)."""
+    """The compiled rules of the zones and limit last used. Key and rules are one value,
+    replaced whole: two batches validated at once with other zones (two pipelines in one
+    process) never read one's key with the other's rules."""
 
-    key: tuple[TenantZones, int] | None = None
-    rules: Rules | None = None
+    last: tuple[tuple[TenantZones, int], Rules] | None = None
 
     def of(self, zones: TenantZones, max_call_s: int) -> Rules:
-        if self.rules is None or self.key != (zones, max_call_s):
-            tenants = {tenant: NaiveTimes.for_zone(zone).parts for tenant, zone in zones.by_tenant.items()}
-            self.rules = Rules(NaiveTimes.for_zone(zones.default).parts, tenants, max_call_s)
-            self.key = (zones, max_call_s)
-        return self.rules
+        last = self.last
+        if last is not None and last[0] == (zones, max_call_s):
+            return last[1]
+        tenants = {tenant: NaiveTimes.for_zone(zone).parts for tenant, zone in zones.by_tenant.items()}
+        rules = Rules(NaiveTimes.for_zone(zones.default).parts, tenants, max_call_s)
+        self.last = ((zones, max_call_s), rules)
+        return rules
 
 
 _COMPILED = _Compiled()
