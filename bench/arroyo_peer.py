@@ -66,6 +66,11 @@ from cdr.tenants import TenantZones
 # --input-block-size / --output-block-size unset (arroyo sizes the shared-memory blocks
 # itself), as this peer does.
 SNUBA_PROCESSES_ON_TWO_CORES = 2
+# librdkafka's per-partition fetch, as large as the raw aiokafka fetch's (bench/ingest.py,
+# `raw_fetch`): with its default 1 MB (or 2 MB, the ingestor's aiokafka figure) arroyo alone,
+# doing no work on this 4-partition topic, took 13 k messages/s at a quarter of a core;
+# with 8 MB, 47-53 k (throwaway probes, 2026-12-07).
+FETCH_BYTES_PER_PARTITION = 8 * 1024 * 1024
 
 
 def validate_chunk(zone: ZoneInfo, skew_s: float, message: Message[list[bytes]]) -> tuple[pa.Table, int]:
@@ -167,7 +172,7 @@ def main() -> None:
     asyncio.run(migrate(store))
     consumer = KafkaConsumer(
         build_kafka_consumer_configuration(
-            {},
+            {"max.partition.fetch.bytes": FETCH_BYTES_PER_PARTITION},
             group_id=args.group,
             auto_offset_reset=args.offset_reset,
             bootstrap_servers=[args.bootstrap],
