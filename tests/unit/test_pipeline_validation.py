@@ -33,15 +33,7 @@ def event(seed: int, **changes: object) -> dict[str, object]:
 async def test_compiled_and_model_rows_come_back_in_kafka_order(tmp_path: Path) -> None:
     store = Store(f"chdb://{tmp_path}", database="cdr")  # the writer is not used by _validate
     metrics = Metrics()
-    pipeline = Pipeline(
-        validator=Validator(HCM),
-        max_event_bytes=4_096,
-        writer=BatchWriter(store, metrics, asyncio.Event(), initial_backoff_s=0.01, max_backoff_s=0.01),
-        dead_letters=_NoDeadLetters(),
-        dlq_limit=DlqLimit(0.9, 100, 10),
-        metrics=metrics,
-        stopping=asyncio.Event(),
-    )
+    pipeline = _pipeline(store, Validator(HCM), metrics)
     integer_times = event(1, time_started=1709979000, time_answered=None, time_ended=1709979072)
     events = [event(0), integer_times, event(2, duration="x"), event(3), event(4, cause="x" * 5_000), event(5)]
     records = tuple(
@@ -104,16 +96,7 @@ class _Batch:
 async def test_a_panic_in_the_validator_stops_ingest_and_nothing_commits_past_its_batch(tmp_path: Path) -> None:
     store = Store(f"chdb://{tmp_path}", database="cdr")
     await migrate(store)  # so that, uncaught, the batch after the panic would be stored and committed
-    metrics = Metrics()
-    pipeline = Pipeline(
-        validator=_PanicsOnce(),
-        max_event_bytes=4_096,
-        writer=BatchWriter(store, metrics, asyncio.Event(), initial_backoff_s=0.01, max_backoff_s=0.01),
-        dead_letters=_NoDeadLetters(),
-        dlq_limit=DlqLimit(0.9, 100, 10),
-        metrics=metrics,
-        stopping=asyncio.Event(),
-    )
+    pipeline = _pipeline(store, _PanicsOnce(), Metrics())
     consumer = _Consumer()
     first, second = _Batch(consumer, range(3)), _Batch(consumer, range(3, 5))
     try:
@@ -124,6 +107,18 @@ async def test_a_panic_in_the_validator_stops_ingest_and_nothing_commits_past_it
         await store.close()
     assert pipeline.halted.is_set() and pipeline.fatal is not None and "validation crashed" in pipeline.fatal
     assert first.nacked and not consumer.commits  # rewound; the batch after it neither stored nor committed
+
+
+def _pipeline(store: Store, validator: Validator, metrics: Metrics) -> Pipeline:
+    return Pipeline(
+        validator=validator,
+        max_event_bytes=4_096,
+        writer=BatchWriter(store, metrics, asyncio.Event(), initial_backoff_s=0.01, max_backoff_s=0.01),
+        dead_letters=_NoDeadLetters(),
+        dlq_limit=DlqLimit(0.9, 100, 10),
+        metrics=metrics,
+        stopping=asyncio.Event(),
+    )
 
 
 class _NoDeadLetters:
