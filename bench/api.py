@@ -13,7 +13,7 @@ same process idle.
 Beside each 1-client figure, the same reads straight on the store client, no HTTP
 ("direct"): before the server starts, this process serves the same requests through the
 app in-process, notes the SQL and parameters every request ran, and then times those
-reads alone on the store (`Store.query`, page mode's two at once as the API runs them),
+reads alone on the store (`Store.query`; reads the app ran at once, at once again),
 so the API's own overhead is the ratio of the two.
 
     python bench/api.py [--rows 10000000] [--requests 400] [--reuse] [--ingest-rate 5000]
@@ -176,17 +176,29 @@ async def sample(rows: int) -> dict[str, Any]:
     return {"picks": picks, "deep": deep}
 
 
+Reads = list[list[tuple[str, dict[str, Param]]]]  # a request's reads: groups run at once, one after another
+
+
 class RecordingStore(Store):
-    """The store, noting each read the API runs on it."""
+    """The store, noting each read the API runs on it, and which ran at once: a read that
+    starts while another is running joins its group."""
 
     def __init__(self, dsn: str) -> None:
         super().__init__(dsn, database="cdr")
-        self.reads: list[tuple[str, dict[str, Param]]] = []
+        self.reads: Reads | None = None  # None: not noting
+        self._running = 0
 
     async def query(self, sql: str, params: Any = None, *, health: bool = False) -> list[Row]:
-        if not health:
-            self.reads.append((sql, dict(params or {})))
-        return await super().query(sql, params, health=health)
+        if health or self.reads is None:
+            return await super().query(sql, params, health=health)
+        if not self._running or not self.reads:
+            self.reads.append([])
+        self.reads[-1].append((sql, dict(params or {})))
+        self._running += 1
+        try:
+            return await super().query(sql, params, health=health)
+        finally:
+            self._running -= 1
 
 
 async def direct_reads(scenarios: list[Any], requests: int, tokens_file: str) -> dict[str, dict[str, Any]]:
@@ -202,22 +214,20 @@ async def direct_reads(scenarios: list[Any], requests: int, tokens_file: str) ->
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             for name, make in scenarios:
-                captured: list[tuple[list[tuple[str, dict[str, Param]]], bool]] = []
+                captured: list[Reads] = []
                 for _ in range(16 + requests):
                     tenant, url = make()
-                    store.reads.clear()
+                    store.reads = []
                     answer = await client.get(url, headers={"Authorization": f"Bearer {token(tenant)}"})
                     if answer.status_code != 200:
                         raise SystemExit(f"{name}: {url} answered {answer.status_code} in-process")
-                    captured.append((list(store.reads), "page=" in url))
+                    captured.append(store.reads)
+                store.reads = None
                 latencies = []
-                for reads, together in captured[16:]:  # the first 16 warm up, as over HTTP
+                for reads in captured[16:]:  # the first 16 warm up, as over HTTP
                     began = time.perf_counter()
-                    if together:
-                        await asyncio.gather(*(store.query(sql, params) for sql, params in reads))
-                    else:
-                        for sql, params in reads:
-                            await store.query(sql, params)
+                    for group in reads:
+                        await asyncio.gather(*(store.query(sql, params) for sql, params in group))
                     latencies.append((time.perf_counter() - began) * 1000)
                 results[name] = percentiles(latencies)
                 print(

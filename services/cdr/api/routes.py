@@ -44,12 +44,16 @@ from cdr.store.queries import (
     MAX_GROUPS,
     STAT_QUANTILE_FIELDS,
     Key,
+    PagePlan,
     SearchFilters,
+    Window,
     call_id_lookup_query,
-    count_query,
     export_query,
     export_window_end_query,
     id_lookup_query,
+    month_counts_query,
+    month_window,
+    page_plan,
     page_query,
     phone_keys_query,
     record,
@@ -122,6 +126,9 @@ class CdrRoutes:
         self._params = list_params(self._limits)
         # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
         self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
+        # tenant -> (read at, filters, month counts) of its last page: only a hint for where
+        # its next page lies (``_page_guess``); one per tenant, whatever it filters by.
+        self._months: dict[str, tuple[float, SearchFilters, list[list[Any]]]] = {}
         # Per tenant: store reads its requests hold (a page with its total: two).
         self._reads = Slots(settings.tenant_max_concurrent_requests)
         self._tenant_exports = Slots(settings.tenant_max_concurrent_exports)
@@ -347,45 +354,84 @@ class CdrRoutes:
         return rows[0]
 
     async def _page(self, caller: Caller, wanted: ListRequest) -> dict[str, Any]:
-        tenant = caller.tenant
-        desc = wanted.order == "desc"
-
-        async def page_rows() -> list[list[Any]]:
-            keys = wanted.offset + wanted.limit
-            while True:
-                page = page_query(
-                    self._table,
-                    tenant,
-                    wanted.filters,
-                    tz=caller.timezone,
-                    limit=wanted.limit,
-                    offset=wanted.offset,
-                    desc=desc,
-                    phone_keys=keys,
-                )
-                rows = await self.run(page.sql, page.params)
-                if not wanted.filters.phones:
-                    return rows
-                rows, read = _keys_read(rows)
-                if len(rows) == wanted.limit or not await self._more_phone_keys(
-                    tenant, wanted.filters, desc, None, keys, read
-                ):
-                    return rows
-                keys *= _MORE_KEYS
-
-        count = count_query(self._table, tenant, wanted.filters)
-        # Two reads on two pool clients, at once: the route holds one, the total the other.
+        """A page and its total: the selection's records per month first, then the page
+        from the months that hold it only (a read of every month's parts costs ~3x one
+        month's; bench/RESULTS.md, issue 29). Page 1 is read from the month of the tenant's
+        newest (oldest) call at the same time as the counts, and again only when the
+        counts put it elsewhere."""
+        tenant, desc = caller.tenant, wanted.order == "desc"
+        counts = month_counts_query(self._table, tenant, wanted.filters)
+        # The route holds one read; the guessed page runs beside the counts on another.
         release = self.claim_reads(tenant, 1)
         try:
-            rows, total = await asyncio.gather(page_rows(), self.run(count.sql, count.params))
+            guess = await self._page_guess(tenant, wanted, desc)
+            if guess is None:
+                months = await self.run(counts.sql, counts.params)
+                plan = page_plan(months, offset=wanted.offset, limit=wanted.limit, desc=desc)
+                rows = await self._page_rows(caller, wanted, plan)
+            else:
+                months, guessed = await asyncio.gather(
+                    self.run(counts.sql, counts.params), self._page_rows(caller, wanted, guess)
+                )
+                plan = page_plan(months, offset=wanted.offset, limit=wanted.limit, desc=desc)
+                same = plan.window is None or (plan.window, plan.offset) == (guess.window, guess.offset)
+                rows = guessed if same else await self._page_rows(caller, wanted, plan)
         finally:
             release()
+        self._months[tenant] = (time.monotonic(), wanted.filters, months)
         return {
-            "data": [record(row) for row in rows],
+            "data": [record(row) for row in rows] if plan.window is not None else [],
             "limit": wanted.limit,
             "page": wanted.page,
-            "total": int(total[0][0]),
+            "total": plan.total,
         }
+
+    async def _page_guess(self, tenant: str, wanted: ListRequest, desc: bool) -> PagePlan | None:
+        """Where the page most likely lies: by the month counts of the tenant's last page
+        request, when it had the same filters (a console paging on); else, for page 1, the
+        month of the tenant's newest (oldest) call or of the filters' bound when that comes
+        first (not for a phone search, whose calls need not be near the tenant's edge)."""
+        f = wanted.filters
+        cached = self._months.get(tenant)
+        if cached is not None and cached[1] == f and time.monotonic() - cached[0] < _EDGE_TTL_S:
+            plan = page_plan(cached[2], offset=wanted.offset, limit=wanted.limit, desc=desc)
+            return plan if plan.window is not None else None
+        if wanted.offset or f.phones:
+            return None
+        edge = await self._tenant_edge(tenant, latest=desc)
+        bound = f.end if desc else f.start
+        if edge is None:
+            return None
+        if bound is not None and (bound < edge if desc else bound > edge):
+            edge = bound
+        edge = edge.astimezone(UTC)
+        return PagePlan(0, month_window(edge.year * 100 + edge.month), 0)
+
+    async def _page_rows(self, caller: Caller, wanted: ListRequest, plan: PagePlan) -> list[list[Any]]:
+        if plan.window is None:
+            return []
+        keys = plan.offset + wanted.limit
+        while True:
+            page = page_query(
+                self._table,
+                caller.tenant,
+                wanted.filters,
+                tz=caller.timezone,
+                limit=wanted.limit,
+                offset=plan.offset,
+                desc=wanted.order == "desc",
+                window=plan.window,
+                phone_keys=keys,
+            )
+            rows = await self.run(page.sql, page.params)
+            if not wanted.filters.phones:
+                return rows
+            rows, read = _keys_read(rows)
+            if len(rows) == wanted.limit or not await self._more_phone_keys(
+                caller.tenant, wanted.filters, wanted.order == "desc", None, keys, read, window=plan.window
+            ):
+                return rows
+            keys *= _MORE_KEYS
 
     async def _scroll(self, caller: Caller, wanted: ListRequest) -> dict[str, Any]:
         tenant = caller.tenant
@@ -501,12 +547,14 @@ class CdrRoutes:
         after: tuple[datetime, UUID] | None,
         keys: int,
         read: int | None,
+        *,
+        window: Window = (None, None),
     ) -> bool:
-        """Whether a phone search that asked for ``keys`` candidates and came back short may
-        have left some unread: it read as many as it asked for (``read``, from its rows; a
-        read with no row is asked again)."""
+        """Whether a phone search that asked for ``keys`` candidates (in ``window``) and came
+        back short may have left some unread: it read as many as it asked for (``read``,
+        from its rows; a read with no row is asked again)."""
         if read is None:
-            query = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=keys)
+            query = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=keys, window=window)
             read = int((await self.run(query.sql, query.params))[0][0])
         return read >= keys
 

@@ -7,8 +7,9 @@ collapse to their newest version whatever the state of background merges.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -208,11 +209,21 @@ def _phone_keys(table: str, f: SearchFilters, clauses: list[str], *, desc: bool 
     return f", (SELECT count() FROM ({keys})) AS {KEYS_READ}" if desc is not None else ""
 
 
-def phone_keys_query(table: str, tenant: str, f: SearchFilters, *, desc: bool, after: Key | None, keys: int) -> Query:
+def phone_keys_query(
+    table: str,
+    tenant: str,
+    f: SearchFilters,
+    *,
+    desc: bool,
+    after: Key | None,
+    keys: int,
+    window: Window = (None, None),
+) -> Query:
     """How many of the first ``keys`` candidates a limited phone search read there are
     (fewer: the read had them all). Asked only when that read found no record, so its
     ``KEYS_READ`` column did not say."""
     clauses, params = _where(tenant, f)
+    _within(window, clauses, params)
     _beyond(after, clauses, params, desc=desc)
     keyed = " ".join(f"AND {c}" for c in clauses if c in _ON_KEY)
     direction = "DESC" if desc else "ASC"
@@ -234,11 +245,15 @@ def page_query(
     limit: int,
     offset: int,
     desc: bool,
+    window: Window = (None, None),
     phone_keys: int | None = None,
 ) -> Query:
-    """A page in list order. A phone search reads its first ``phone_keys`` candidates
-    (default: ``offset + limit``, enough when every one is a record)."""
+    """A page in list order; ``offset`` counts from the start of ``window`` (``page_plan``:
+    the months that hold the page, so that the read opens those months' parts only). A
+    phone search reads its first ``phone_keys`` candidates (default: ``offset + limit``,
+    enough when every one is a record)."""
     clauses, params = _where(tenant, f)
+    _within(window, clauses, params)
     keys_read = ""
     if f.phones:
         keys_read = _phone_keys(table, f, clauses, desc=desc)
@@ -285,13 +300,58 @@ def stats_query(table: str, tenant: str, f: SearchFilters, *, group_by: str, tz:
     return Query(sql, {**params, "tz": tz, "max_groups": MAX_GROUPS + 1})
 
 
-def count_query(table: str, tenant: str, f: SearchFilters) -> Query:
+def month_counts_query(table: str, tenant: str, f: SearchFilters) -> Query:
+    """The selected records per month (the table's partition, ``toYYYYMM(time_started)`` in
+    UTC), each call once as its newest version: a page's total, and which months hold the
+    page (``page_plan``). Grouped by the partition itself (``_partition_id``, no column
+    read), so it costs what a bare count does."""
     clauses, params = _where(tenant, f)
     _phone_keys(table, f, clauses)
-    return Query(f"SELECT count() FROM {table} FINAL WHERE {' AND '.join(clauses)}" + _SMALL_READ, params)
+    return Query(
+        f"SELECT _partition_id, count() FROM {table} FINAL WHERE {' AND '.join(clauses)} GROUP BY _partition_id"
+        + _SMALL_READ,
+        params,
+    )
 
 
 Window = tuple[datetime | None, datetime | None]
+
+
+def month_window(month: int) -> Window:
+    """``[first instant, first instant of the next month)`` of ``month`` (YYYYMM, UTC)."""
+    year, number = divmod(month, 100)
+    after = (year + 1, 1) if number == 12 else (year, number + 1)
+    return datetime(year, number, 1, tzinfo=UTC), datetime(*after, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class PagePlan:
+    """Where a page lies: rows ``offset``.. of ``window`` in list order (``window`` None:
+    past the end, nothing to read)."""
+
+    total: int
+    window: Window | None
+    offset: int = 0
+
+
+def page_plan(months: Iterable[Sequence[Any]], *, offset: int, limit: int, desc: bool) -> PagePlan:
+    """From ``month_counts_query``'s rows: the total, the months that hold rows ``offset``
+    to ``offset + limit`` of the list, and the page's offset within them."""
+    counts = sorted(((int(month), int(n)) for month, n in months if int(n)), reverse=desc)
+    total = sum(n for _, n in counts)
+    before, first, last, start = 0, 0, 0, 0
+    for month, n in counts:
+        if not first and before + n > offset:
+            first, start = month, offset - before
+        if first:
+            last = month
+            if before + n >= offset + limit:
+                break
+        before += n
+    if not first:
+        return PagePlan(total, None)
+    low, high = sorted((first, last))
+    return PagePlan(total, (month_window(low)[0], month_window(high)[1]), start)
 
 
 def _within(window: Window, clauses: list[str], params: dict[str, Param]) -> None:
