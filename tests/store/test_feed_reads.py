@@ -10,7 +10,9 @@ test). The hub must read only the tenants someone listens to.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,13 +24,14 @@ import pytest
 from cdr.store import Store, feed_hub
 from cdr.store.client import connect
 from cdr.store.feed import IMPORT_PARTITION, ROWS_PER_MS, Change, hub_start, tenant_read
-from cdr.store.feed_hub import FeedHub
+from cdr.store.feed_hub import FeedHub, read_settled
 from cdr.store.migrations import migrate
 from tests.helpers import wait_for
 
 TENANT = "drain.example"
 OTHER = "other.example"
 PARTITIONS = 4
+VERSIONS = "cdr.cdr_versions_by_id"
 
 
 @pytest.fixture
@@ -76,7 +79,7 @@ async def test_a_page_reads_its_own_rows_not_the_backlog_behind_it(store: Store)
     now_ms = time.time_ns() // 10**6
     # Three partitions past their first rows; the fourth one the cursor never saw.
     position = {0: 999, 1: 5_000, 2: 12}
-    query = tenant_read(table, TENANT, position, limit=1000, now_ms=now_ms, horizon_s=None)
+    query = tenant_read(table, VERSIONS, TENANT, position, limit=1000, now_ms=now_ms, horizon_s=None).rows
     # One read in the sort key's order, stopped at the limit: no LIMIT BY, which reads and
     # sorts every row past the position before it keeps any.
     plan = await asyncio.to_thread(explain, store, query.sql, query.params)
@@ -84,7 +87,7 @@ async def test_a_page_reads_its_own_rows_not_the_backlog_behind_it(store: Store)
 
     pages: list[list[Change]] = []
     while len(pages) < 60:
-        query = tenant_read(table, TENANT, position, limit=1000, now_ms=now_ms, horizon_s=None)
+        query = tenant_read(table, VERSIONS, TENANT, position, limit=1000, now_ms=now_ms, horizon_s=None).rows
         page = [Change.of(row) for row in await store.query(query.sql, query.params)]
         if not page:
             break
@@ -134,8 +137,8 @@ async def test_times_shown_by_the_engine_are_those_python_shows(store: Store) ->
     table = store.qualified("cdr_changes")
     now_ms = time.time_ns() // 10**6
     for zone in (ZoneInfo("Asia/Ho_Chi_Minh"), ZoneInfo("America/New_York"), ZoneInfo("UTC")):
-        zoned = tenant_read(table, TENANT, {}, limit=100, now_ms=now_ms, horizon_s=None, zone=zone.key)
-        plain = tenant_read(table, TENANT, {}, limit=100, now_ms=now_ms, horizon_s=None)
+        zoned = tenant_read(table, VERSIONS, TENANT, {}, limit=100, now_ms=now_ms, horizon_s=None, zone=zone.key).rows
+        plain = tenant_read(table, VERSIONS, TENANT, {}, limit=100, now_ms=now_ms, horizon_s=None).rows
         by_engine = [Change.of(row, zone.key) for row in await store.query(zoned.sql, zoned.params)]
         by_python = [Change.of(row) for row in await store.query(plain.sql, plain.params)]
         assert len(by_engine) == 60 and any(c.time_answered_ms is None for c in by_python)
@@ -211,3 +214,47 @@ async def test_a_hub_behind_by_more_than_its_lookback_still_reads_every_row(
         assert len({(c.partition, c.offset) for c in got}) == 25 and hub.polls == 3
     finally:
         await hub.close()
+
+
+async def add_versions(store: Store, ids: list[uuid.UUID], *, emitted_s: int, first_offset: int) -> None:
+    """One version of each call of ``ids`` (TENANT's), emitted ``emitted_s`` after a fixed
+    moment, at partition n % 4 and offset first_offset + n // 4."""
+    await store.command(
+        f"INSERT INTO {store.qualified('cdr')} (tenant_id, id, sip_call_id, cause, duration, billsec, direction,"
+        " recording_url, recording_file, extension, from_number, to_number, receive_dest, time_started,"
+        " time_answered, time_ended, status, emitted_at, source_partition, source_offset)"
+        " SELECT {tenant:String}, ids[number + 1], 'sip', 'NORMAL_CLEARING', 60, 50, 'inbound', '', '', '101',"
+        " '0901234567', '0281234567', '', toDateTime64('2026-12-01 00:00:00', 3, 'UTC'), NULL,"
+        " toDateTime64('2026-12-01 00:01:00', 3, 'UTC'),"
+        " 'ANSWERED', toDateTime64('2026-12-01 00:01:00', 3, 'UTC') + toIntervalSecond({emitted:UInt32}),"
+        " toInt32(number % 4), toInt64({first:UInt64} + intDiv(number, 4))"
+        " FROM numbers(length({ids:Array(UUID)})) AS n, (SELECT {ids:Array(UUID)} AS ids) AS given",
+        {"tenant": TENANT, "ids": ids, "emitted": emitted_s, "first": first_offset},
+    )
+
+
+async def test_a_lookup_that_missed_the_reads_rows_is_made_again(store: Store) -> None:
+    """The versions lookup runs beside the read, on its own snapshot: the calls whose own
+    version it did not see (a row stored between the two) are looked up again, and the
+    page is settled as a lookup after the read settles it. Here the lookup beside the read
+    sees no row at all (as if it ran before any was stored)."""
+    ids = [uuid.uuid4() for _ in range(40)]
+    await add_versions(store, ids, emitted_s=0, first_offset=0)  # first versions
+    await add_versions(store, ids[:10], emitted_s=100, first_offset=1_000)  # corrections
+    await add_versions(store, ids[:5], emitted_s=0, first_offset=2_000)  # old versions again, later
+    table, now_ms = store.qualified("cdr_changes"), time.time_ns() // 10**6
+    read = tenant_read(table, VERSIONS, TENANT, {}, limit=1000, now_ms=now_ms, horizon_s=None)
+    blind = dataclasses.replace(
+        read, versions=tenant_read(table, VERSIONS, TENANT, {}, limit=0, now_ms=now_ms, horizon_s=None).versions
+    )
+    settled = {(c.partition, c.offset): (c.id, c.change) for c in await read_settled(store, read)}
+    again = {(c.partition, c.offset): (c.id, c.change) for c in await read_settled(store, blind)}
+    assert settled == again and len(settled) == 55
+    corrected = {str(i) for i in ids[:10]}
+    for (_, offset), (id_, change) in settled.items():
+        if offset >= 1_000 and offset < 2_000:
+            assert change == "corrected", (offset, id_)
+        elif id_ in corrected:
+            assert change == "", (offset, id_)  # stale: a newer version is stored
+        else:
+            assert change == "created", (offset, id_)

@@ -39,7 +39,7 @@ from cdr.store.feed import (
     tenant_read,
     tenant_start,
 )
-from cdr.store.feed_hub import FeedHub, Overflowed, settle_changes
+from cdr.store.feed_hub import FeedHub, Overflowed, read_settled
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,9 @@ class FeedRoutes:
         return items, complete
 
     async def _read(self, reader: _Reader, limit: int) -> tuple[list[Change], bool]:
-        query = tenant_read(
+        read = tenant_read(
             self._table,
+            self._versions,
             reader.caller.tenant,
             reader.position,
             limit=limit,
@@ -220,12 +221,9 @@ class FeedRoutes:
             horizon_s=self._horizon_s,
             zone=reader.zone.key,
         )
-        release = self._cdr.claim_reads(reader.caller.tenant, 1)
+        release = self._cdr.claim_reads(reader.caller.tenant, 2)  # the read and its versions, at once
         try:
-            rows = await self._cdr.run(query.sql, query.params)
-            changes = [Change.of(row, reader.zone.key) for row in rows]
-            if changes:
-                await self._cdr.guarded(settle_changes(self._store, self._versions, changes))
+            changes = await self._cdr.guarded(read_settled(self._store, read, reader.zone.key))
         finally:
             release()
         return changes, len(changes) < limit

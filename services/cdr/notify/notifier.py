@@ -36,7 +36,7 @@ from cdr.notify.ssrf import Resolver, system_resolver
 from cdr.settings import CommonSettings, NotifySettings
 from cdr.store import Store, StoreError
 from cdr.store.feed import Change, Offsets, start_position, tenant_read, tenant_start
-from cdr.store.feed_hub import FeedHub, Overflowed, settle_changes
+from cdr.store.feed_hub import FeedHub, Overflowed, read_settled
 from cdr.store.webhooks import (
     ERROR_EXCERPT,
     REPLAYS_TABLE,
@@ -327,18 +327,16 @@ class Notifier:
 
     async def _read_tenant(self, tenant: str, position: Offsets) -> tuple[list[Change], bool]:
         limit = max(self.settings.webhook_batch_size, _CATCH_UP_ROWS)
-        query = tenant_read(
+        read = tenant_read(
             self.changes_table,
+            self.versions_table,
             tenant,
             position,
             limit=limit,
             now_ms=_now_ms(),
             horizon_s=self.store.max_replica_delay_s,
         )
-        rows = await self.retrying(lambda: self.store.query(query.sql, query.params))
-        changes = [Change.of(row) for row in rows]
-        if changes:
-            await self.retrying(lambda: settle_changes(self.store, self.versions_table, changes))
+        changes = await self.retrying(lambda: read_settled(self.store, read))
         return changes, len(changes) < limit
 
     def touch(self, worker: _Worker) -> None:

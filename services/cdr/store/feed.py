@@ -200,8 +200,28 @@ def _visible(params: dict[str, Param], *, now_ms: int, horizon_s: int | None) ->
     return clauses
 
 
+@dataclass(frozen=True)
+class FeedRead:
+    """A read of changes, and the lookup of their calls' versions (``versions_read``'s
+    rows) that runs beside it: the lookup takes the ids from the same read, narrowed to
+    the id column, so the two need not wait for each other (``cdr.store.feed_hub.read_settled``)."""
+
+    rows: Query
+    versions: Query
+    versions_table: str
+
+
+def _feed_read(versions_table: str, columns: str, body: str, tenant_filter: str, params: dict[str, Param]) -> FeedRead:
+    lookup = (
+        "SELECT tenant_id, toString(id), toUnixTimestamp64Milli(min(first)), toUnixTimestamp64Milli(max(newest))"
+        f" FROM {versions_table} WHERE {tenant_filter} AND id IN (SELECT id {body}) GROUP BY tenant_id, id"
+    )
+    return FeedRead(Query(f"SELECT {columns} {body}", params), Query(lookup, params), versions_table)
+
+
 def tenant_read(
     table: str,
+    versions_table: str,
     tenant: str,
     position: Mapping[int, int],
     *,
@@ -209,7 +229,7 @@ def tenant_read(
     now_ms: int,
     horizon_s: int | None,
     zone: str | None = None,
-) -> Query:
+) -> FeedRead:
     """The tenant's next ``limit`` rows past ``position``, in (partition, offset) order.
 
     One read in the sort key's order, stopped at ``limit``: a page costs its own rows, not
@@ -228,15 +248,16 @@ def tenant_read(
     if zone is not None:
         columns += _LOCAL_COLUMNS
         params["tz"] = zone
-    sql = (
-        f"SELECT {columns} FROM {table} WHERE {' AND '.join(clauses)}"
+    body = (
+        f"FROM {table} WHERE {' AND '.join(clauses)}"
         " ORDER BY tenant_id, source_partition, source_offset LIMIT {limit:UInt32}"
     )
-    return Query(sql, params)
+    return _feed_read(versions_table, columns, body, "tenant_id = {tenant:String}", params)
 
 
 def hub_read(
     table: str,
+    versions_table: str,
     tenants: Iterable[str],
     position: Mapping[int, int],
     *,
@@ -244,7 +265,7 @@ def hub_read(
     limit: int,
     now_ms: int,
     horizon_s: int | None,
-) -> Query:
+) -> FeedRead:
     """The ``tenants``' rows past ``position`` among the parts stamped since ``low_ms`` (the
     day partitions and their ingested_at ranges prune the rest). Only the tenants someone
     listens to: the tenant leads the sort key, so a poll reads in proportion to what is
@@ -256,11 +277,8 @@ def hub_read(
         _after(position, params),
         *_visible(params, now_ms=now_ms, horizon_s=horizon_s),
     ]
-    sql = (
-        f"SELECT {_COLUMNS} FROM {table} WHERE {' AND '.join(clauses)}"
-        " ORDER BY source_partition, source_offset LIMIT {limit:UInt32}"
-    )
-    return Query(sql, params)
+    body = f"FROM {table} WHERE {' AND '.join(clauses)} ORDER BY source_partition, source_offset LIMIT {{limit:UInt32}}"
+    return _feed_read(versions_table, _COLUMNS, body, "tenant_id IN {tenants:Array(String)}", params)
 
 
 def hub_start(table: str, *, low_ms: int, now_ms: int, horizon_s: int | None) -> Query:
@@ -311,7 +329,8 @@ def start_position(rows: Iterable[list[Any] | tuple[Any, ...]]) -> Offsets:
 
 def versions_read(table: str, ids: Iterable[str]) -> Query:
     """The first and newest emitted_at of the live versions of each id (any tenant's: the
-    caller keys them by tenant)."""
+    caller keys them by tenant): for the changes whose own version the lookup beside
+    their read (``FeedRead.versions``) did not see."""
     return Query(
         "SELECT tenant_id, toString(id), toUnixTimestamp64Milli(min(first)), toUnixTimestamp64Milli(max(newest))"
         f" FROM {table} WHERE id IN {{ids:Array(UUID)}} GROUP BY tenant_id, id",
@@ -324,6 +343,14 @@ Versions = dict[tuple[str, str], tuple[int, int]]
 
 def versions_of(rows: Iterable[list[Any] | tuple[Any, ...]]) -> Versions:
     return {(str(t), str(i)): (int(first), int(newest)) for t, i, first, newest in rows}
+
+
+def unseen(changes: Iterable[Change], versions: Versions) -> set[str]:
+    """The ids whose own version ``versions`` does not hold (its newest is older, or the
+    call is missing): the lookup beside the read ran on another snapshot (a row stored
+    between the two). Looked up again after the read, they are as a lookup after it finds
+    them: a newer version delivered before (stored before this read began) is then seen."""
+    return {c.id for c in changes if versions.get((c.tenant, c.id), (0, -1))[1] < c.emitted_ms}
 
 
 def settle(changes: list[Change], versions: Versions) -> None:

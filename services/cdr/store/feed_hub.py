@@ -15,7 +15,18 @@ from dataclasses import dataclass, field
 from cdr.settings import ApiSettings
 from cdr.store.client import Store
 from cdr.store.errors import StoreError
-from cdr.store.feed import HUB_LOOKBACK_S, Change, Offsets, hub_read, hub_start, settle, versions_of, versions_read
+from cdr.store.feed import (
+    HUB_LOOKBACK_S,
+    Change,
+    FeedRead,
+    Offsets,
+    hub_read,
+    hub_start,
+    settle,
+    unseen,
+    versions_of,
+    versions_read,
+)
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +195,9 @@ class FeedHub:
         self._polls_started += 1
         index = self._polls_started
         low = self._last_poll_ms - (HUB_LOOKBACK_S + (self._horizon_s or 0)) * 1000
-        query = hub_read(
+        read = hub_read(
             self._table,
+            self._versions,
             list(self._subscribers),
             self._position,
             low_ms=low,
@@ -193,13 +205,10 @@ class FeedHub:
             now_ms=started,
             horizon_s=self._horizon_s,
         )
-        rows = await self._store.query(query.sql, query.params)
+        changes = await read_settled(self._store, read)
         self.polls += 1
-        self.rows += len(rows)
-        changes = [Change.of(row) for row in rows]
-        if changes:
-            await settle_changes(self._store, self._versions, changes)
-        cut = len(rows) >= _HUB_ROWS
+        self.rows += len(changes)
+        cut = len(changes) >= _HUB_ROWS
         if not cut:
             # A cut poll keeps its lower bound: the rows past the cut may be older than this
             # poll's, and a hub that stays behind must still read them.
@@ -231,6 +240,23 @@ def feed_hub_for(api: ApiSettings, store: Store) -> FeedHub:
     return FeedHub(store, interval_s=api.feed_poll_interval_ms / 1000, horizon_s=store.max_replica_delay_s)
 
 
-async def settle_changes(store: Store, versions_table: str, changes: list[Change]) -> None:
-    query = versions_read(versions_table, {c.id for c in changes})
-    settle(changes, versions_of(await store.query(query.sql, query.params)))
+async def read_settled(store: Store, read: FeedRead, zone: str | None = None) -> list[Change]:
+    """The changes of ``read``, settled (``settle``): the read and its versions lookup at
+    once, then a second lookup of the calls the first did not see (rarely any).
+
+    Why the lookup need not follow the read: a version is stale only if a newer one of its
+    call was delivered before it. Delivered on this page, ``settle`` sees it in the page;
+    on an earlier one, it was stored before this read began, so the lookup (begun with it)
+    sees it. What the lookup's snapshot may lack is a row stored between the two, its own
+    version among them, and ``unseen`` looks those up again."""
+    rows, found = await asyncio.gather(
+        store.query(read.rows.sql, read.rows.params), store.query(read.versions.sql, read.versions.params)
+    )
+    changes = [Change.of(row, zone) for row in rows]
+    if changes:
+        versions = versions_of(found)
+        if missing := unseen(changes, versions):
+            again = versions_read(read.versions_table, missing)
+            versions.update(versions_of(await store.query(again.sql, again.params)))
+        settle(changes, versions)
+    return changes
