@@ -356,9 +356,9 @@ class CdrRoutes:
     async def _page(self, caller: Caller, wanted: ListRequest) -> dict[str, Any]:
         """A page and its total: the selection's records per month first, then the page
         from the months that hold it only (a read of every month's parts costs ~3x one
-        month's; bench/RESULTS.md, issue 29). Page 1 is read from the month of the tenant's
-        newest (oldest) call at the same time as the counts, and again only when the
-        counts put it elsewhere."""
+        month's; bench/RESULTS.md, issue 29). Where the page most likely lies
+        (``_page_guess``) it is read at the same time as the counts, and again only when
+        the counts put it elsewhere."""
         tenant, desc = caller.tenant, wanted.order == "desc"
         counts = month_counts_query(self._table, tenant, wanted.filters)
         # The route holds one read; the guessed page runs beside the counts on another.
