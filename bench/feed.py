@@ -281,11 +281,11 @@ async def page_costs(data: Path, since: datetime, pages: int = 30) -> dict[str, 
     items (rows to items, JSON)."""
     from cdr.settings import load_settings
     from cdr.store import open_store
-    from cdr.store.feed import start_position, tenant_read, tenant_start
+    from cdr.store.feed import CHANGES_TABLE, VERSIONS_TABLE, start_position, tenant_read, tenant_start
     from cdr.store.feed_hub import read_settled
 
     store = open_store(load_settings(data_dir=data).clickhouse)
-    table, versions = store.qualified("cdr_changes"), store.qualified("cdr_versions_by_id")
+    table, versions = store.qualified(CHANGES_TABLE), store.qualified(VERSIONS_TABLE)
     try:
         start = tenant_start(table, DRAIN_TENANT, since)
         first = start_position(await store.query(start.sql, start.params))

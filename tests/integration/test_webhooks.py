@@ -30,6 +30,8 @@ from cdr.notify.notifier import Notifier
 from cdr.notify.ssrf import Resolver, system_resolver
 from cdr.settings import Settings
 from cdr.store import Store, open_store
+from cdr.store.errors import StoreUnavailable
+from cdr.store.feed import CHANGES_TABLE, VERSIONS_TABLE
 from cdr.store.feed_hub import feed_hub_for
 from cdr.store.migrations import migrate
 from cdr.store.webhooks import EndpointState, state_rows
@@ -454,10 +456,10 @@ async def test_endpoints_of_a_tenant_catching_up_together_share_their_reads(
 
         async def counted(sql: str, params: Any = None, **kwargs: Any) -> list[Any]:
             if (
-                "FROM " + store.qualified("cdr_changes") in sql
+                "FROM " + store.qualified(CHANGES_TABLE) in sql
                 and "tenant_id = {tenant:String}" in sql
                 and " BY " in sql
-                and store.qualified("cdr_versions_by_id") not in sql  # the versions lookup beside a read
+                and store.qualified(VERSIONS_TABLE) not in sql  # the versions lookup beside a read
             ):
                 # The position read from (the visibility bound moves with the clock).
                 reads[tuple(sorted((k, str(v)) for k, v in params.items() if k != "import_through"))] += 1
@@ -665,3 +667,39 @@ async def test_cdr_notify_stops_at_once_when_asked_while_clickhouse_is_unreachab
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+@pytest.mark.parametrize("failing_reads", ["GROUP BY", "ORDER BY"], ids=["start-up", "shared-read"])
+async def test_the_notifier_stops_while_its_endpoints_wait_on_a_failing_store(
+    kafka_bootstrap: str, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, failing_reads: str
+) -> None:
+    """Two endpoints of one tenant whose start positions (``GROUP BY``) or shared feed read
+    (``ORDER BY``) the store keeps failing (it is down, or of another release's schema): a
+    stop ends the notifier at once. (Its start-up, and an endpoint that had joined the other's
+    read, once retried for ever.)"""
+    base = f"http://127.0.0.1:{receiver.port}"
+    env = await webhook_env(kafka_bootstrap, tmp_path, {"t1.example": [hook("a", base + "/a"), hook("b", base + "/b")]})
+    settings, store = env.settings, env.store
+    query = store.query
+    failed = [0]
+
+    async def failing(sql: str, params: Any = None, **kwargs: Any) -> list[Any]:
+        if "FROM " + store.qualified(CHANGES_TABLE) in sql and failing_reads in sql:
+            failed[0] += 1
+            raise StoreUnavailable("the store is down")
+        return await query(sql, params, **kwargs)
+
+    monkeypatch.setattr(store, "query", failing)
+    try:
+        stopping = asyncio.Event()
+        notifier = Notifier(settings.notify, settings.common, store, Metrics(), hub=feed_hub_for(settings.api, store))
+        task = asyncio.create_task(notifier.run(stopping))
+
+        async def reading() -> bool:
+            return failed[0] >= 2
+
+        await wait_for(reading, 30, "the shared read failing")
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await store.close()

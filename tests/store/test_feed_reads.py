@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -23,15 +24,16 @@ import pytest
 
 from cdr.store import Store, feed_hub
 from cdr.store.client import connect
-from cdr.store.feed import IMPORT_PARTITION, ROWS_PER_MS, Change, hub_start, tenant_read
-from cdr.store.feed_hub import FeedHub, read_settled
+from cdr.store.errors import StoreUnavailable
+from cdr.store.feed import CHANGES_TABLE, IMPORT_PARTITION, ROWS_PER_MS, VERSIONS_TABLE, Change, hub_start, tenant_read
+from cdr.store.feed_hub import FeedHub, Subscription, read_settled
 from cdr.store.migrations import migrate
 from tests.helpers import wait_for
 
 TENANT = "drain.example"
 OTHER = "other.example"
 PARTITIONS = 4
-VERSIONS = "cdr.cdr_versions_by_id"
+VERSIONS = f"cdr.{VERSIONS_TABLE}"
 
 
 @pytest.fixture
@@ -72,10 +74,23 @@ def explain(store: Store, sql: str, params: dict[str, Any]) -> list[str]:
         client.close()
 
 
+async def received(sub: Subscription, count: int, what: str) -> list[Change]:
+    """What the hub hands ``sub``, once it is at least ``count`` changes."""
+    got: list[Change] = []
+
+    async def enough() -> bool:
+        while (changes := await sub.next(0.01)) is not None:
+            got.extend(changes)
+        return len(got) >= count
+
+    await wait_for(enough, 30, what)
+    return got
+
+
 async def test_a_page_reads_its_own_rows_not_the_backlog_behind_it(store: Store) -> None:
     await add_calls(store, TENANT, 40_000)
     await add_calls(store, OTHER, 20_000)
-    table = store.qualified("cdr_changes")
+    table = store.qualified(CHANGES_TABLE)
     now_ms = time.time_ns() // 10**6
     # Three partitions past their first rows; the fourth one the cursor never saw.
     position = {0: 999, 1: 5_000, 2: 12}
@@ -116,16 +131,46 @@ async def test_the_hub_reads_only_the_tenants_someone_listens_to(store: Store) -
         await add_calls(store, OTHER, 5_000)  # nobody listens to these
         await add_calls(store, TENANT, 40, first_offset=10_000)
         hub.poke()
-        got: list[Change] = []
-
-        async def all_forty() -> bool:
-            while (changes := await sub.next(0.01)) is not None:
-                got.extend(changes)
-            return len(got) >= 40
-
-        await wait_for(all_forty, 30, "the listened tenant's 40 changes")
+        got = await received(sub, 40, "the listened tenant's 40 changes")
         assert {c.tenant for c in got} == {TENANT} and len(got) == 40
         assert hub.rows == 40  # the other tenant's 5,000 were never read
+    finally:
+        await hub.close()
+
+
+async def test_a_failing_poll_is_retried_after_growing_pauses_and_delivers_after(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that fails the hub's reads (down, or a schema of another release during a
+    rollout) is asked again after pauses that double, whatever pokes the hub in between,
+    and once it answers every change is delivered."""
+    hub = FeedHub(store, interval_s=0.01, horizon_s=None)
+    query = store.query
+    failing = [True]
+
+    async def flaky(sql: str, params: Any = None, **kwargs: Any) -> list[Any]:
+        if failing[0] and VERSIONS in sql:
+            raise StoreUnavailable("the store is down")
+        return await query(sql, params, **kwargs)
+
+    caplog.set_level(logging.WARNING, logger="cdr.store.feed_hub")
+    try:
+        sub = await hub.subscribe(TENANT)
+        monkeypatch.setattr(store, "query", flaky)
+        await add_calls(store, TENANT, 12, first_offset=100)
+
+        def pauses() -> list[float]:
+            return [r.retry_in_s for r in caplog.records if r.getMessage().startswith("change feed poll failed")]  # type: ignore[attr-defined]
+
+        async def failed_four_times() -> bool:
+            hub.poke()  # as every stored batch does: no shorter pause for it
+            return len(pauses()) >= 4
+
+        await wait_for(failed_four_times, 30, "four failed polls")
+        assert pauses()[:4] == [0.02, 0.04, 0.08, 0.16]
+        failing[0] = False
+        got = await received(sub, 12, "the 12 changes after the store recovered")
+        assert len({c.id for c in got}) == 12
     finally:
         await hub.close()
 
@@ -134,7 +179,7 @@ async def test_times_shown_by_the_engine_are_those_python_shows(store: Store) ->
     """A tenant read formats the times in the reader's zone in ClickHouse (as the list API
     does); the hub's rows are rendered in Python: both show the same item."""
     await add_calls(store, TENANT, 60)
-    table = store.qualified("cdr_changes")
+    table = store.qualified(CHANGES_TABLE)
     now_ms = time.time_ns() // 10**6
     for zone in (ZoneInfo("Asia/Ho_Chi_Minh"), ZoneInfo("America/New_York"), ZoneInfo("UTC")):
         zoned = tenant_read(table, VERSIONS, TENANT, {}, limit=100, now_ms=now_ms, horizon_s=None, zone=zone.key).rows
@@ -167,7 +212,7 @@ async def test_the_hub_starts_before_rows_a_reader_cannot_see_yet(store: Store) 
     """The hub's first position comes from the rows every reader can see: an import batch
     stamped seconds ago (visible IMPORT_HORIZON_S after its stamp) and, on a cluster, rows
     younger than the replica horizon are not passed, or no reader would ever get them."""
-    table = store.qualified("cdr_changes")
+    table = store.qualified(CHANGES_TABLE)
     now_ms = time.time_ns() // 10**6
     old_import = (now_ms - 60_000) * ROWS_PER_MS
     fresh_import = (now_ms - 1_000) * ROWS_PER_MS
@@ -242,7 +287,7 @@ async def test_a_lookup_that_missed_the_reads_rows_is_made_again(store: Store) -
     await add_versions(store, ids, emitted_s=0, first_offset=0)  # first versions
     await add_versions(store, ids[:10], emitted_s=100, first_offset=1_000)  # corrections
     await add_versions(store, ids[:5], emitted_s=0, first_offset=2_000)  # old versions again, later
-    table, now_ms = store.qualified("cdr_changes"), time.time_ns() // 10**6
+    table, now_ms = store.qualified(CHANGES_TABLE), time.time_ns() // 10**6
     read = tenant_read(table, VERSIONS, TENANT, {}, limit=1000, now_ms=now_ms, horizon_s=None)
     blind = dataclasses.replace(
         read, versions=tenant_read(table, VERSIONS, TENANT, {}, limit=0, now_ms=now_ms, horizon_s=None).versions

@@ -31,7 +31,9 @@ from cdr.api.routes import Caller, CdrRoutes
 from cdr.settings import ApiSettings
 from cdr.store import Store
 from cdr.store.feed import (
+    CHANGES_TABLE,
     MAX_PARTITIONS,
+    VERSIONS_TABLE,
     Change,
     FeedFilters,
     Offsets,
@@ -82,8 +84,8 @@ class FeedRoutes:
         self._cdr = cdr
         self._cursors = cursors
         self._hub = hub
-        self._table = store.qualified("cdr_changes")
-        self._versions = store.qualified("cdr_versions_by_id")
+        self._table = store.qualified(CHANGES_TABLE)
+        self._versions = store.qualified(VERSIONS_TABLE)
         self._horizon_s = store.max_replica_delay_s
         limits = Limits(settings.default_limit, settings.max_limit, settings.max_offset)
         self._params = feed_params(limits)

@@ -20,7 +20,7 @@ from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import Caller, CdrRoutes
 from cdr.settings import ApiSettings, CommonSettings, SettingsError
 from cdr.store import Store
-from cdr.store.feed import start_position, tenant_start
+from cdr.store.feed import CHANGES_TABLE, start_position, tenant_start
 from cdr.store.webhooks import (
     REPLAYS_TABLE,
     STATE_TABLE,
@@ -72,7 +72,7 @@ class WebhookRoutes:
         self._webhooks = _Webhooks(common.tenants_file)
         self._state = store.qualified(STATE_TABLE)
         self._replays = store.qualified(REPLAYS_TABLE)
-        self._changes = store.qualified("cdr_changes")
+        self._changes = store.qualified(CHANGES_TABLE)
         self._retention_s = api.feed_retention_days * 86_400
 
     def routes(self) -> list[Route]:

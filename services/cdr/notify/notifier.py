@@ -35,7 +35,15 @@ from cdr.notify.signing import message_id
 from cdr.notify.ssrf import Resolver, system_resolver
 from cdr.settings import CommonSettings, NotifySettings
 from cdr.store import Store, StoreError
-from cdr.store.feed import Change, Offsets, start_position, tenant_read, tenant_start
+from cdr.store.feed import (
+    CHANGES_TABLE,
+    VERSIONS_TABLE,
+    Change,
+    Offsets,
+    start_position,
+    tenant_read,
+    tenant_start,
+)
 from cdr.store.feed_hub import FeedHub, Overflowed, read_settled
 from cdr.store.webhooks import (
     ERROR_EXCERPT,
@@ -69,6 +77,11 @@ def _now_ms() -> int:
 
 class _Stopped(Exception):
     """The endpoint is disabled (failing too long): its task ends until it is re-enabled."""
+
+
+class _Stopping(Exception):
+    """The notifier is stopping: a store call that failed is not retried (a store that stays
+    down, or a schema of another release, must not keep a stop waiting)."""
 
 
 @dataclass
@@ -251,8 +264,8 @@ class Notifier:
         self.store = store
         self.metrics = metrics
         self.hub = hub
-        self.changes_table = store.qualified("cdr_changes")
-        self.versions_table = store.qualified("cdr_versions_by_id")
+        self.changes_table = store.qualified(CHANGES_TABLE)
+        self.versions_table = store.qualified(VERSIONS_TABLE)
         self._state_table = STATE_TABLE
         self._replays_table = store.qualified(REPLAYS_TABLE)
         self.directory = EndpointDirectory(
@@ -274,6 +287,7 @@ class Notifier:
         self._last_write_ms = 0
         self._observed: set[EndpointKey] = set()  # the endpoints with a lag series
         self.running = False
+        self._stopping = asyncio.Event()  # run()'s
 
     # -- store access -------------------------------------------------------------------
 
@@ -284,8 +298,11 @@ class Notifier:
             try:
                 return await call()
             except StoreError as exc:
+                if self._stopping.is_set():
+                    raise _Stopping from exc
                 log.warning("webhooks: store read failed; retrying", extra={"error": str(exc)[:300]})
-                await asyncio.sleep(1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
 
     async def tenant_changes(self, tenant: str, position: Offsets) -> tuple[list[Change], bool]:
         """The tenant's next changes past ``position`` and whether that was everything visible.
@@ -302,9 +319,10 @@ class Notifier:
             try:
                 changes, _ = await asyncio.shield(pending)
             except asyncio.CancelledError:
-                if not pending.cancelled():
-                    raise  # this endpoint is stopping, not the read it joined
-                continue  # its reader was stopped: join another, or read
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this endpoint is stopping (perhaps with the reader it joined)
+                continue  # only its reader was stopped: join another, or read
             return changes, False
         recent = self._recent.get(key)
         if recent is not None:
@@ -368,13 +386,14 @@ class Notifier:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Until ``stopping``: workers follow the directory, replays are adopted, states written."""
-        query = state_read(self.store.qualified(self._state_table))
-        self._states = states_of(await self.retrying(lambda: self.store.query(query.sql, query.params)))
-        self.running = True
+        self._stopping = stopping
         reload_s = self.settings.webhook_reload_ms / 1000
         write_s = self.settings.webhook_state_write_ms / 1000
         last_reload = float("-inf")
         try:
+            query = state_read(self.store.qualified(self._state_table))
+            self._states = states_of(await self.retrying(lambda: self.store.query(query.sql, query.params)))
+            self.running = True
             await self._sync()
             while not stopping.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -388,6 +407,8 @@ class Notifier:
                 self._reap()
                 self._observe()
                 await self.write_states()
+        except _Stopping:
+            pass  # a store call gave up: the stop goes on
         finally:
             self.running = False
             for worker in self._workers.values():
@@ -482,6 +503,8 @@ class Notifier:
             try:
                 await worker.run()
                 return
+            except _Stopping:
+                return  # the notifier is stopping
             except asyncio.CancelledError:
                 raise
             except Exception:

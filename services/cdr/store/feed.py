@@ -30,6 +30,10 @@ IMPORT_HORIZON_S = 10
 HUB_LOOKBACK_S = 60
 # Partitions a cursor may name (a topic of more is not ours).
 MAX_PARTITIONS = 4096
+# The feed's tables: the changes, and the first and newest version of each call, sorted by
+# (tenant_id, id) so that a lookup of one read's ids reads its tenants' ranges only (0008).
+CHANGES_TABLE = "cdr_changes"
+VERSIONS_TABLE = "cdr_versions"
 
 Offsets = dict[int, int]
 
@@ -327,14 +331,16 @@ def start_position(rows: Iterable[list[Any] | tuple[Any, ...]]) -> Offsets:
     return position
 
 
-def versions_read(table: str, ids: Iterable[str]) -> Query:
-    """The first and newest emitted_at of the live versions of each id (any tenant's: the
-    caller keys them by tenant): for the changes whose own version the lookup beside
-    their read (``FeedRead.versions``) did not see."""
+def versions_read(table: str, changes: Iterable[Change]) -> Query:
+    """The first and newest emitted_at of the live versions of ``changes``' calls: for the
+    changes whose own version the lookup beside their read (``FeedRead.versions``) did not
+    see. By their tenants as well as their ids: the table is sorted by tenant first."""
+    calls = {(c.tenant, c.id) for c in changes}
     return Query(
         "SELECT tenant_id, toString(id), toUnixTimestamp64Milli(min(first)), toUnixTimestamp64Milli(max(newest))"
-        f" FROM {table} WHERE id IN {{ids:Array(UUID)}} GROUP BY tenant_id, id",
-        {"ids": sorted({UUID(i) for i in ids})},
+        f" FROM {table} WHERE tenant_id IN {{tenants:Array(String)}} AND id IN {{ids:Array(UUID)}}"
+        " GROUP BY tenant_id, id",
+        {"tenants": sorted({t for t, _ in calls}), "ids": sorted({UUID(i) for _, i in calls})},
     )
 
 
@@ -345,12 +351,12 @@ def versions_of(rows: Iterable[list[Any] | tuple[Any, ...]]) -> Versions:
     return {(str(t), str(i)): (int(first), int(newest)) for t, i, first, newest in rows}
 
 
-def unseen(changes: Iterable[Change], versions: Versions) -> set[str]:
-    """The ids whose own version ``versions`` does not hold (its newest is older, or the
+def unseen(changes: Iterable[Change], versions: Versions) -> list[Change]:
+    """The changes whose own version ``versions`` does not hold (its newest is older, or the
     call is missing): the lookup beside the read ran on another snapshot (a row stored
     between the two). Looked up again after the read, they are as a lookup after it finds
     them: a newer version delivered before (stored before this read began) is then seen."""
-    return {c.id for c in changes if versions.get((c.tenant, c.id), (0, -1))[1] < c.emitted_ms}
+    return [c for c in changes if versions.get((c.tenant, c.id), (0, -1))[1] < c.emitted_ms]
 
 
 def settle(changes: list[Change], versions: Versions) -> None:

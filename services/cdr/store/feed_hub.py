@@ -16,7 +16,9 @@ from cdr.settings import ApiSettings
 from cdr.store.client import Store
 from cdr.store.errors import StoreError
 from cdr.store.feed import (
+    CHANGES_TABLE,
     HUB_LOOKBACK_S,
+    VERSIONS_TABLE,
     Change,
     FeedRead,
     Offsets,
@@ -36,6 +38,10 @@ _HUB_ROWS = 20_000
 _MAX_WAITING = 10_000
 # The hub stops polling this long after its last subscriber left.
 _HUB_IDLE_S = 30.0
+# A failed poll is retried after a pause that doubles up to this (pokes do not shorten
+# it): a store that stays down, or a schema this release does not know, costs a query
+# and a log line every few seconds, not one per poll interval.
+_HUB_RETRY_MAX_S = 5.0
 
 
 def _now_ms() -> int:
@@ -109,8 +115,8 @@ class FeedHub:
 
     def __init__(self, store: Store, *, interval_s: float, horizon_s: int | None) -> None:
         self._store = store
-        self._table = store.qualified("cdr_changes")
-        self._versions = store.qualified("cdr_versions_by_id")
+        self._table = store.qualified(CHANGES_TABLE)
+        self._versions = store.qualified(VERSIONS_TABLE)
         self._interval_s = interval_s
         self._horizon_s = horizon_s
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
@@ -167,6 +173,7 @@ class FeedHub:
 
     async def _run(self) -> None:
         idle_since: float | None = None
+        failures = 0
         while not self._closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poked.wait(), self._interval_s)
@@ -180,8 +187,15 @@ class FeedHub:
             try:
                 full = await self._poll()
             except StoreError as exc:
-                log.warning("change feed poll failed; retrying", extra={"error": str(exc)[:300]})
+                failures += 1
+                pause_s = min(self._interval_s * 2**failures, _HUB_RETRY_MAX_S)
+                log.warning(
+                    "change feed poll failed; retrying",
+                    extra={"error": str(exc)[:300], "failures": failures, "retry_in_s": round(pause_s, 2)},
+                )
+                await asyncio.sleep(pause_s)
                 continue
+            failures = 0
             if full:
                 self._poked.set()
 
@@ -248,7 +262,10 @@ async def read_settled(store: Store, read: FeedRead, zone: str | None = None) ->
     call was delivered before it. Delivered on this page, ``settle`` sees it in the page;
     on an earlier one, it was stored before this read began, so the lookup (begun with it)
     sees it. What the lookup's snapshot may lack is a row stored between the two, its own
-    version among them, and ``unseen`` looks those up again."""
+    version among them, and ``unseen`` looks those up again. Even that lookup may miss the
+    versions of the insert a change came in (ClickHouse fills the two tables' views one
+    after the other): what it then lacks is this version alone, whose call is then either
+    new (``created``) or holds older versions only (``corrected``), as ``settle`` takes it."""
     rows, found = await asyncio.gather(
         store.query(read.rows.sql, read.rows.params), store.query(read.versions.sql, read.versions.params)
     )
