@@ -11,11 +11,16 @@
             feed hub poked after each stored batch) in a child process, which reports its
             CPU time and the hub's ``polls`` (its ClickHouse reads) each second, with
             N streams over M tenants open while 1,000 events/s are ingested.
+  lookup    the versions lookup of a feed read (the ids of 100 or 1,000 of one tenant's
+            newest calls, from a subquery as the read's own) on bench/api.py's store of many
+            tenants (10 M CDRs of 100 by default), against cdr_versions (by tenant, then id)
+            and, as the baseline, the table it replaced (cdr_versions_by_id, by id).
 
   python bench/feed.py latency [--rates 1000 20000] [--seconds 20]
   python bench/feed.py drain [--events 200000]
   python bench/feed.py contend [--seconds 20]
   python bench/feed.py hub [--streams 0 100 400] [--seconds 15]
+  python bench/feed.py lookup     (after python bench/api.py, which loads its store)
 
 Not a test: one run each, on whatever else shares the machine.
 """
@@ -323,6 +328,46 @@ async def page_costs(data: Path, since: datetime, pages: int = 30) -> dict[str, 
         await store.close()
 
 
+async def lookup(rounds: int = 8) -> dict[tuple[int, str], float]:
+    """p50 ms of the versions lookup per (ids, table) over ``rounds`` rounds of a few tenants."""
+    from cdr.settings import load_settings
+    from cdr.store import open_store
+    from cdr.store.feed import VERSIONS_TABLE
+    from cdr.store.migrations import migrate
+
+    data = OUT / "api-store"
+    if not data.exists():
+        raise SystemExit("no store: run python bench/api.py first (it loads 10 M CDRs of 100 tenants)")
+    store = open_store(load_settings(data_dir=data, clickhouse_url=None).clickhouse)
+    try:
+        await migrate(store)
+        cdr = store.qualified("cdr")
+        tenants = [t for (t,) in await store.query(f"SELECT DISTINCT tenant_id FROM {cdr} LIMIT 5")]
+        tables = (store.qualified(VERSIONS_TABLE), store.qualified("cdr_versions_by_id"))
+        times: dict[tuple[int, str], list[float]] = {}
+        for _ in range(rounds):
+            for tenant in tenants:
+                for n in (100, 1_000):
+                    # The newest calls of the tenant, as a feed page holds: ids from a subquery.
+                    ids = (
+                        f"SELECT id FROM {cdr} WHERE tenant_id = {{tenant:String}}"
+                        " ORDER BY time_started DESC LIMIT {n:UInt32}"
+                    )
+                    for table in tables:
+                        sql = (
+                            "SELECT tenant_id, toString(id), toUnixTimestamp64Milli(min(first)),"
+                            f" toUnixTimestamp64Milli(max(newest)) FROM {table}"
+                            f" WHERE tenant_id = {{tenant:String}} AND id IN ({ids}) GROUP BY tenant_id, id"
+                        )
+                        began = time.perf_counter()
+                        found = await store.query(sql, {"tenant": tenant, "n": n})
+                        times.setdefault((n, table), []).append(_ms(began))
+                        assert len(found) == n, (table, len(found))
+        return {key: percentiles(values)["p50"] for key, values in times.items()}
+    finally:
+        await store.close()
+
+
 async def drain(bootstrap: str, events: int) -> dict[str, float]:
     topic = await new_topic(bootstrap, "drain")
     url = f"http://127.0.0.1:{PORT}"
@@ -530,7 +575,7 @@ def _row(r: dict[str, float]) -> str:
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["latency", "drain", "contend", "hub", "hub-child", "list-child"])
+    parser.add_argument("what", choices=["latency", "drain", "contend", "hub", "lookup", "hub-child", "list-child"])
     parser.add_argument("port", nargs="?", type=int)
     parser.add_argument("--rates", type=int, nargs="+", default=[1_000, 20_000])
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -545,6 +590,14 @@ async def main() -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
+    if args.what == "lookup":
+        print("| ids | cdr_versions (tenant_id, id) p50 | cdr_versions_by_id (id) p50, the baseline |")
+        print("|---|---|---|")
+        r = await lookup()
+        for n in (100, 1_000):
+            new, old = (v for (k, _), v in r.items() if k == n)
+            print(f"| {n:,} | {new:.1f} ms | {old:.1f} ms |")
+        return
     with kafka() as bootstrap:
         if args.what == "latency":
             print("| rate (achieved) | reader | p50 | p99 | max | probes (missing) |")
