@@ -8,6 +8,7 @@ import base64
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -702,4 +703,46 @@ async def test_the_notifier_stops_while_its_endpoints_wait_on_a_failing_store(
         stopping.set()
         await asyncio.wait_for(task, 10)
     finally:
+        await store.close()
+
+
+async def test_an_endpoint_delivers_again_after_a_request_cut_off_while_connecting(
+    kafka_bootstrap: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The first connection attempt goes to an address that never accepts and the request's
+    deadline cuts it off while it connects; the endpoint's name then resolves to the
+    receiver. Every change arrives. (The notifier renews an endpoint's client after such an
+    attempt: httpcore can leave a cut-off request's connection holding the endpoint's only
+    pool slot, encode/httpcore#1093; this httpcore recovers from this case by itself.)"""
+    # A listener that never accepts, its backlog full: a connect to it hangs until cut off.
+    full = socket.create_server(("127.0.0.2", receiver.port), backlog=0)
+    queued = [socket.socket() for _ in range(3)]
+    for sock in queued:
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.2", receiver.port))
+    answers = [["127.0.0.2"]]
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host == "hooks.example":
+            return answers.pop(0) if answers else ["127.0.0.1"]
+        return await system_resolver(host, port)
+
+    hooks = {"t1.example": [hook("crm", f"http://hooks.example:{receiver.port}/crm")]}
+    # The connect timeout past the request's deadline: the deadline cancels the connect.
+    env = await webhook_env(kafka_bootstrap, tmp_path, hooks, webhook_timeout_s=0.5, webhook_connect_timeout_s=5.0)
+    settings, store = env.settings, env.store
+    evs = events(30, seed=83, tenants=("t1.example",), start=datetime.now(UTC) - timedelta(hours=1))
+    try:
+        async with env.running(), notifying(settings, store, resolve):
+            await recorded(store, 1)
+            await produce(settings.kafka.kafka_bootstrap_servers, settings.kafka.kafka_topic, encoded(evs))
+
+            async def all_delivered() -> bool:
+                return {i for i, _ in versions(receiver.delivered("/crm"))} == {e["id"] for e in evs}
+
+            await wait_for(all_delivered, 60, "every change delivered after the cut-off connect")
+        assert not answers  # the hanging address was tried
+    finally:
+        for sock in [*queued, full]:
+            sock.close()
         await store.close()

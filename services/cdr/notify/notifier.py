@@ -75,6 +75,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# Attempts after which an endpoint's client is replaced (``_Worker._renew_client``).
+_RENEW_CLIENT = frozenset({"timeout", "connection_error"})
+
+
 class _Stopped(Exception):
     """The endpoint is disabled (failing too long): its task ends until it is re-enabled."""
 
@@ -204,6 +208,8 @@ class _Worker:
                     self._n.touch(self)
                     return
                 self._failed(attempt)
+                if attempt.outcome in _RENEW_CLIENT:
+                    await self._renew_client()
                 wait = backoff_s(
                     failures,
                     base_s=settings.webhook_retry_base_s,
@@ -215,6 +221,15 @@ class _Worker:
                 await asyncio.sleep(wait)
         finally:
             self._in_flight = None
+
+    async def _renew_client(self) -> None:
+        """A new client (and connection pool) for the next attempt. A request cut off by its
+        deadline can leave httpcore's pool holding a connection no request owns; with one
+        connection per endpoint every later request would then wait for it and time out
+        against a healthy endpoint, until a restart (encode/httpcore#1093, open; seen here as
+        an endpoint timing out for minutes after a restart mid-delivery)."""
+        old, self._http = self._http, self._n.sender.client()
+        await old.aclose()
 
     def pending_oldest_ms(self) -> int | None:
         """When the oldest change read and not yet delivered was emitted (None: none waits)."""
