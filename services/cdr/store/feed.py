@@ -215,11 +215,18 @@ class FeedRead:
     versions_table: str
 
 
-def _feed_read(versions_table: str, columns: str, body: str, tenant_filter: str, params: dict[str, Param]) -> FeedRead:
-    lookup = (
+def versions_lookup(table: str, calls: str) -> str:
+    """The first and newest emitted_at of the live versions of the calls the condition
+    ``calls`` selects (it names their tenants: the table is sorted by tenant first), one row
+    per call, as ``versions_of`` reads them."""
+    return (
         "SELECT tenant_id, toString(id), toUnixTimestamp64Milli(min(first)), toUnixTimestamp64Milli(max(newest))"
-        f" FROM {versions_table} WHERE {tenant_filter} AND id IN (SELECT id {body}) GROUP BY tenant_id, id"
+        f" FROM {table} WHERE {calls} GROUP BY tenant_id, id"
     )
+
+
+def _feed_read(versions_table: str, columns: str, body: str, tenant_filter: str, params: dict[str, Param]) -> FeedRead:
+    lookup = versions_lookup(versions_table, f"{tenant_filter} AND id IN (SELECT id {body})")
     return FeedRead(Query(f"SELECT {columns} {body}", params), Query(lookup, params), versions_table)
 
 
@@ -337,9 +344,7 @@ def versions_read(table: str, changes: Iterable[Change]) -> Query:
     see. By their tenants as well as their ids: the table is sorted by tenant first."""
     calls = {(c.tenant, c.id) for c in changes}
     return Query(
-        "SELECT tenant_id, toString(id), toUnixTimestamp64Milli(min(first)), toUnixTimestamp64Milli(max(newest))"
-        f" FROM {table} WHERE tenant_id IN {{tenants:Array(String)}} AND id IN {{ids:Array(UUID)}}"
-        " GROUP BY tenant_id, id",
+        versions_lookup(table, "tenant_id IN {tenants:Array(String)} AND id IN {ids:Array(UUID)}"),
         {"tenants": sorted({t for t, _ in calls}), "ids": sorted({UUID(i) for _, i in calls})},
     )
 
