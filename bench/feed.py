@@ -598,7 +598,7 @@ async def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
     if args.what == "lookup":
-        print("| ids | cdr_versions (tenant_id, id) p50 | the same sorted by id (the table 0008 replaced) p50, the baseline |")
+        print("| ids | cdr_versions (tenant_id, id) p50 | sorted by id (the table 0008 replaced) p50, the baseline |")
         print("|---|---|---|")
         from cdr.store.feed import VERSIONS_TABLE
 

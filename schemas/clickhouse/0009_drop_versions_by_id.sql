@@ -6,6 +6,6 @@
 -- After this migration a release before 0008 cannot serve the change feed (README,
 -- "Install / upgrade / roll back"). The view first, so that no insert writes into a
 -- table that is gone.
-DROP VIEW IF EXISTS ${db}.cdr_versions_by_id_mv ${on_cluster} SYNC;
+DROP VIEW IF EXISTS ${db}.cdr_versions_by_id_mv ${on_cluster};
 
-DROP TABLE IF EXISTS ${db}.cdr_versions_by_id ${on_cluster} SYNC
+DROP TABLE IF EXISTS ${db}.cdr_versions_by_id ${on_cluster}

@@ -48,9 +48,17 @@ FIRST_KEY = (datetime(1900, 1, 1, tzinfo=UTC), UUID(int=0))
 LAST_KEY = (datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC), UUID(int=2**128 - 1))
 
 
-def _literal(value: Any) -> str:
+def _text(value: Any, *, nested: bool = False) -> str:
+    """A parameter's value as the server reads it (quoted inside an array or a tuple)."""
+    if isinstance(value, list | tuple):
+        inner = ", ".join(_text(v, nested=True) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
     text = _stamp(value.astimezone(UTC)) if isinstance(value, datetime) else str(value)
-    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'" if nested else text
+
+
+def _literal(value: Any) -> str:
+    return "'" + _text(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def run(db: session.Session, what: str, query: Query, fmt: str = "CSV") -> str:
@@ -125,6 +133,9 @@ def main() -> None:
         sys.exit("the export did not return every record in list order with the API's field names")
     phone = SearchFilters(phones=("0899888999", "+84899888999"))
     run(db, "phone keys", phone_keys_query(TABLE, "t.example", phone, desc=True, after=None, keys=11))
+    candidates = [(moment, UUID(first["id"]))]
+    by_keys = page_query(TABLE, "t.example", phone, tz=TZ, limit=10, offset=0, desc=True, phone_keys=candidates)
+    run(db, "page of phone candidates", by_keys)
     run(db, "tenant edge", tenant_edge_query(TABLE, "t.example", latest=True))
     found = run(db, "get by id", id_lookup_query(TABLE, "t.example", UUID(first["id"]), tz=TZ))
     by_call = run(db, "get by Call-ID", call_id_lookup_query(TABLE, "t.example", first["sip_call_id"], tz=TZ))

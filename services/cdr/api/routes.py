@@ -45,6 +45,7 @@ from cdr.store.queries import (
     STAT_QUANTILE_FIELDS,
     Key,
     PagePlan,
+    PhoneKey,
     SearchFilters,
     Window,
     call_id_lookup_query,
@@ -408,30 +409,37 @@ class CdrRoutes:
         return PagePlan(0, month_window(edge.year * 100 + edge.month), 0)
 
     async def _page_rows(self, caller: Caller, wanted: ListRequest, plan: PagePlan) -> list[list[Any]]:
-        if plan.window is None:
+        window = plan.window
+        if window is None:
             return []
-        keys = plan.offset + wanted.limit
-        while True:
+        f, desc = wanted.filters, wanted.order == "desc"
+
+        async def read(keys: list[PhoneKey]) -> list[list[Any]]:
             page = page_query(
                 self._table,
                 caller.tenant,
-                wanted.filters,
+                f,
                 tz=caller.timezone,
                 limit=wanted.limit,
                 offset=plan.offset,
-                desc=wanted.order == "desc",
-                window=plan.window,
+                desc=desc,
+                window=window,
                 phone_keys=keys,
             )
-            rows = await self.run(page.sql, page.params)
-            if not wanted.filters.phones:
-                return rows
-            rows, read = _keys_read(rows)
-            if len(rows) == wanted.limit or not await self._more_phone_keys(
-                caller.tenant, wanted.filters, wanted.order == "desc", None, keys, read, window=plan.window
-            ):
-                return rows
-            keys *= _MORE_KEYS
+            return await self.run(page.sql, page.params)
+
+        if not f.phones:
+            return await read([])
+        return await self._phone_rows(
+            caller.tenant,
+            f,
+            read,
+            desc=desc,
+            after=None,
+            window=window,
+            enough=wanted.limit,
+            first=plan.offset + wanted.limit,
+        )
 
     async def _scroll(self, caller: Caller, wanted: ListRequest) -> dict[str, Any]:
         tenant = caller.tenant
@@ -519,11 +527,10 @@ class CdrRoutes:
     async def _phone_scroll_rows(
         self, caller: Caller, filters: SearchFilters, *, limit: int, desc: bool, after: tuple[datetime, UUID] | None
     ) -> list[list[Any]]:
-        """A phone search's batch: its first ``limit + 1`` candidates in list order from
-        the key table (no time windows: the key table's order is the list's), more only
-        when some did not survive the filters."""
-        keys = limit + 1
-        while True:
+        """A phone search's batch: from its first candidates in list order from the key
+        table (no time windows: the key table's order is the list's)."""
+
+        async def read(keys: list[PhoneKey]) -> list[list[Any]]:
             query = scroll_query(
                 self._table,
                 caller.tenant,
@@ -534,29 +541,36 @@ class CdrRoutes:
                 after=after,
                 phone_keys=keys,
             )
-            rows, read = _keys_read(await self.run(query.sql, query.params))
-            if len(rows) > limit or not await self._more_phone_keys(caller.tenant, filters, desc, after, keys, read):
-                return rows
-            keys *= _MORE_KEYS
+            return await self.run(query.sql, query.params)
 
-    async def _more_phone_keys(
+        return await self._phone_rows(
+            caller.tenant, filters, read, desc=desc, after=after, enough=limit + 1, first=limit + 1
+        )
+
+    async def _phone_rows(
         self,
         tenant: str,
         filters: SearchFilters,
+        read: Callable[[list[PhoneKey]], Awaitable[list[list[Any]]]],
+        *,
         desc: bool,
         after: tuple[datetime, UUID] | None,
-        keys: int,
-        read: int | None,
-        *,
+        enough: int,
+        first: int,
         window: Window = (None, None),
-    ) -> bool:
-        """Whether a phone search that asked for ``keys`` candidates (in ``window``) and came
-        back short may have left some unread: it read as many as it asked for (``read``,
-        from its rows; a read with no row is asked again)."""
-        if read is None:
-            query = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=keys, window=window)
-            read = int((await self.run(query.sql, query.params))[0][0])
-        return read >= keys
+    ) -> list[list[Any]]:
+        """A limited phone search: its first ``first`` candidates (in ``window``, past
+        ``after``) from the key table, then ``read`` of their records; more candidates
+        while fewer than ``enough`` rows came back and the key table had as many as asked
+        for (some candidates were not records: a correction moved or renumbered them)."""
+        wanted = first
+        while True:
+            query = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=wanted, window=window)
+            keys = [(_as_utc(started), UUID(str(id_))) for started, id_ in await self.run(query.sql, query.params)]
+            rows = await read(keys) if keys else []
+            if len(rows) >= enough or len(keys) < wanted:
+                return rows
+            wanted *= _MORE_KEYS
 
     async def _tenant_edge(self, tenant: str, *, latest: bool) -> datetime | None:
         """The tenant's earliest (latest) call, cached for a while. A stale value only
@@ -602,12 +616,6 @@ class CdrRoutes:
             ),
             reads,
         )
-
-
-def _keys_read(rows: list[list[Any]]) -> tuple[list[list[Any]], int | None]:
-    """A limited phone search's rows without their last column, and what it says: how many
-    candidates the read had (the same in every row; None without a row)."""
-    return [row[:-1] for row in rows], (int(rows[0][-1]) if rows else None)
 
 
 def _same_filters(wanted: ListRequest, position: Position) -> None:

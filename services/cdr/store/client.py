@@ -39,7 +39,18 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from clickhouse_connect.driver.client import Client
 
-Param = str | int | float | datetime | uuid.UUID | Sequence[str] | Sequence[int] | Sequence[uuid.UUID] | None
+Param = (
+    str
+    | int
+    | float
+    | datetime
+    | uuid.UUID
+    | Sequence[str]
+    | Sequence[int]
+    | Sequence[uuid.UUID]
+    | Sequence[tuple[datetime, uuid.UUID]]
+    | None
+)
 Row = list[Any]
 T = TypeVar("T")
 

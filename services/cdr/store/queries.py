@@ -183,30 +183,30 @@ def _where(tenant: str, f: SearchFilters) -> tuple[list[str], dict[str, Param]]:
     return clauses, params
 
 
-# The last column of a limited phone search's rows: how many candidates it read.
-KEYS_READ = "phone_keys_read"
+# A limited phone search's candidates, (time_started, id) in list order: read by
+# ``phone_keys_query`` first, then handed to the read of the records as a list. The same
+# two in one statement (the keys as a subquery of the read, and again to count them)
+# measured 44-56 ms against 28-30 ms for the two apart (bench/RESULTS.md, "Session 14").
+PhoneKey = tuple[datetime, UUID]
 
 
-def _phone_keys(table: str, f: SearchFilters, clauses: list[str], *, desc: bool | None = None) -> str:
-    """A phone search's candidates: the (time_started, id) of the tenant's calls with one
-    of the number's forms (``SearchFilters.phones``) from the key table. With ``desc``,
-    only the first ``{phone_keys:UInt64}`` in list order (a seek per form, read in order,
-    whatever the number's volume), and the read's last column counts them (``KEYS_READ``):
-    fewer than asked for, the read had every candidate; else the caller asks for more
-    when it came back short. Without ``desc``, all (a count, stats, an export). Returns
-    the extra column ('' when none)."""
+def _phone_keys(
+    table: str, f: SearchFilters, clauses: list[str], params: dict[str, Param], keys: Sequence[PhoneKey] | None
+) -> None:
+    """Confine a phone search to its candidates: ``keys`` (a limited read's, from
+    ``phone_keys_query``), or with None all the tenant's calls with one of the number's
+    forms (``SearchFilters.phones``) in the key table (a count, stats, an export)."""
     if not f.phones:
-        return ""
+        return
+    if keys is not None:
+        clauses.append("(time_started, id) IN {phone_keys:Array(Tuple(DateTime64(3, 'UTC'), UUID))}")
+        params["phone_keys"] = list(keys)
+        return
     keyed = " ".join(f"AND {c}" for c in clauses if c in _ON_KEY)
-    keys = (
-        f"SELECT time_started, id FROM {table}_key_by_phone "
-        f"WHERE tenant_id = {{tenant:String}} AND phone IN {{phones:Array(String)}} {keyed}"
+    clauses.append(
+        f"(time_started, id) IN (SELECT time_started, id FROM {table}_key_by_phone "
+        f"WHERE tenant_id = {{tenant:String}} AND phone IN {{phones:Array(String)}} {keyed})"
     )
-    if desc is not None:
-        direction = "DESC" if desc else "ASC"
-        keys += f" ORDER BY time_started {direction}, id {direction} LIMIT {{phone_keys:UInt64}}"
-    clauses.append(f"(time_started, id) IN ({keys})")
-    return f", (SELECT count() FROM ({keys})) AS {KEYS_READ}" if desc is not None else ""
 
 
 def phone_keys_query(
@@ -219,18 +219,19 @@ def phone_keys_query(
     keys: int,
     window: Window = (None, None),
 ) -> Query:
-    """How many of the first ``keys`` candidates a limited phone search read there are
-    (fewer: the read had them all). Asked only when that read found no record, so its
-    ``KEYS_READ`` column did not say."""
+    """The first ``keys`` candidates of a limited phone search in list order (a seek per
+    form of the number, read in order, whatever the number's volume). Fewer than asked
+    for: the search has them all; else the caller asks for more when too few of them are
+    records (a correction may have moved or renumbered a call since)."""
     clauses, params = _where(tenant, f)
     _within(window, clauses, params)
     _beyond(after, clauses, params, desc=desc)
     keyed = " ".join(f"AND {c}" for c in clauses if c in _ON_KEY)
     direction = "DESC" if desc else "ASC"
     sql = (
-        f"SELECT count() FROM (SELECT 1 FROM {table}_key_by_phone "
+        f"SELECT time_started, id FROM {table}_key_by_phone "
         f"WHERE tenant_id = {{tenant:String}} AND phone IN {{phones:Array(String)}} {keyed}"
-        f" ORDER BY time_started {direction}, id {direction} LIMIT {{phone_keys:UInt64}})"
+        f" ORDER BY time_started {direction}, id {direction} LIMIT {{phone_keys:UInt64}}"
         " SETTINGS max_threads = 1"
     )
     return Query(sql, {**params, "phone_keys": keys})
@@ -246,21 +247,17 @@ def page_query(
     offset: int,
     desc: bool,
     window: Window = (None, None),
-    phone_keys: int | None = None,
+    phone_keys: Sequence[PhoneKey] = (),
 ) -> Query:
     """A page in list order; ``offset`` counts from the start of ``window`` (``page_plan``:
     the months that hold the page, so that the read opens those months' parts only). A
-    phone search reads its first ``phone_keys`` candidates (default: ``offset + limit``,
-    enough when every one is a record)."""
+    phone search reads the candidates ``phone_keys``."""
     clauses, params = _where(tenant, f)
     _within(window, clauses, params)
-    keys_read = ""
-    if f.phones:
-        keys_read = _phone_keys(table, f, clauses, desc=desc)
-        params["phone_keys"] = phone_keys or offset + limit
+    _phone_keys(table, f, clauses, params, phone_keys)
     direction = "DESC" if desc else "ASC"
     sql = (
-        f"SELECT {_RECORD_COLUMNS}{keys_read} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
+        f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
         f"ORDER BY time_started {direction}, id {direction} "
         "LIMIT {limit:UInt32} OFFSET {offset:UInt64}" + _SMALL_READ
     )
@@ -289,7 +286,7 @@ def stats_query(table: str, tenant: str, f: SearchFilters, *, group_by: str, tz:
     quantiles (quantileExact: the value at index floor(level x n) of the sorted durations).
     FINAL, so re-sent and corrected events count once, as their newest version."""
     clauses, params = _where(tenant, f)
-    _phone_keys(table, f, clauses)
+    _phone_keys(table, f, clauses, params, None)
     levels = ", ".join(str(q) for q in STAT_QUANTILES)
     sql = (
         f"SELECT {_GROUP_KEYS[group_by]} AS grp, count(), countIf(status = 'ANSWERED'),"
@@ -306,7 +303,7 @@ def month_counts_query(table: str, tenant: str, f: SearchFilters) -> Query:
     page (``page_plan``). Grouped by the partition itself (``_partition_id``, no column
     read), so it costs what a bare count does."""
     clauses, params = _where(tenant, f)
-    _phone_keys(table, f, clauses)
+    _phone_keys(table, f, clauses, params, None)
     return Query(
         f"SELECT _partition_id, count() FROM {table} FINAL WHERE {' AND '.join(clauses)} GROUP BY _partition_id"
         + _SMALL_READ,
@@ -393,25 +390,22 @@ def scroll_query(
     desc: bool,
     after: Key | None,
     window: Window = (None, None),
-    phone_keys: int | None = None,
+    phone_keys: Sequence[PhoneKey] = (),
 ) -> Query:
     """The next ``limit`` records after a keyset position; fetches one extra to tell
     whether more remain. Seeks on the sort key, so depth costs nothing.
 
     ``window`` = (from, until) further bounds time_started to ``from <= t < until``
     (either may be None); the caller uses it to read one partition's worth first. A
-    phone search reads its first ``phone_keys`` candidates (default ``limit + 1``).
+    phone search reads the candidates ``phone_keys``.
     """
     clauses, params = _where(tenant, f)
     _within(window, clauses, params)
     _beyond(after, clauses, params, desc=desc)
-    keys_read = ""
-    if f.phones:
-        keys_read = _phone_keys(table, f, clauses, desc=desc)
-        params["phone_keys"] = phone_keys or limit + 1
+    _phone_keys(table, f, clauses, params, phone_keys)
     direction = "DESC" if desc else "ASC"
     sql = (
-        f"SELECT {_RECORD_COLUMNS}{keys_read} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
+        f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
         f"ORDER BY time_started {direction}, id {direction} LIMIT {{limit:UInt32}}" + _SMALL_READ
     )
     return Query(sql, {**params, "tz": tz, "limit": limit + 1})
@@ -470,7 +464,7 @@ def export_window_end_query(
     ``rows`` records however they spread over time (an hour of 200,000 calls included)."""
     clauses, params = _where(tenant, f)
     _beyond(after, clauses, params, desc=desc)
-    _phone_keys(table, f, clauses)
+    _phone_keys(table, f, clauses, params, None)
     direction, back = ("DESC", "ASC") if desc else ("ASC", "DESC")
     sql = (
         f"SELECT time_started, id FROM (SELECT time_started, id FROM {table} FINAL WHERE {' AND '.join(clauses)}"
@@ -493,7 +487,7 @@ def export_query(
     clauses, params = _where(tenant, f)
     _beyond(after, clauses, params, desc=desc)
     _through(last, clauses, params, desc=desc)
-    _phone_keys(table, f, clauses)
+    _phone_keys(table, f, clauses, params, None)
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_EXPORT_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)}"
