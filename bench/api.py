@@ -346,6 +346,10 @@ async def main() -> None:
         ("list, no filter (scroll batch 1)", lambda: (any_tenant(), "/v1/cdr")),
         ("list, one-week time range", lambda: (any_tenant(), "/v1/cdr?start_date=2024-03-01&end_date=2024-03-08")),
         ("list, phone", lambda: (lambda p: (p[0], f"/v1/cdr?phone={p[3]}"))(rng.choice(picks))),
+        (
+            "page 1 with total, phone",
+            lambda: (lambda p: (p[0], f"/v1/cdr?phone={p[3]}&page=1&limit=50"))(rng.choice(picks)),
+        ),
         ("list, status + direction", lambda: (any_tenant(), "/v1/cdr?status=BUSY&direction=inbound")),
         ("list, page 1 with total", lambda: (any_tenant(), "/v1/cdr?page=1&limit=10")),
         ("page 1 with total (limit 50)", lambda: (any_tenant(), "/v1/cdr?page=1&limit=50")),
