@@ -55,7 +55,7 @@ from arroyo.types import BaseValue, Commit, Message, Partition, Topic
 
 from cdr.ingest.validation import validate_batch
 from cdr.settings import load_settings
-from cdr.store import CDR_INSERT_SETTINGS, Store, open_store
+from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
 from cdr.tenants import TenantZones
 
@@ -93,12 +93,12 @@ class Writer:
     def validate_and_insert(self, message: Message[list[bytes]]) -> None:
         rows, invalid = validate_chunk(self.zone, self.skew_s, message)
         self.invalid += invalid
-        self._loop.run_until_complete(self._store.insert_arrow("cdr", rows, CDR_INSERT_SETTINGS))
+        self._loop.run_until_complete(self._store.insert_arrow("cdr", rows))
 
     def insert(self, message: Message[list[tuple[pa.Table, int]]]) -> None:
         self.invalid += sum(invalid for _, invalid in message.payload)
         rows = pa.concat_tables([rows for rows, _ in message.payload])
-        self._loop.run_until_complete(self._store.insert_arrow("cdr", rows, CDR_INSERT_SETTINGS))
+        self._loop.run_until_complete(self._store.insert_arrow("cdr", rows))
 
 
 def _append_value(batch: list[bytes], value: BaseValue[KafkaPayload]) -> list[bytes]:

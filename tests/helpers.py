@@ -25,7 +25,7 @@ from cdr.ingest.processor import Invalid, precheck, to_table, validate
 from cdr.model.event import CallEnded
 from cdr.phones import PhoneRegions, with_canonical_numbers
 from cdr.simulate import make_event
-from cdr.store import CDR_INSERT_SETTINGS, Store
+from cdr.store import Store
 
 
 def unique(prefix: str) -> str:
@@ -216,5 +216,4 @@ async def store_events(
     if bad:
         raise ValueError(f"test data has invalid events: {bad[:3]}")
     rows = to_table([p for p in parsed if isinstance(p, CallEnded)])
-    rows = with_canonical_numbers(rows, PhoneRegions()) if canonical_numbers else rows
-    await store.insert_arrow("cdr", rows, CDR_INSERT_SETTINGS)
+    await store.insert_arrow("cdr", with_canonical_numbers(rows, PhoneRegions()) if canonical_numbers else rows)

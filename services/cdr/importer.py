@@ -44,7 +44,7 @@ from cdr.ingest.processor import Invalid, precheck
 from cdr.ingest.validation import validate_batch
 from cdr.model.event import CallEnded
 from cdr.settings import Settings, SettingsError
-from cdr.store import CDR_INSERT_SETTINGS, Store, open_store
+from cdr.store import Store, open_store
 from cdr.store.feed import IMPORT_PARTITION, ROWS_PER_MS
 from cdr.store.migrations import migrate
 from cdr.tenants import ZoneDirectory
@@ -81,7 +81,7 @@ class _ImportWriter:
         first = start_ms * ROWS_PER_MS
         rows = rows.append_column("source_partition", pa.array([IMPORT_PARTITION] * rows.num_rows, pa.int32()))
         rows = rows.append_column("source_offset", pa.array(range(first, first + rows.num_rows), pa.int64()))
-        await self._store.insert_arrow("cdr", rows, CDR_INSERT_SETTINGS)
+        await self._store.insert_arrow("cdr", rows)
 
 
 @dataclass

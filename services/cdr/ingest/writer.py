@@ -19,7 +19,7 @@ import pyarrow as pa
 from cdr.ingest.corrections import Corrections
 from cdr.ingest.retry import Backoff
 from cdr.metrics import Metrics
-from cdr.store import CDR_INSERT_SETTINGS, Store, StoreError, StoreUnavailable
+from cdr.store import Store, StoreError, StoreUnavailable
 from cdr.store.errors import Code, StoreDataError
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class BatchWriter:
         async def insert() -> None:
             started = time.perf_counter()
             resolved = rows if self._corrections is None else await self._corrections.resolve(rows)
-            await self._store.insert_arrow(self._table, resolved, CDR_INSERT_SETTINGS)
+            await self._store.insert_arrow(self._table, resolved)
             self._metrics.insert_seconds.observe(time.perf_counter() - started)
 
         def failed(attempt: int, exc: BaseException, retry_in_s: float) -> None:

@@ -269,16 +269,8 @@ def _command(client: Client, sql: str, params: dict[str, Param]) -> None:
     client.command(sql, parameters=params)
 
 
-def _insert_arrow(client: Client, table: str, database: str, data: pa.Table, settings: dict[str, Any]) -> None:
-    client.insert_arrow(table, data, database=database, settings=settings)
-
-
-# The inserts of CDRs (the ingestor, `cdr import`): the rows of one inserted block are not
-# collapsed by key into cdr and the views' replacing and aggregating tables, as a merge
-# would; the next merge does it, and every read collapses versions anyway (FINAL, which
-# also collapses a part fresh from an insert, or an aggregate over the key). The collapse
-# cost 20-35 % of an insert's time into the embedded engine (bench/RESULTS.md, "Session 14").
-CDR_INSERT_SETTINGS: dict[str, Any] = {"optimize_on_insert": 0}
+def _insert_arrow(client: Client, table: str, database: str, data: pa.Table) -> None:
+    client.insert_arrow(table, data, database=database)
 
 
 class Store:
@@ -419,10 +411,10 @@ class Store:
         self._check_open()
         await self._writes.run(_command, sql, dict(params or {}))
 
-    async def insert_arrow(self, table: str, data: pa.Table, settings: Mapping[str, Any] | None = None) -> None:
+    async def insert_arrow(self, table: str, data: pa.Table) -> None:
         """Insert an Arrow table whose column names match the table's (on a write worker)."""
         self._check_open()
-        await self._writes.run(_insert_arrow, table, self.database, data, dict(settings or {}))
+        await self._writes.run(_insert_arrow, table, self.database, data)
 
     async def ping(self) -> bool:
         try:
