@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,10 +42,10 @@ from cdr.store import Store, StoreError, StoreUnavailable
 from cdr.store.errors import BUDGET
 from cdr.store.queries import (
     MAX_GROUPS,
+    MAX_LISTED_KEYS,
     STAT_QUANTILE_FIELDS,
     Key,
     PagePlan,
-    PhoneKey,
     SearchFilters,
     Window,
     call_id_lookup_query,
@@ -414,7 +414,7 @@ class CdrRoutes:
             return []
         f, desc = wanted.filters, wanted.order == "desc"
 
-        async def read(keys: list[PhoneKey]) -> list[list[Any]]:
+        async def read(keys: Sequence[Key] | int | None) -> list[list[Any]]:
             page = page_query(
                 self._table,
                 caller.tenant,
@@ -429,7 +429,7 @@ class CdrRoutes:
             return await self.run(page.sql, page.params)
 
         if not f.phones:
-            return await read([])
+            return await read(None)
         return await self._phone_rows(
             caller.tenant,
             f,
@@ -530,7 +530,7 @@ class CdrRoutes:
         """A phone search's batch: from its first candidates in list order from the key
         table (no time windows: the key table's order is the list's)."""
 
-        async def read(keys: list[PhoneKey]) -> list[list[Any]]:
+        async def read(keys: Sequence[Key] | int | None) -> list[list[Any]]:
             query = scroll_query(
                 self._table,
                 caller.tenant,
@@ -551,7 +551,7 @@ class CdrRoutes:
         self,
         tenant: str,
         filters: SearchFilters,
-        read: Callable[[list[PhoneKey]], Awaitable[list[list[Any]]]],
+        read: Callable[[Sequence[Key] | int], Awaitable[list[list[Any]]]],
         *,
         desc: bool,
         after: tuple[datetime, UUID] | None,
@@ -562,13 +562,24 @@ class CdrRoutes:
         """A limited phone search: its first ``first`` candidates (in ``window``, past
         ``after``) from the key table, then ``read`` of their records; more candidates
         while fewer than ``enough`` rows came back and the key table had as many as asked
-        for (some candidates were not records: a correction moved or renumbered them)."""
+        for (another filter left some out, or a correction moved or renumbered a call).
+        Up to ``MAX_LISTED_KEYS`` the read gets the keys as a list, beyond that their
+        number (it reads them itself), and they are counted only when it came back short."""
         wanted = first
         while True:
-            query = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=wanted, window=window)
-            keys = [(_as_utc(started), UUID(str(id_))) for started, id_ in await self.run(query.sql, query.params)]
-            rows = await read(keys) if keys else []
-            if len(rows) >= enough or len(keys) < wanted:
+            keys = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=wanted, window=window)
+            if wanted <= MAX_LISTED_KEYS:
+                listed = [(_as_utc(started), id_) for started, id_ in await self.run(keys.sql, keys.params)]
+                rows, found = (await read(listed) if listed else []), len(listed)
+            else:
+                rows = await read(wanted)
+                if len(rows) >= enough:
+                    return rows
+                counted = phone_keys_query(
+                    self._table, tenant, filters, desc=desc, after=after, keys=wanted, window=window, count=True
+                )
+                found = int((await self.run(counted.sql, counted.params))[0][0])
+            if len(rows) >= enough or found < wanted:
                 return rows
             wanted *= _MORE_KEYS
 

@@ -183,30 +183,52 @@ def _where(tenant: str, f: SearchFilters) -> tuple[list[str], dict[str, Param]]:
     return clauses, params
 
 
-# A limited phone search's candidates, (time_started, id) in list order: read by
-# ``phone_keys_query`` first, then handed to the read of the records as a list. The same
-# two in one statement (the keys as a subquery of the read, and again to count them)
-# measured 44-56 ms against 28-30 ms for the two apart (bench/RESULTS.md, "Session 14").
-PhoneKey = tuple[datetime, UUID]
+# A limited phone search reads its first candidates, (time_started, id) in list order,
+# then the records by that list: the two in one statement (the keys as a subquery of the
+# read, and again to count them) measured 44-56 ms against 28-30 ms for the two apart
+# (bench/RESULTS.md, "Session 14"). Beyond this many keys, the read takes them as a
+# subquery again: a list of ~72 bytes a key would pass a server's limit on a parameter's
+# size (http_max_field_value_size, 128 KiB by default).
+MAX_LISTED_KEYS = 1_500
+
+
+def _candidates(table: str, clauses: list[str], *, desc: bool | None = None) -> str:
+    """The key table's candidates of a phone search under the clauses on its columns; with
+    ``desc``, the first ``{phone_keys:UInt64}`` in list order (a seek per form of the
+    number, read in order, whatever the number's volume)."""
+    keyed = " ".join(f"AND {c}" for c in clauses if c in _ON_KEY)
+    sql = (
+        f"SELECT time_started, id FROM {table}_key_by_phone "
+        f"WHERE tenant_id = {{tenant:String}} AND phone IN {{phones:Array(String)}} {keyed}"
+    )
+    if desc is None:
+        return sql
+    direction = "DESC" if desc else "ASC"
+    return sql + f" ORDER BY time_started {direction}, id {direction} LIMIT {{phone_keys:UInt64}}"
 
 
 def _phone_keys(
-    table: str, f: SearchFilters, clauses: list[str], params: dict[str, Param], keys: Sequence[PhoneKey] | None
+    table: str,
+    f: SearchFilters,
+    clauses: list[str],
+    params: dict[str, Param],
+    keys: Sequence[Key] | int | None = None,
+    *,
+    desc: bool = False,
 ) -> None:
-    """Confine a phone search to its candidates: ``keys`` (a limited read's, from
-    ``phone_keys_query``), or with None all the tenant's calls with one of the number's
-    forms (``SearchFilters.phones``) in the key table (a count, stats, an export)."""
+    """Confine a phone search to its candidates (``SearchFilters.phones``): ``keys`` as
+    read by ``phone_keys_query``, or the first ``keys`` in list order (a number: too many
+    to list), or all of them (None: a count, stats, an export)."""
     if not f.phones:
         return
-    if keys is not None:
+    if isinstance(keys, int):
+        clauses.append(f"(time_started, id) IN ({_candidates(table, clauses, desc=desc)})")
+        params["phone_keys"] = keys
+    elif keys is not None:
         clauses.append("(time_started, id) IN {phone_keys:Array(Tuple(DateTime64(3, 'UTC'), UUID))}")
         params["phone_keys"] = list(keys)
-        return
-    keyed = " ".join(f"AND {c}" for c in clauses if c in _ON_KEY)
-    clauses.append(
-        f"(time_started, id) IN (SELECT time_started, id FROM {table}_key_by_phone "
-        f"WHERE tenant_id = {{tenant:String}} AND phone IN {{phones:Array(String)}} {keyed})"
-    )
+    else:
+        clauses.append(f"(time_started, id) IN ({_candidates(table, clauses)})")
 
 
 def phone_keys_query(
@@ -218,23 +240,19 @@ def phone_keys_query(
     after: Key | None,
     keys: int,
     window: Window = (None, None),
+    count: bool = False,
 ) -> Query:
-    """The first ``keys`` candidates of a limited phone search in list order (a seek per
-    form of the number, read in order, whatever the number's volume). Fewer than asked
-    for: the search has them all; else the caller asks for more when too few of them are
-    records (a correction may have moved or renumbered a call since)."""
+    """The first ``keys`` candidates of a limited phone search in list order, or with
+    ``count`` how many there are (at most ``keys``). Fewer than asked for: the search has
+    them all; else the caller asks for more when too few of them are records (another
+    filter left some out, or a correction moved or renumbered a call since)."""
     clauses, params = _where(tenant, f)
     _within(window, clauses, params)
     _beyond(after, clauses, params, desc=desc)
-    keyed = " ".join(f"AND {c}" for c in clauses if c in _ON_KEY)
-    direction = "DESC" if desc else "ASC"
-    sql = (
-        f"SELECT time_started, id FROM {table}_key_by_phone "
-        f"WHERE tenant_id = {{tenant:String}} AND phone IN {{phones:Array(String)}} {keyed}"
-        f" ORDER BY time_started {direction}, id {direction} LIMIT {{phone_keys:UInt64}}"
-        " SETTINGS max_threads = 1"
-    )
-    return Query(sql, {**params, "phone_keys": keys})
+    sql = _candidates(table, clauses, desc=desc)
+    if count:
+        sql = f"SELECT count() FROM ({sql})"
+    return Query(sql + " SETTINGS max_threads = 1", {**params, "phone_keys": keys})
 
 
 def page_query(
@@ -247,14 +265,14 @@ def page_query(
     offset: int,
     desc: bool,
     window: Window = (None, None),
-    phone_keys: Sequence[PhoneKey] = (),
+    phone_keys: Sequence[Key] | int | None = None,
 ) -> Query:
     """A page in list order; ``offset`` counts from the start of ``window`` (``page_plan``:
     the months that hold the page, so that the read opens those months' parts only). A
-    phone search reads the candidates ``phone_keys``."""
+    phone search reads the candidates ``phone_keys`` (``_phone_keys``)."""
     clauses, params = _where(tenant, f)
     _within(window, clauses, params)
-    _phone_keys(table, f, clauses, params, phone_keys)
+    _phone_keys(table, f, clauses, params, phone_keys, desc=desc)
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
@@ -286,7 +304,7 @@ def stats_query(table: str, tenant: str, f: SearchFilters, *, group_by: str, tz:
     quantiles (quantileExact: the value at index floor(level x n) of the sorted durations).
     FINAL, so re-sent and corrected events count once, as their newest version."""
     clauses, params = _where(tenant, f)
-    _phone_keys(table, f, clauses, params, None)
+    _phone_keys(table, f, clauses, params)
     levels = ", ".join(str(q) for q in STAT_QUANTILES)
     sql = (
         f"SELECT {_GROUP_KEYS[group_by]} AS grp, count(), countIf(status = 'ANSWERED'),"
@@ -303,7 +321,7 @@ def month_counts_query(table: str, tenant: str, f: SearchFilters) -> Query:
     page (``page_plan``). Grouped by the partition itself (``_partition_id``, no column
     read), so it costs what a bare count does."""
     clauses, params = _where(tenant, f)
-    _phone_keys(table, f, clauses, params, None)
+    _phone_keys(table, f, clauses, params)
     return Query(
         f"SELECT _partition_id, count() FROM {table} FINAL WHERE {' AND '.join(clauses)} GROUP BY _partition_id"
         + _SMALL_READ,
@@ -390,19 +408,19 @@ def scroll_query(
     desc: bool,
     after: Key | None,
     window: Window = (None, None),
-    phone_keys: Sequence[PhoneKey] = (),
+    phone_keys: Sequence[Key] | int | None = None,
 ) -> Query:
     """The next ``limit`` records after a keyset position; fetches one extra to tell
     whether more remain. Seeks on the sort key, so depth costs nothing.
 
     ``window`` = (from, until) further bounds time_started to ``from <= t < until``
     (either may be None); the caller uses it to read one partition's worth first. A
-    phone search reads the candidates ``phone_keys``.
+    phone search reads the candidates ``phone_keys`` (``_phone_keys``).
     """
     clauses, params = _where(tenant, f)
     _within(window, clauses, params)
     _beyond(after, clauses, params, desc=desc)
-    _phone_keys(table, f, clauses, params, phone_keys)
+    _phone_keys(table, f, clauses, params, phone_keys, desc=desc)
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_RECORD_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)} "
@@ -464,7 +482,7 @@ def export_window_end_query(
     ``rows`` records however they spread over time (an hour of 200,000 calls included)."""
     clauses, params = _where(tenant, f)
     _beyond(after, clauses, params, desc=desc)
-    _phone_keys(table, f, clauses, params, None)
+    _phone_keys(table, f, clauses, params)
     direction, back = ("DESC", "ASC") if desc else ("ASC", "DESC")
     sql = (
         f"SELECT time_started, id FROM (SELECT time_started, id FROM {table} FINAL WHERE {' AND '.join(clauses)}"
@@ -487,7 +505,7 @@ def export_query(
     clauses, params = _where(tenant, f)
     _beyond(after, clauses, params, desc=desc)
     _through(last, clauses, params, desc=desc)
-    _phone_keys(table, f, clauses, params, None)
+    _phone_keys(table, f, clauses, params)
     direction = "DESC" if desc else "ASC"
     sql = (
         f"SELECT {_EXPORT_COLUMNS} FROM {table} FINAL WHERE {' AND '.join(clauses)}"
