@@ -567,8 +567,10 @@ class CdrRoutes:
         number (it reads them itself), and they are counted only when it came back short."""
         wanted = first
         while True:
-            keys = phone_keys_query(self._table, tenant, filters, desc=desc, after=after, keys=wanted, window=window)
             if wanted <= MAX_LISTED_KEYS:
+                keys = phone_keys_query(
+                    self._table, tenant, filters, desc=desc, after=after, keys=wanted, window=window
+                )
                 listed = [(_as_utc(started), id_) for started, id_ in await self.run(keys.sql, keys.params)]
                 rows, found = (await read(listed) if listed else []), len(listed)
             else:
