@@ -217,3 +217,21 @@ async def store_events(
         raise ValueError(f"test data has invalid events: {bad[:3]}")
     rows = to_table([p for p in parsed if isinstance(p, CallEnded)])
     await store.insert_arrow("cdr", with_canonical_numbers(rows, PhoneRegions()) if canonical_numbers else rows)
+
+
+async def add_versions(store: Store, tenant: str, ids: list[uuid.UUID], *, emitted_s: int, first_offset: int) -> None:
+    """One version of each call of ``ids`` (``tenant``'s) straight into the cdr table, with a
+    place in the change feed: emitted ``emitted_s`` after a fixed moment, at partition n % 4
+    and offset first_offset + n // 4."""
+    await store.command(
+        f"INSERT INTO {store.qualified('cdr')} (tenant_id, id, sip_call_id, cause, duration, billsec, direction,"
+        " recording_url, recording_file, extension, from_number, to_number, receive_dest, time_started,"
+        " time_answered, time_ended, status, emitted_at, source_partition, source_offset)"
+        " SELECT {tenant:String}, ids[number + 1], 'sip', 'NORMAL_CLEARING', 60, 50, 'inbound', '', '', '101',"
+        " '0901234567', '0281234567', '', toDateTime64('2026-12-01 00:00:00', 3, 'UTC'), NULL,"
+        " toDateTime64('2026-12-01 00:01:00', 3, 'UTC'),"
+        " 'ANSWERED', toDateTime64('2026-12-01 00:01:00', 3, 'UTC') + toIntervalSecond({emitted:UInt32}),"
+        " toInt32(number % 4), toInt64({first:UInt64} + intDiv(number, 4))"
+        " FROM numbers(length({ids:Array(UUID)})) AS n, (SELECT {ids:Array(UUID)} AS ids) AS given",
+        {"tenant": tenant, "ids": ids, "emitted": emitted_s, "first": first_offset},
+    )

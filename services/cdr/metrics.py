@@ -24,6 +24,9 @@ DeadLetterKind = Literal[
 """Why a message was dead-lettered: the ``reason`` label, and the DLQ's ``x-dlq-kind`` header."""
 IngestStage = Literal["validate", "dead_letter", "write", "commit"]
 Parser = Literal["compiled", "pydantic"]
+FeedPageSource = Literal["read_ahead", "store"]
+"""Where a change-feed pull page began: the run an earlier read of its cursor read ahead
+(this replica's memory), or a read of the store."""
 Role = Literal["ingest", "api", "notify"]
 """What a process does: `cdr ingest`, `cdr api`, `cdr notify`, or all three (`cdr run`)."""
 DeliveryOutcome = Literal["delivered", "http_error", "timeout", "connection_error", "redirect", "refused"]
@@ -136,6 +139,15 @@ class Metrics:
             buckets=_SECONDS_BUCKETS,
             registry=api,
         )
+        self.feed_pages = Counter(
+            "cdr_feed_pages_total",
+            "Change-feed pull pages by where they began: read_ahead (what a read of the page before read"
+            " past it, kept by this replica) or store (a read).",
+            ["source"],
+            registry=api,
+        )
+        for source in get_args(FeedPageSource):
+            self.feed_pages.labels(source=source)
 
         # Notify
         self.webhook_deliveries = Counter(
@@ -167,6 +179,10 @@ class Metrics:
     def parsed(self, parser: Parser) -> Counter:
         """The count of messages one parser validated."""
         return self.events_parsed.labels(parser=parser)
+
+    def feed_page(self, source: FeedPageSource) -> Counter:
+        """The count of change-feed pull pages that began one way."""
+        return self.feed_pages.labels(source=source)
 
     def delivered(self, outcome: DeliveryOutcome) -> Counter:
         """The count of webhook POSTs that ended one way."""

@@ -196,7 +196,7 @@ async def test_response_headers(api: Api, caplog: pytest.LogCaptureFixture) -> N
         ops = await client.get("/healthz")
     assert zipped.headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain.headers
     assert zipped.json() == plain.json()  # httpx inflates it
-    assert int(zipped.headers["Content-Length"]) * 5 < len(plain.content)
+    assert int(zipped.headers["Content-Length"]) * 4 < len(plain.content)  # level 1: ~4.7x here
     assert zipped.headers["X-Request-Id"] == "abc-123"
     assert any(getattr(r, "request_id", None) == "abc-123" for r in caplog.records)
     for response in (plain, zipped, error):

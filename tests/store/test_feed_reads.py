@@ -28,7 +28,7 @@ from cdr.store.errors import StoreUnavailable
 from cdr.store.feed import CHANGES_TABLE, IMPORT_PARTITION, ROWS_PER_MS, VERSIONS_TABLE, Change, hub_start, tenant_read
 from cdr.store.feed_hub import FeedHub, Subscription, read_settled
 from cdr.store.migrations import migrate
-from tests.helpers import wait_for
+from tests.helpers import add_versions, wait_for
 
 TENANT = "drain.example"
 OTHER = "other.example"
@@ -261,32 +261,15 @@ async def test_a_hub_behind_by_more_than_its_lookback_still_reads_every_row(
         await hub.close()
 
 
-async def add_versions(store: Store, ids: list[uuid.UUID], *, emitted_s: int, first_offset: int) -> None:
-    """One version of each call of ``ids`` (TENANT's), emitted ``emitted_s`` after a fixed
-    moment, at partition n % 4 and offset first_offset + n // 4."""
-    await store.command(
-        f"INSERT INTO {store.qualified('cdr')} (tenant_id, id, sip_call_id, cause, duration, billsec, direction,"
-        " recording_url, recording_file, extension, from_number, to_number, receive_dest, time_started,"
-        " time_answered, time_ended, status, emitted_at, source_partition, source_offset)"
-        " SELECT {tenant:String}, ids[number + 1], 'sip', 'NORMAL_CLEARING', 60, 50, 'inbound', '', '', '101',"
-        " '0901234567', '0281234567', '', toDateTime64('2026-12-01 00:00:00', 3, 'UTC'), NULL,"
-        " toDateTime64('2026-12-01 00:01:00', 3, 'UTC'),"
-        " 'ANSWERED', toDateTime64('2026-12-01 00:01:00', 3, 'UTC') + toIntervalSecond({emitted:UInt32}),"
-        " toInt32(number % 4), toInt64({first:UInt64} + intDiv(number, 4))"
-        " FROM numbers(length({ids:Array(UUID)})) AS n, (SELECT {ids:Array(UUID)} AS ids) AS given",
-        {"tenant": TENANT, "ids": ids, "emitted": emitted_s, "first": first_offset},
-    )
-
-
 async def test_a_lookup_that_missed_the_reads_rows_is_made_again(store: Store) -> None:
     """The versions lookup runs beside the read, on its own snapshot: the calls whose own
     version it did not see (a row stored between the two) are looked up again, and the
     page is settled as a lookup after the read settles it. Here the lookup beside the read
     sees no row at all (as if it ran before any was stored)."""
     ids = [uuid.uuid4() for _ in range(40)]
-    await add_versions(store, ids, emitted_s=0, first_offset=0)  # first versions
-    await add_versions(store, ids[:10], emitted_s=100, first_offset=1_000)  # corrections
-    await add_versions(store, ids[:5], emitted_s=0, first_offset=2_000)  # old versions again, later
+    await add_versions(store, TENANT, ids, emitted_s=0, first_offset=0)  # first versions
+    await add_versions(store, TENANT, ids[:10], emitted_s=100, first_offset=1_000)  # corrections
+    await add_versions(store, TENANT, ids[:5], emitted_s=0, first_offset=2_000)  # old versions again, later
     table, now_ms = store.qualified(CHANGES_TABLE), time.time_ns() // 10**6
     read = tenant_read(table, VERSIONS, TENANT, {}, limit=1000, now_ms=now_ms, horizon_s=None)
     blind = dataclasses.replace(

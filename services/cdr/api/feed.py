@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -28,6 +29,7 @@ from cdr.api.params import FEED_FILTER_PARAMS, FeedRequest, Limits, MultiQuery, 
 from cdr.api.ratelimit import Slots
 from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import Caller, CdrRoutes
+from cdr.metrics import Metrics
 from cdr.settings import ApiSettings
 from cdr.store import Store
 from cdr.store.feed import (
@@ -45,8 +47,22 @@ from cdr.store.feed_hub import FeedHub, Overflowed, read_settled
 
 log = logging.getLogger(__name__)
 
-# Rows a stream reads at once while it catches up.
+# Rows a stream reads at once while it catches up (its events are made on the event loop:
+# ~30 us each, so a read's worth stays short).
 _CATCH_UP_ROWS = 1_000
+# A pull read reads ahead of its page: up to this many times the page, at most
+# _AHEAD_ROWS (when it reads fewer, limit rows), and keeps the rest for the request that
+# continues its cursor (``ReadAhead``). A page of a backlog costs a read of its own rows
+# plus a lookup of their calls' versions that reads most of a large tenant's versions
+# (1,000 random ids); read 8,000 at once, both cost ~3x less a change (bench/RESULTS.md,
+# session 15).
+_AHEAD_FACTOR = 8
+_AHEAD_ROWS = 8_000
+# Changes kept for every reader of this replica together, and for how long: a client
+# draining a backlog asks again within milliseconds; one that went away leaves them here
+# at most this long.
+_AHEAD_CAPACITY = 32_000
+_AHEAD_TTL_S = 30.0
 
 
 def _now_ms() -> int:
@@ -73,13 +89,82 @@ class _Reader:
         return None
 
 
+_RunKey = tuple[str, tuple[tuple[int, int], ...]]
+
+
+class ReadAhead:
+    """What pull reads read past the page they answered, by tenant and the position their
+    page ended at (its cursor's): the next page of that cursor starts from memory.
+
+    Served later, such a run is still what a read then would give first: each partition's
+    changes in it continue the position in offset order, and a change stored since lies
+    past every offset of its partition visible when the run was read (a partition's rows
+    become visible in offset order), so none is skipped; and a newer version stored since
+    lies after the run's changes of its call, so none of them comes after it. Only this
+    replica knows a run: a cursor continued elsewhere is read from the store, as before."""
+
+    def __init__(
+        self, capacity: int = _AHEAD_CAPACITY, ttl_s: float = _AHEAD_TTL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._capacity = capacity
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._runs: OrderedDict[_RunKey, tuple[float, list[Change]]] = OrderedDict()
+        self._held = 0
+
+    @staticmethod
+    def _key(tenant: str, position: Offsets) -> _RunKey:
+        return tenant, tuple(sorted(position.items()))
+
+    def keep(self, tenant: str, position: Offsets, changes: list[Change]) -> None:
+        """Keep ``changes``, the run that follows ``position``; the oldest runs go first
+        when more than the capacity is held."""
+        if not changes or len(changes) > self._capacity:
+            return
+        key = self._key(tenant, position)
+        self._drop(key)
+        self._runs[key] = (self._clock() + self._ttl_s, changes)
+        self._held += len(changes)
+        while self._held > self._capacity:
+            self._drop(next(iter(self._runs)))
+
+    def take(self, tenant: str, position: Offsets) -> list[Change]:
+        """The run kept for ``position`` (given once), or none."""
+        now = self._clock()
+        while self._runs and next(iter(self._runs.values()))[0] < now:
+            self._drop(next(iter(self._runs)))
+        key = self._key(tenant, position)
+        run = self._runs.get(key)
+        self._drop(key)
+        return [] if run is None else run[1]
+
+    def _drop(self, key: _RunKey) -> None:
+        run = self._runs.pop(key, None)
+        if run is not None:
+            self._held -= len(run[1])
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+
 class FeedRoutes:
     """The two faces of the feed. Authentication and the rate limit come with the /v1
     routes (``CdrRoutes.tenant_route``); a store read holds one of the tenant's read slots
     only while it runs, never while a long poll or a stream waits."""
 
-    def __init__(self, settings: ApiSettings, store: Store, cdr: CdrRoutes, cursors: CursorCodec, hub: FeedHub) -> None:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        store: Store,
+        cdr: CdrRoutes,
+        cursors: CursorCodec,
+        hub: FeedHub,
+        metrics: Metrics,
+    ) -> None:
         self._settings = settings
+        self._metrics = metrics
+        self._ahead = ReadAhead()
         self._store = store
         self._cdr = cdr
         self._cursors = cursors
@@ -202,15 +287,21 @@ class FeedRoutes:
         return b"".join(events)
 
     async def _direct(self, reader: _Reader, limit: int) -> tuple[list[dict[str, object]], bool]:
-        """One read of the reader's next changes: the items, and whether it read everything
-        visible (else more follow at once)."""
-        changes, complete = await self._read(reader, limit)
+        """Up to ``limit`` items of the reader's next changes, from the run read ahead for its
+        position and then at most one read: the items, and whether everything visible was
+        read (else more follow at once)."""
+        tenant = reader.caller.tenant
         items: list[dict[str, object]] = []
-        for change in changes:
-            item = reader.take(change)
-            if item is not None:
-                items.append(item)
-        return items, complete
+        ahead = self._ahead.take(tenant, reader.position)
+        self._metrics.feed_page("read_ahead" if ahead else "store").inc()
+        rest = _fill(reader, ahead, items, limit)
+        if len(items) < limit:
+            changes, complete = await self._read(reader, min(limit * _AHEAD_FACTOR, max(limit, _AHEAD_ROWS)))
+            rest = _fill(reader, changes, items, limit)
+            if not rest:
+                return items, complete
+        self._ahead.keep(tenant, reader.position, rest)
+        return items, False
 
     async def _read(self, reader: _Reader, limit: int) -> tuple[list[Change], bool]:
         read = tenant_read(
@@ -270,6 +361,17 @@ class FeedRoutes:
 
     def _page(self, reader: _Reader, items: list[dict[str, object]]) -> Response:
         return OrjsonResponse({"data": items, "cursor": self._cursor(reader)})
+
+
+def _fill(reader: _Reader, changes: list[Change], items: list[dict[str, object]], limit: int) -> list[Change]:
+    """Take ``changes`` into ``items`` until it holds ``limit``; the changes left."""
+    for n, change in enumerate(changes):
+        if len(items) == limit:
+            return changes[n:]
+        item = reader.take(change)
+        if item is not None:
+            items.append(item)
+    return []
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,105 @@
+"""Pull pages served from what the page before read ahead (``cdr.api.feed.ReadAhead``), on a
+real engine over HTTP: while corrections and re-deliveries are stored between the pages, the
+reader still gets every call, never a version after a newer one, and ends with the newest."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cdr.api.app import create_app
+from cdr.metrics import Metrics
+from cdr.store import Store, open_store
+from cdr.store.migrations import migrate
+from tests.api.conftest import TOKENS, api_settings, serve
+from tests.helpers import add_versions
+
+TENANT = "t1.example"
+FIRST = "2026-12-01T00:01:00.000Z"  # add_versions' emitted_s=0
+CORRECTED = "2026-12-01T00:02:40.000Z"  # emitted_s=100
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, Store, Metrics]]:
+    settings = api_settings(tmp_path / "store")
+    store = open_store(settings.clickhouse)
+    await migrate(store)
+    metrics = Metrics()
+    server, task, url = await serve(create_app(settings.api, settings.common, store, metrics), settings)
+    try:
+        yield url, store, metrics
+    finally:
+        server.should_exit = True
+        await task
+        await store.close()
+
+
+async def test_pages_read_ahead_stay_complete_and_in_order_while_corrections_arrive(
+    served: tuple[str, Store, Metrics],
+) -> None:
+    """Two readers of the tenant, at their own pace (their runs must not mix)."""
+    url, store, metrics = served
+    ids = [uuid.uuid4() for _ in range(200)]
+    since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    await add_versions(store, TENANT, ids, emitted_s=0, first_offset=0)
+    corrected = ids[::7]
+    readers: list[Reader] = []
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS[TENANT]}"}) as http:
+        for limits in ([5, 3, 11], [2, 7]):
+            reader = Reader(http, {"since": since}, itertools.cycle(limits))
+            await reader.page()
+            readers.append(reader)
+        # Between the first pages (their reads read ahead) and the next: corrections of calls
+        # delivered, kept ahead and not read yet, and first versions stored again later
+        # (some of corrected calls: stale by now).
+        await add_versions(store, TENANT, corrected, emitted_s=100, first_offset=1_000)
+        await add_versions(store, TENANT, ids[1::9], emitted_s=0, first_offset=2_000)
+        for _ in range(1_000):
+            if not any([await reader.page() for reader in readers if not reader.done]):
+                break
+        else:
+            pytest.fail("the feed never came to its end")
+
+    assert (metrics.registry.get_sample_value("cdr_feed_pages_total", {"source": "read_ahead"}) or 0) > 10
+    for reader in readers:
+        given: dict[str, list[str]] = defaultdict(list)
+        for item in reader.delivered:
+            given[item["id"]].append(item["version"])
+        assert set(given) == {str(i) for i in ids}
+        for id_, versions in given.items():
+            assert versions == sorted(versions), (id_, versions)
+        newest = {item["id"]: item for item in reader.delivered}
+        for id_ in ids:
+            item = newest[str(id_)]
+            if id_ in corrected:
+                assert (item["version"], item["change"]) == (CORRECTED, "corrected"), item
+            else:
+                assert (item["version"], item["change"]) == (FIRST, "created"), item
+
+
+class Reader:
+    """A client paging through the feed with the given limits, in turn."""
+
+    def __init__(self, http: httpx.AsyncClient, start: dict[str, str], limits: Iterator[int]) -> None:
+        self.http = http
+        self.params = start
+        self.limits = limits
+        self.delivered: list[dict[str, str]] = []
+        self.done = False
+
+    async def page(self) -> bool:
+        """One page; False once the feed is at its end."""
+        answer = await self.http.get("/v1/cdr/changes", params=self.params | {"limit": str(next(self.limits))})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        self.delivered.extend(body["data"])
+        self.params = {"cursor": body["cursor"]}
+        self.done = not body["data"]
+        return not self.done
