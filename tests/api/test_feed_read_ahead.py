@@ -67,7 +67,7 @@ async def test_pages_read_ahead_stay_complete_and_in_order_while_corrections_arr
         else:
             pytest.fail("the feed never came to its end")
 
-    assert (metrics.registry.get_sample_value("cdr_feed_pages_total", {"source": "read_ahead"}) or 0) > 10
+    assert (metrics.registry.get_sample_value("cdr_feed_pages_total", {"source": "read_ahead"}) or 0) > 50
     for reader in readers:
         given: dict[str, list[str]] = defaultdict(list)
         for item in reader.delivered:
@@ -82,6 +82,33 @@ async def test_pages_read_ahead_stay_complete_and_in_order_while_corrections_arr
                 assert (item["version"], item["change"]) == (CORRECTED, "corrected"), item
             else:
                 assert (item["version"], item["change"]) == (FIRST, "created"), item
+
+
+async def test_a_drain_waits_for_a_read_of_its_own_at_its_first_page_only(
+    served: tuple[str, Store, Metrics],
+) -> None:
+    """Pages of 2 read runs of 16 changes: each run after the one the reader takes pages
+    from is read ahead of it, so only the first page begins with a read of its own (without
+    the run read ahead, every 8th page would)."""
+    url, store, metrics = served
+    ids = [uuid.uuid4() for _ in range(400)]
+    since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    await add_versions(store, TENANT, ids, emitted_s=0, first_offset=0)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKENS[TENANT]}"}) as http:
+        reader = Reader(http, {"since": since}, itertools.repeat(2))
+        while await reader.page():
+            assert len(reader.delivered) <= len(ids)
+    assert [item["id"] for item in reader.delivered] == [str(i) for i in _in_feed_order(ids)]
+    pages = {
+        source: metrics.registry.get_sample_value("cdr_feed_pages_total", {"source": source})
+        for source in ("read_ahead", "store")
+    }
+    assert pages == {"read_ahead": 200, "store": 1}, pages
+
+
+def _in_feed_order(ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """add_versions' calls in (partition, offset) order: call n at partition n % 4."""
+    return [ids[n] for partition in range(4) for n in range(partition, len(ids), 4)]
 
 
 class Reader:

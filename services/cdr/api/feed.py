@@ -9,11 +9,13 @@ and long polls are open.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -24,14 +26,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cdr.api.cursor import CursorCodec, FeedPosition
-from cdr.api.errors import InvalidParameter, RateLimited
+from cdr.api.errors import ApiError, InvalidParameter, RateLimited
 from cdr.api.params import FEED_FILTER_PARAMS, FeedRequest, Limits, MultiQuery, feed_params, parse_feed_request
 from cdr.api.ratelimit import Slots
 from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import Caller, CdrRoutes
-from cdr.metrics import Metrics
+from cdr.metrics import FeedPageSource, Metrics
 from cdr.settings import ApiSettings
 from cdr.store import Store
+from cdr.store.errors import StoreError
 from cdr.store.feed import (
     CHANGES_TABLE,
     MAX_PARTITIONS,
@@ -51,16 +54,16 @@ log = logging.getLogger(__name__)
 # ~30 us each, so a read's worth stays short).
 _CATCH_UP_ROWS = 1_000
 # A pull read reads ahead of its page: up to this many times the page, at most
-# _AHEAD_ROWS (when it reads fewer, limit rows), and keeps the rest for the request that
+# _AHEAD_ROWS (but never fewer than the page), and keeps the rest for the request that
 # continues its cursor (``ReadAhead``). A page of a backlog costs a read of its own rows
 # plus a lookup of their calls' versions that reads most of a large tenant's versions
-# (1,000 random ids); read 8,000 at once, both cost ~3x less a change (bench/RESULTS.md,
-# session 15).
+# (1,000 random ids or 8,000 alike); read 8,000 at once, both cost ~3x less a change
+# (bench/RESULTS.md, session 15).
 _AHEAD_FACTOR = 8
 _AHEAD_ROWS = 8_000
-# Changes kept for every reader of this replica together, and for how long: a client
-# draining a backlog asks again within milliseconds; one that went away leaves them here
-# at most this long.
+# Changes kept for every reader of this replica together (~1.9 KB each in memory: ~60 MB),
+# and for how long: a client draining a backlog asks again within milliseconds; one that
+# went away leaves them here at most this long.
 _AHEAD_CAPACITY = 32_000
 _AHEAD_TTL_S = 30.0
 
@@ -92,11 +95,24 @@ class _Reader:
 _RunKey = tuple[str, tuple[tuple[int, int], ...]]
 
 
-class ReadAhead:
-    """What pull reads read past the page they answered, by tenant and the position their
-    page ended at (its cursor's): the next page of that cursor starts from memory.
+@dataclass
+class Run:
+    """Changes that follow a position, in the feed's order. ``more``: the read they came from
+    stopped at its limit (more may follow them); ``fresh``: none of them was served yet (a
+    read ahead of the reader, not the rest of a page)."""
 
-    Served later, such a run is still what a read then would give first: each partition's
+    changes: list[Change]
+    more: bool
+    fresh: bool
+
+
+class ReadAhead:
+    """What pull reads read past the page they answered, by tenant and the position it
+    follows (a page's cursor, or the end of a run): the next page of that cursor starts
+    from memory. While a reader takes a backlog's pages from a run, the run after it is
+    read (``prefetch``): one read ahead of the reader, never more.
+
+    Served later, a run is still what a read then would give first: each partition's
     changes in it continue the position in offset order, and a change stored since lies
     past every offset of its partition visible when the run was read (a partition's rows
     become visible in offset order), so none is skipped; and a newer version stored since
@@ -109,43 +125,75 @@ class ReadAhead:
         self._capacity = capacity
         self._ttl_s = ttl_s
         self._clock = clock
-        self._runs: OrderedDict[_RunKey, tuple[float, list[Change]]] = OrderedDict()
+        # A run, or the read of one (its size counted as the rows it asks for).
+        self._runs: OrderedDict[_RunKey, tuple[float, int, Run | asyncio.Task[Run]]] = OrderedDict()
         self._held = 0
 
     @staticmethod
     def _key(tenant: str, position: Offsets) -> _RunKey:
         return tenant, tuple(sorted(position.items()))
 
-    def keep(self, tenant: str, position: Offsets, changes: list[Change]) -> None:
-        """Keep ``changes``, the run that follows ``position``; the oldest runs go first
-        when more than the capacity is held."""
-        if not changes or len(changes) > self._capacity:
-            return
-        key = self._key(tenant, position)
-        self._drop(key)
-        self._runs[key] = (self._clock() + self._ttl_s, changes)
-        self._held += len(changes)
-        while self._held > self._capacity:
-            self._drop(next(iter(self._runs)))
+    def keep(self, tenant: str, position: Offsets, run: Run) -> None:
+        """Keep ``run``, which follows ``position`` (an empty one is no run: the run read
+        ahead for that position, if any, stays)."""
+        if run.changes:
+            self._hold(self._key(tenant, position), len(run.changes), run)
 
-    def take(self, tenant: str, position: Offsets) -> list[Change]:
-        """The run kept for ``position`` (given once), or none."""
+    def prefetch(self, tenant: str, position: Offsets, rows: int, read: Callable[[], Coroutine[Any, Any, Run]]) -> None:
+        """Read the run that follows ``position`` now (``read``, of at most ``rows``), for the
+        request that will ask for it; not when one is held or being read for it already."""
+        key = self._key(tenant, position)
+        if key not in self._runs:
+            task = asyncio.create_task(read(), name="feed-read-ahead")
+            # A failed read ahead is only a read the request then makes itself.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._hold(key, rows, task)
+
+    async def take(self, tenant: str, position: Offsets) -> Run | None:
+        """The run that follows ``position`` (given once; waited for while it is read), or None."""
         now = self._clock()
         while self._runs and next(iter(self._runs.values()))[0] < now:
             self._drop(next(iter(self._runs)))
-        key = self._key(tenant, position)
-        run = self._runs.get(key)
-        self._drop(key)
-        return [] if run is None else run[1]
+        entry = self._runs.pop(self._key(tenant, position), None)
+        if entry is None:
+            return None
+        _, size, run = entry
+        self._held -= size
+        if isinstance(run, Run):
+            return run
+        try:
+            return await run
+        except (ApiError, StoreError):
+            return None
 
-    def _drop(self, key: _RunKey) -> None:
-        run = self._runs.pop(key, None)
-        if run is not None:
-            self._held -= len(run[1])
+    def close(self) -> None:
+        """Stop the reads ahead still running (the replica is stopping)."""
+        while self._runs:
+            self._drop(next(iter(self._runs)))
 
     @property
     def held(self) -> int:
         return self._held
+
+    def _hold(self, key: _RunKey, size: int, run: Run | asyncio.Task[Run]) -> None:
+        """Hold ``run`` under ``key``; the oldest go first past the capacity."""
+        self._drop(key)
+        if size > self._capacity:
+            if isinstance(run, asyncio.Task):
+                run.cancel()
+            return
+        self._runs[key] = (self._clock() + self._ttl_s, size, run)
+        self._held += size
+        while self._held > self._capacity:
+            self._drop(next(iter(self._runs)))
+
+    def _drop(self, key: _RunKey) -> None:
+        entry = self._runs.pop(key, None)
+        if entry is not None:
+            _, size, run = entry
+            self._held -= size
+            if isinstance(run, asyncio.Task):
+                run.cancel()
 
 
 class FeedRoutes:
@@ -177,6 +225,10 @@ class FeedRoutes:
         self._stream_params = feed_params(limits, stream=True)
         self._streams = Slots(settings.feed_max_streams_per_tenant)
         self._retention_s = settings.feed_retention_days * 86_400
+
+    def close(self) -> None:
+        """The replica is stopping: its reads ahead stop."""
+        self._ahead.close()
 
     def routes(self) -> list[Route]:
         return [
@@ -287,21 +339,42 @@ class FeedRoutes:
         return b"".join(events)
 
     async def _direct(self, reader: _Reader, limit: int) -> tuple[list[dict[str, object]], bool]:
-        """Up to ``limit`` items of the reader's next changes, from the run read ahead for its
+        """Up to ``limit`` items of the reader's next changes, from the runs read ahead for its
         position and then at most one read: the items, and whether everything visible was
         read (else more follow at once)."""
         tenant = reader.caller.tenant
+        rows = min(limit * _AHEAD_FACTOR, max(limit, _AHEAD_ROWS))
         items: list[dict[str, object]] = []
-        ahead = self._ahead.take(tenant, reader.position)
-        self._metrics.feed_page("read_ahead" if ahead else "store").inc()
-        rest = _fill(reader, ahead, items, limit)
-        if len(items) < limit:
-            changes, complete = await self._read(reader, min(limit * _AHEAD_FACTOR, max(limit, _AHEAD_ROWS)))
-            rest = _fill(reader, changes, items, limit)
-            if not rest:
-                return items, complete
-        self._ahead.keep(tenant, reader.position, rest)
-        return items, False
+        source: FeedPageSource = "store"
+        while run := await self._ahead.take(tenant, reader.position):
+            source = "read_ahead"
+            if run.fresh and run.more:
+                self._prefetch(reader, run.changes, rows)
+            rest = _fill(reader, run.changes, items, limit)
+            if len(items) == limit:
+                self._ahead.keep(tenant, reader.position, Run(rest, run.more, fresh=False))
+                self._metrics.feed_page(source).inc()
+                return items, False
+        self._metrics.feed_page(source).inc()
+        changes, complete = await self._read(reader, rows)
+        if not complete:
+            self._prefetch(reader, changes, rows)
+        rest = _fill(reader, changes, items, limit)
+        self._ahead.keep(tenant, reader.position, Run(rest, not complete, fresh=False))
+        return items, complete and not rest
+
+    def _prefetch(self, reader: _Reader, run: list[Change], rows: int) -> None:
+        """Read the run after ``run`` (which follows the reader's position) ahead of the reader."""
+        end = dict(reader.position)
+        for change in run:
+            end[change.partition] = change.offset
+        ahead = _Reader(reader.caller, reader.filters, end, reader.zone)
+
+        async def read() -> Run:
+            changes, complete = await self._read(ahead, rows)
+            return Run(changes, more=not complete, fresh=True)
+
+        self._ahead.prefetch(reader.caller.tenant, end, rows, read)
 
     async def _read(self, reader: _Reader, limit: int) -> tuple[list[Change], bool]:
         read = tenant_read(
