@@ -1,11 +1,11 @@
 """An item's times in the reader's zone, made in Python for the hub's changes (streams,
 webhooks): the same text as datetime in that zone, whatever the zone and the instant,
-daylight-saving changes and the odd offsets of the past included."""
+daylight-saving changes and the odd offsets of the past included; and the version in UTC."""
 
 from __future__ import annotations
 
 import zoneinfo
-from datetime import datetime
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,3 +34,5 @@ def test_times_shown_in_a_zone_are_what_datetime_shows(zone: str, started: int, 
     assert item["time_started"] == _shown(started, tz)
     assert item["time_answered"] == ("" if answered is None else _shown(answered, tz))
     assert item["time_ended"] == _shown(started + 61_999, tz)
+    utc = datetime.fromtimestamp(started / 1000, tz=UTC)
+    assert item["version"] == utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{started % 1000:03d}Z"

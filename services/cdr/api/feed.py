@@ -19,7 +19,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from sse_starlette import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
@@ -335,7 +334,7 @@ class FeedRoutes:
         for change in changes:
             item = reader.take(change)
             if item is not None:
-                events.append(ServerSentEvent(orjson.dumps(item).decode(), id=self._cursor(reader)).encode())
+                events.append(_event(orjson.dumps(item), self._cursor(reader)))
         return b"".join(events)
 
     async def _direct(self, reader: _Reader, limit: int) -> tuple[list[dict[str, object]], bool]:
@@ -434,6 +433,14 @@ class FeedRoutes:
 
     def _page(self, reader: _Reader, items: list[dict[str, object]]) -> Response:
         return OrjsonResponse({"data": items, "cursor": self._cursor(reader)})
+
+
+def _event(data: bytes, event_id: str) -> bytes:
+    """One Server-Sent Event: ``data`` on one line, ``event_id`` its id. The framing
+    sse_starlette's ``ServerSentEvent`` writes, without its scan of the text for line
+    breaks (~5 us an item): orjson escapes CR and LF, SSE's only line breaks, and an id
+    is a base64url cursor."""
+    return b"id: %b\r\ndata: %b\r\n\r\n" % (event_id.encode(), data)
 
 
 def _fill(reader: _Reader, changes: list[Change], items: list[dict[str, object]], limit: int) -> list[Change]:

@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -167,8 +167,13 @@ def _local(ms: int, zone: ZoneInfo) -> str:
     offset = _offset_s(zone, seconds // _OFFSET_SPAN_S)
     if offset is None:
         return datetime.fromtimestamp(ms / 1000, tz=zone).strftime(_TIME_FORMAT)
-    day, second = divmod(seconds + offset, 86_400)
-    return f"{_day_text(day)} {second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
+    return _wall(seconds + offset, " ")
+
+
+def _wall(seconds: int, between: str) -> str:
+    """A wall clock ``seconds`` past its epoch as ``YYYY-MM-DD`` ``between`` ``HH:MM:SS``."""
+    day, second = divmod(seconds, 86_400)
+    return f"{_day_text(day)}{between}{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
 
 
 @functools.lru_cache(maxsize=4_096)
@@ -196,8 +201,8 @@ def _offset_s(zone: ZoneInfo, span: int) -> int | None:
 
 def version_text(ms: int) -> str:
     """emitted_at as RFC 3339 UTC with milliseconds: ``2026-12-07T10:00:00.123Z``."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    seconds, milli = divmod(ms, 1000)
+    return f"{_wall(seconds, 'T')}.{milli:03d}Z"
 
 
 def _after(position: Mapping[int, int], params: dict[str, Param]) -> str:
