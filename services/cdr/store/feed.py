@@ -306,7 +306,6 @@ def tenant_read(
 
 def hub_read(
     table: str,
-    versions_table: str,
     tenants: Iterable[str],
     position: Mapping[int, int],
     *,
@@ -314,11 +313,12 @@ def hub_read(
     limit: int,
     now_ms: int,
     horizon_s: int | None,
-) -> FeedRead:
+) -> Query:
     """The ``tenants``' rows past ``position`` among the parts stamped since ``low_ms`` (the
     day partitions and their ingested_at ranges prune the rest). Only the tenants someone
     listens to: the tenant leads the sort key, so a poll reads in proportion to what is
-    listened to, not to everything ingested."""
+    listened to, not to everything ingested. Their versions are looked up after it, for the
+    rows it found (``versions_read``)."""
     params: dict[str, Param] = {"low": low_ms, "limit": limit, "tenants": sorted(tenants)}
     clauses = [
         "tenant_id IN {tenants:Array(String)}",
@@ -326,8 +326,11 @@ def hub_read(
         _after(position, params),
         *_visible(params, now_ms=now_ms, horizon_s=horizon_s),
     ]
-    body = f"FROM {table} WHERE {' AND '.join(clauses)} ORDER BY source_partition, source_offset LIMIT {{limit:UInt32}}"
-    return _feed_read(versions_table, _COLUMNS, body, "tenant_id IN {tenants:Array(String)}", params)
+    return Query(
+        f"SELECT {_COLUMNS} FROM {table} WHERE {' AND '.join(clauses)}"
+        " ORDER BY source_partition, source_offset LIMIT {limit:UInt32}",
+        params,
+    )
 
 
 def hub_start(table: str, *, low_ms: int, now_ms: int, horizon_s: int | None) -> Query:
@@ -377,9 +380,10 @@ def start_position(rows: Iterable[list[Any] | tuple[Any, ...]]) -> Offsets:
 
 
 def versions_read(table: str, changes: Iterable[Change]) -> Query:
-    """The first and newest emitted_at of the live versions of ``changes``' calls: for the
-    changes whose own version the lookup beside their read (``FeedRead.versions``) did not
-    see. By their tenants as well as their ids: the table is sorted by tenant first."""
+    """The first and newest emitted_at of the live versions of ``changes``' calls: for a hub
+    poll's changes, and for those whose own version the lookup beside their read
+    (``FeedRead.versions``) did not see. By their tenants as well as their ids: the table
+    is sorted by tenant first."""
     calls = {(c.tenant, c.id) for c in changes}
     return Query(
         versions_lookup(table, "tenant_id IN {tenants:Array(String)} AND id IN {ids:Array(UUID)}"),
