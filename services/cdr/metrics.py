@@ -148,6 +148,12 @@ class Metrics:
         )
         for source in get_args(FeedPageSource):
             self.feed_pages.labels(source=source)
+        self.feed_read_ahead_held = Gauge(
+            "cdr_feed_read_ahead_changes",
+            "Changes this replica holds read ahead of change-feed pull readers (reads in flight counted"
+            " at their size); at most 32,000, ~1.9 KB each.",
+            registry=api,
+        )
 
         # Notify
         self.webhook_deliveries = Counter(

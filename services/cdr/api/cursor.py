@@ -46,6 +46,9 @@ class FeedPosition:
     filters: dict[str, Any]
     offsets: dict[int, int]
     issued_at: int
+    # The API replica that issued it ("": unknown, e.g. a cursor of an older release): the
+    # one that may hold what it read ahead for the cursor (cdr.api.feed.ReadAhead).
+    issuer: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class CursorCodec:
                 "f": position.filters,
                 "k": sorted([p, o] for p, o in position.offsets.items()),
                 "i": position.issued_at,
+                "r": position.issuer,
             },
             option=orjson.OPT_SORT_KEYS,
         )
@@ -115,6 +119,7 @@ class CursorCodec:
                 filters=dict(data["f"]),
                 offsets={int(p): int(o) for p, o in data["k"]},
                 issued_at=int(data["i"]),
+                issuer=str(data.get("r", "")),
             )
             if data["v"] != _FEED_VERSION:
                 raise ValueError("version")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class _Reader:
     filters: FeedFilters
     position: Offsets
     zone: ZoneInfo
+    issuer: str = ""  # the replica that issued its cursor ("": none, or unknown)
 
     def take(self, change: Change) -> dict[str, object] | None:
         """Move past ``change``; its item when it is to be delivered (a version that is not
@@ -212,6 +214,11 @@ class FeedRoutes:
         self._settings = settings
         self._metrics = metrics
         self._ahead = ReadAhead()
+        # Named in the cursors this replica issues: a cursor it issued is likely followed by
+        # more pages of the same client here (a kept connection); one from another replica
+        # says requests are spread over replicas (a load balancer per request), where a read
+        # ahead would mostly be read for nothing.
+        self._replica = uuid.uuid4().hex
         self._store = store
         self._cdr = cdr
         self._cursors = cursors
@@ -342,7 +349,9 @@ class FeedRoutes:
         position and then at most one read: the items, and whether everything visible was
         read (else more follow at once)."""
         tenant = reader.caller.tenant
-        rows = min(limit * _AHEAD_FACTOR, max(limit, _AHEAD_ROWS))
+        # Read ahead only for a cursor this replica issued (see ``_replica``).
+        here = reader.issuer == self._replica
+        rows = min(limit * _AHEAD_FACTOR, max(limit, _AHEAD_ROWS)) if here else limit
         items: list[dict[str, object]] = []
         source: FeedPageSource = "store"
         while run := await self._ahead.take(tenant, reader.position):
@@ -352,15 +361,19 @@ class FeedRoutes:
             rest = _fill(reader, run.changes, items, limit)
             if len(items) == limit:
                 self._ahead.keep(tenant, reader.position, Run(rest, run.more, fresh=False))
-                self._metrics.feed_page(source).inc()
+                self._counted(source)
                 return items, False
-        self._metrics.feed_page(source).inc()
         changes, complete = await self._read(reader, rows)
-        if not complete:
+        if here and not complete:
             self._prefetch(reader, changes, rows)
         rest = _fill(reader, changes, items, limit)
         self._ahead.keep(tenant, reader.position, Run(rest, not complete, fresh=False))
+        self._counted(source)
         return items, complete and not rest
+
+    def _counted(self, source: FeedPageSource) -> None:
+        self._metrics.feed_page(source).inc()
+        self._metrics.feed_read_ahead_held.set(self._ahead.held)
 
     def _prefetch(self, reader: _Reader, run: list[Change], rows: int) -> None:
         """Read the run after ``run`` (which follows the reader's position) ahead of the reader."""
@@ -410,7 +423,7 @@ class FeedRoutes:
                     raise InvalidParameter(
                         f"{name} differs from the filters this cursor was issued for; start a new feed", param=name
                     )
-            return _Reader(caller, filters, dict(position.offsets), zone)
+            return _Reader(caller, filters, dict(position.offsets), zone, position.issuer)
         since = wanted.since
         if since is not None and since.timestamp() < now - self._retention_s:
             raise InvalidParameter(
@@ -428,7 +441,13 @@ class FeedRoutes:
         if len(reader.position) > MAX_PARTITIONS:
             raise InvalidParameter("the feed spans more partitions than a cursor holds", param="cursor")
         return self._cursors.encode_feed(
-            FeedPosition(reader.caller.tenant, reader.filters.canonical(), dict(reader.position), int(time.time()))
+            FeedPosition(
+                reader.caller.tenant,
+                reader.filters.canonical(),
+                dict(reader.position),
+                int(time.time()),
+                self._replica,
+            )
         )
 
     def _page(self, reader: _Reader, items: list[dict[str, object]]) -> Response:
