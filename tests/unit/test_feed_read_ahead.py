@@ -40,23 +40,25 @@ async def test_a_run_is_given_once_to_its_tenant_and_position_only() -> None:
     assert ahead.held == 0
 
 
-async def test_runs_expire_and_the_oldest_go_first_past_the_capacity() -> None:
+async def test_runs_expire_and_what_does_not_fit_is_not_kept() -> None:
     clock = Clock()
-    ahead = ReadAhead(capacity=25, ttl_s=30, clock=clock)
+    held: list[int] = []
+    ahead = ReadAhead(capacity=25, ttl_s=30, clock=clock, on_change=held.append)
     ahead.keep("t1", {0: 1}, run(10))
     clock.now += 10
     ahead.keep("t1", {0: 2}, run(10))
-    ahead.keep("t1", {0: 3}, run(30))  # more than the whole capacity: not kept
-    assert ahead.held == 20
-    ahead.keep("t1", {0: 4}, run(10))  # 30 held: the oldest run goes
-    assert ahead.held == 20
+    ahead.keep("t1", {0: 3}, run(10))  # no room: not kept, and nothing held is pushed out
+    assert ahead.held == 20 and held[-1] == 20
+    assert await ahead.take("t1", {0: 3}) is None
+    clock.now += 21  # past 130, when the run kept at 100 expires
     assert await ahead.take("t1", {0: 1}) is None
-    clock.now += 29
-    taken = await ahead.take("t1", {0: 4})
+    assert ahead.held == 10 and held[-1] == 10
+    ahead.keep("t1", {0: 3}, run(10))  # room again
+    taken = await ahead.take("t1", {0: 3})
     assert taken is not None and len(taken.changes) == 10
-    clock.now += 2  # past 140, when the runs kept at 110 expire
+    clock.now += 10  # past 140: the run kept at 110 expires
     assert await ahead.take("t1", {0: 2}) is None
-    assert ahead.held == 0
+    assert ahead.held == 0 and held[-1] == 0
     ahead.keep("t1", {0: 5}, run(3))
     clock.now += 29.9
     assert await ahead.take("t1", {0: 5}) is not None
@@ -87,7 +89,7 @@ async def test_a_run_read_ahead_is_waited_for_and_a_failed_one_is_none() -> None
     assert ahead.held == 0
 
 
-async def test_closing_stops_the_reads_ahead() -> None:
+async def test_closing_stops_the_reads_ahead_and_waits_for_them() -> None:
     ahead = ReadAhead(capacity=100, ttl_s=30, clock=Clock())
     never = asyncio.Event()
 
@@ -95,13 +97,14 @@ async def test_closing_stops_the_reads_ahead() -> None:
         await never.wait()
         return run(1)
 
-    ahead.prefetch("t1", {0: 1}, 10, hangs)
-    ahead.prefetch("t1", {0: 2}, 200, hangs)  # more than the capacity: not read
+    ahead.prefetch("t1", {0: 1}, 60, hangs)
+    ahead.prefetch("t1", {0: 2}, 60, hangs)  # no room left for it: not read
+    ahead.keep("t1", {0: 3}, run(50))  # nor kept
+    assert ahead.held == 60
     await asyncio.sleep(0)  # a turn of the loop: the read starts
     tasks = [t for t in asyncio.all_tasks() if t.get_name() == "feed-read-ahead"]
     assert len(tasks) == 1
-    ahead.close()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await ahead.close()
     assert all(t.cancelled() for t in tasks) and ahead.held == 0
 
 
@@ -117,3 +120,21 @@ async def test_an_empty_rest_leaves_the_run_read_ahead_for_its_position() -> Non
     ahead.prefetch("t1", {0: 9}, 50, read)
     ahead.keep("t1", {0: 9}, Run([], more=True, fresh=False))
     assert await ahead.take("t1", {0: 9}) is ready
+
+
+async def test_at_most_max_reads_are_read_ahead_at_once() -> None:
+    ahead = ReadAhead(capacity=1_000, ttl_s=30, clock=Clock(), max_reads=2)
+    release = asyncio.Event()
+
+    async def slow() -> Run:
+        await release.wait()
+        return run(1)
+
+    for offset in range(3):
+        ahead.prefetch("t1", {0: offset}, 10, slow)
+    assert ahead.held == 20  # the third was not read
+    release.set()
+    assert await ahead.take("t1", {0: 0}) is not None
+    ahead.prefetch("t1", {0: 2}, 10, slow)  # one read ended: room for another
+    assert await ahead.take("t1", {0: 2}) is not None
+    await ahead.close()

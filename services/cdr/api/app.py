@@ -154,7 +154,7 @@ def create_app(
         finally:
             # Streams end (their clients reconnect elsewhere) before the store goes.
             await hub.close()
-            feed.close()
+            await feed.close()
             if close_store:
                 await store.close()
 

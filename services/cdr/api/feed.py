@@ -31,7 +31,7 @@ from cdr.api.params import FEED_FILTER_PARAMS, FeedRequest, Limits, MultiQuery, 
 from cdr.api.ratelimit import Slots
 from cdr.api.responses import OrjsonResponse
 from cdr.api.routes import Caller, CdrRoutes
-from cdr.metrics import FeedPageSource, Metrics
+from cdr.metrics import Metrics
 from cdr.settings import ApiSettings
 from cdr.store import Store
 from cdr.store.errors import StoreError
@@ -66,6 +66,10 @@ _AHEAD_ROWS = 8_000
 # went away leaves them here at most this long.
 _AHEAD_CAPACITY = 32_000
 _AHEAD_TTL_S = 30.0
+# Reads ahead running at once per replica: each is two store reads (the changes and their
+# versions) on the replica's read workers (CDR_CLICKHOUSE_POOL_SIZE, 8 by default), which the
+# requests must keep most of.
+_AHEAD_MAX_READS = 2
 
 
 def _now_ms() -> int:
@@ -118,14 +122,26 @@ class ReadAhead:
     past every offset of its partition visible when the run was read (a partition's rows
     become visible in offset order), so none is skipped; and a newer version stored since
     lies after the run's changes of its call, so none of them comes after it. Only this
-    replica knows a run: a cursor continued elsewhere is read from the store, as before."""
+    replica knows a run: a cursor continued elsewhere is read from the store, as before.
+
+    ``capacity`` bounds what is held (runs, and reads in flight at the rows they ask for):
+    what does not fit is not kept or not read ahead (``room``), and nothing held is pushed
+    out for it, so concurrent readers never cancel each other's reads. Expired runs go at
+    the next pull."""
 
     def __init__(
-        self, capacity: int = _AHEAD_CAPACITY, ttl_s: float = _AHEAD_TTL_S, clock: Callable[[], float] = time.monotonic
+        self,
+        capacity: int = _AHEAD_CAPACITY,
+        ttl_s: float = _AHEAD_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[int], None] = lambda held: None,
+        max_reads: int = _AHEAD_MAX_READS,
     ) -> None:
         self._capacity = capacity
+        self._max_reads = max_reads
         self._ttl_s = ttl_s
         self._clock = clock
+        self._on_change = on_change  # told what is held after each change (a gauge)
         # A run, or the read of one (its size counted as the rows it asks for).
         self._runs: OrderedDict[_RunKey, tuple[float, int, Run | asyncio.Task[Run]]] = OrderedDict()
         self._held = 0
@@ -134,17 +150,24 @@ class ReadAhead:
     def _key(tenant: str, position: Offsets) -> _RunKey:
         return tenant, tuple(sorted(position.items()))
 
+    def room(self, size: int) -> bool:
+        """Whether ``size`` more changes may be held (expired runs dropped first)."""
+        self._expire()
+        return self._held + size <= self._capacity
+
     def keep(self, tenant: str, position: Offsets, run: Run) -> None:
-        """Keep ``run``, which follows ``position`` (an empty one is no run: the run read
-        ahead for that position, if any, stays)."""
-        if run.changes:
+        """Keep ``run``, which follows ``position``, if there is room (an empty one is no
+        run: the run read ahead for that position, if any, stays)."""
+        if run.changes and self.room(len(run.changes)):
             self._hold(self._key(tenant, position), len(run.changes), run)
 
     def prefetch(self, tenant: str, position: Offsets, rows: int, read: Callable[[], Coroutine[Any, Any, Run]]) -> None:
         """Read the run that follows ``position`` now (``read``, of at most ``rows``), for the
-        request that will ask for it; not when one is held or being read for it already."""
+        request that will ask for it; not when one is held or being read for it already, nor
+        while ``max_reads`` are being read, nor without room for it."""
         key = self._key(tenant, position)
-        if key not in self._runs:
+        reading = sum(isinstance(run, asyncio.Task) and not run.done() for _, _, run in self._runs.values())
+        if key not in self._runs and reading < self._max_reads and self.room(rows):
             task = asyncio.create_task(read(), name="feed-read-ahead")
             # A failed read ahead is only a read the request then makes itself.
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
@@ -152,14 +175,12 @@ class ReadAhead:
 
     async def take(self, tenant: str, position: Offsets) -> Run | None:
         """The run that follows ``position`` (given once; waited for while it is read), or None."""
-        now = self._clock()
-        while self._runs and next(iter(self._runs.values()))[0] < now:
-            self._drop(next(iter(self._runs)))
+        self._expire()
         entry = self._runs.pop(self._key(tenant, position), None)
         if entry is None:
             return None
         _, size, run = entry
-        self._held -= size
+        self._set_held(self._held - size)
         if isinstance(run, Run):
             return run
         try:
@@ -167,34 +188,40 @@ class ReadAhead:
         except (ApiError, StoreError):
             return None
 
-    def close(self) -> None:
-        """Stop the reads ahead still running (the replica is stopping)."""
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the reads ahead still running and wait for them to end (the replica is
+        stopping: its store closes next)."""
+        tasks = [run for _, _, run in self._runs.values() if isinstance(run, asyncio.Task)]
         while self._runs:
             self._drop(next(iter(self._runs)))
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
 
     @property
     def held(self) -> int:
         return self._held
 
     def _hold(self, key: _RunKey, size: int, run: Run | asyncio.Task[Run]) -> None:
-        """Hold ``run`` under ``key``; the oldest go first past the capacity."""
         self._drop(key)
-        if size > self._capacity:
-            if isinstance(run, asyncio.Task):
-                run.cancel()
-            return
         self._runs[key] = (self._clock() + self._ttl_s, size, run)
-        self._held += size
-        while self._held > self._capacity:
+        self._set_held(self._held + size)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._runs and next(iter(self._runs.values()))[0] < now:
             self._drop(next(iter(self._runs)))
 
     def _drop(self, key: _RunKey) -> None:
         entry = self._runs.pop(key, None)
         if entry is not None:
             _, size, run = entry
-            self._held -= size
+            self._set_held(self._held - size)
             if isinstance(run, asyncio.Task):
                 run.cancel()
+
+    def _set_held(self, held: int) -> None:
+        self._held = held
+        self._on_change(held)
 
 
 class FeedRoutes:
@@ -213,7 +240,7 @@ class FeedRoutes:
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._ahead = ReadAhead()
+        self._ahead = ReadAhead(on_change=metrics.feed_read_ahead_held.set)
         # Named in the cursors this replica issues: a cursor it issued is likely followed by
         # more pages of the same client here (a kept connection); one from another replica
         # says requests are spread over replicas (a load balancer per request), where a read
@@ -232,9 +259,9 @@ class FeedRoutes:
         self._streams = Slots(settings.feed_max_streams_per_tenant)
         self._retention_s = settings.feed_retention_days * 86_400
 
-    def close(self) -> None:
-        """The replica is stopping: its reads ahead stop."""
-        self._ahead.close()
+    async def close(self) -> None:
+        """The replica is stopping: its reads ahead stop (before the store closes)."""
+        await self._ahead.close()
 
     def routes(self) -> list[Route]:
         return [
@@ -346,34 +373,33 @@ class FeedRoutes:
 
     async def _direct(self, reader: _Reader, limit: int) -> tuple[list[dict[str, object]], bool]:
         """Up to ``limit`` items of the reader's next changes, from the runs read ahead for its
-        position and then at most one read: the items, and whether everything visible was
-        read (else more follow at once)."""
+        position, else from one read; going through about a read's worth of changes at most
+        (a filter that matches little gets emptier pages sooner, not one request that reads
+        the whole backlog): the items, and whether everything visible was read (else more
+        follow at once)."""
         tenant = reader.caller.tenant
-        # Read ahead only for a cursor this replica issued (see ``_replica``).
-        here = reader.issuer == self._replica
-        rows = min(limit * _AHEAD_FACTOR, max(limit, _AHEAD_ROWS)) if here else limit
+        # Read ahead only for a cursor this replica issued (see ``_replica``), with room.
+        ahead_rows = min(limit * _AHEAD_FACTOR, max(limit, _AHEAD_ROWS))
+        here = reader.issuer == self._replica and self._ahead.room(ahead_rows)
+        rows = ahead_rows if here else limit
         items: list[dict[str, object]] = []
-        source: FeedPageSource = "store"
-        while run := await self._ahead.take(tenant, reader.position):
-            source = "read_ahead"
+        gone_through = 0
+        while gone_through < rows and (run := await self._ahead.take(tenant, reader.position)):
             if run.fresh and run.more:
-                self._prefetch(reader, run.changes, rows)
+                self._prefetch(reader, run.changes, ahead_rows)
             rest = _fill(reader, run.changes, items, limit)
-            if len(items) == limit:
+            gone_through += len(run.changes) - len(rest)
+            if len(items) == limit or gone_through >= rows:
                 self._ahead.keep(tenant, reader.position, Run(rest, run.more, fresh=False))
-                self._counted(source)
+                self._metrics.feed_page("read_ahead").inc()
                 return items, False
         changes, complete = await self._read(reader, rows)
+        self._metrics.feed_page("read_ahead" if gone_through else "store").inc()
         if here and not complete:
             self._prefetch(reader, changes, rows)
         rest = _fill(reader, changes, items, limit)
         self._ahead.keep(tenant, reader.position, Run(rest, not complete, fresh=False))
-        self._counted(source)
         return items, complete and not rest
-
-    def _counted(self, source: FeedPageSource) -> None:
-        self._metrics.feed_page(source).inc()
-        self._metrics.feed_read_ahead_held.set(self._ahead.held)
 
     def _prefetch(self, reader: _Reader, run: list[Change], rows: int) -> None:
         """Read the run after ``run`` (which follows the reader's position) ahead of the reader."""
@@ -383,12 +409,15 @@ class FeedRoutes:
         ahead = _Reader(reader.caller, reader.filters, end, reader.zone)
 
         async def read() -> Run:
-            changes, complete = await self._read(ahead, rows)
+            # Not one of the tenant's read slots: those are its requests' (a read ahead would
+            # turn its own requests away with 429s); ReadAhead bounds these reads instead
+            # (_AHEAD_MAX_READS at once per replica).
+            changes, complete = await self._read(ahead, rows, claim=False)
             return Run(changes, more=not complete, fresh=True)
 
         self._ahead.prefetch(reader.caller.tenant, end, rows, read)
 
-    async def _read(self, reader: _Reader, limit: int) -> tuple[list[Change], bool]:
+    async def _read(self, reader: _Reader, limit: int, *, claim: bool = True) -> tuple[list[Change], bool]:
         read = tenant_read(
             self._table,
             self._versions,
@@ -399,7 +428,8 @@ class FeedRoutes:
             horizon_s=self._horizon_s,
             zone=reader.zone.key,
         )
-        release = self._cdr.claim_reads(reader.caller.tenant, 2)  # the read and its versions, at once
+        # The read and its versions, at once: two of the tenant's reads.
+        release = self._cdr.claim_reads(reader.caller.tenant, 2) if claim else _nothing
         try:
             changes = await self._cdr.guarded(read_settled(self._store, read, reader.zone.key))
         finally:
@@ -452,6 +482,10 @@ class FeedRoutes:
 
     def _page(self, reader: _Reader, items: list[dict[str, object]]) -> Response:
         return OrjsonResponse({"data": items, "cursor": self._cursor(reader)})
+
+
+def _nothing() -> None:
+    """The release of no slots."""
 
 
 def _event(data: bytes, event_id: str) -> bytes:
