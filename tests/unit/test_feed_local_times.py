@@ -7,7 +7,7 @@ from __future__ import annotations
 import zoneinfo
 from datetime import UTC, datetime
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cdr.store.feed import Change
@@ -25,6 +25,9 @@ def _shown(ms: int, zone: zoneinfo.ZoneInfo) -> str:
 
 
 @settings(max_examples=3_000, deadline=None)
+# Liberia's offset changed inside a quarter hour of UTC (-0:44:30 -> 0:00, 1972-01-07): that
+# quarter hour is not cached, its times are shown through datetime, on either side.
+@example(zone="Africa/Monrovia", started=63_592_200_000, answered=63_593_099_000)
 @given(zone=st.sampled_from(ZONES), started=st.one_of(INSTANTS, CHANGES), answered=st.none() | INSTANTS)
 def test_times_shown_in_a_zone_are_what_datetime_shows(zone: str, started: int, answered: int | None) -> None:
     tz = zoneinfo.ZoneInfo(zone)
