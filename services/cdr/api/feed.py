@@ -428,8 +428,8 @@ class FeedRoutes:
             horizon_s=self._horizon_s,
             zone=reader.zone.key,
         )
-        # The read and its versions, at once: two of the tenant's reads.
-        release = self._cdr.claim_reads(reader.caller.tenant, 2) if claim else _nothing
+        # The read and its versions, at once: two of the tenant's reads (none for a read ahead).
+        release = self._cdr.claim_reads(reader.caller.tenant, 2 if claim else 0)
         try:
             changes = await self._cdr.guarded(read_settled(self._store, read, reader.zone.key))
         finally:
@@ -482,10 +482,6 @@ class FeedRoutes:
 
     def _page(self, reader: _Reader, items: list[dict[str, object]]) -> Response:
         return OrjsonResponse({"data": items, "cursor": self._cursor(reader)})
-
-
-def _nothing() -> None:
-    """The release of no slots."""
 
 
 def _event(data: bytes, event_id: str) -> bytes:
