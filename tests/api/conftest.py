@@ -85,9 +85,10 @@ async def serve(app: ASGIApp, settings: Settings) -> tuple[uvicorn.Server, async
 
 
 @asynccontextmanager
-async def running_api(settings: Settings, store: Store) -> AsyncIterator[str]:
-    """The API app over ``store`` served while the block runs; yields its base URL."""
-    server, task, url = await serve(create_app(settings.api, settings.common, store, Metrics()), settings)
+async def running_api(settings: Settings, store: Store, metrics: Metrics | None = None) -> AsyncIterator[str]:
+    """The API app over ``store`` served while the block runs (recording into ``metrics``);
+    yields its base URL."""
+    server, task, url = await serve(create_app(settings.api, settings.common, store, metrics or Metrics()), settings)
     try:
         yield url
     finally:

@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cdr.api.app import create_app
 from cdr.api.cursor import CursorCodec
 from cdr.metrics import Metrics
+from cdr.settings import Settings
 from cdr.store import Store, open_store
 from cdr.store.migrations import migrate
-from tests.api.conftest import SECRET, TOKENS, api_settings, serve
+from tests.api.conftest import SECRET, TOKENS, api_settings, running_api
 from tests.helpers import add_versions
 
 TENANT = "t1.example"
@@ -29,18 +29,22 @@ CORRECTED = "2026-12-01T00:02:40.000Z"  # emitted_s=100
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[str, Store, Metrics]]:
+async def opened(tmp_path: Path) -> AsyncIterator[tuple[Settings, Store]]:
     settings = api_settings(tmp_path / "store")
     store = open_store(settings.clickhouse)
     await migrate(store)
-    metrics = Metrics()
-    server, task, url = await serve(create_app(settings.api, settings.common, store, metrics), settings)
     try:
-        yield url, store, metrics
+        yield settings, store
     finally:
-        server.should_exit = True
-        await task
         await store.close()
+
+
+@pytest.fixture
+async def served(opened: tuple[Settings, Store]) -> AsyncIterator[tuple[str, Store, Metrics]]:
+    settings, store = opened
+    metrics = Metrics()
+    async with running_api(settings, store, metrics) as url:
+        yield url, store, metrics
 
 
 async def test_pages_read_ahead_stay_complete_and_in_order_while_corrections_arrive(
@@ -109,38 +113,31 @@ async def test_a_drain_waits_for_a_read_of_its_own_at_its_first_page_only(
     assert pages["store"] <= 3 and pages["read_ahead"] >= 198, pages
 
 
-async def test_pages_spread_over_replicas_are_not_read_ahead(tmp_path: Path) -> None:
+async def test_pages_spread_over_replicas_are_not_read_ahead(opened: tuple[Settings, Store]) -> None:
     """A load balancer that sends each request to another replica: a replica continuing a
     cursor another one issued reads the page only (what it read ahead would mostly never be
     asked for), and the reader gets the same pages."""
-    settings = api_settings(tmp_path / "store")
-    store = open_store(settings.clickhouse)
-    await migrate(store)
+    settings, store = opened
     ids = [uuid.uuid4() for _ in range(100)]
     since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     await add_versions(store, TENANT, ids, emitted_s=0, first_offset=0)
     replicas = [Metrics(), Metrics()]
-    servers = [await serve(create_app(settings.api, settings.common, store, m), settings) for m in replicas]
-    try:
-        headers = {"Authorization": f"Bearer {TOKENS[TENANT]}"}
-        async with (
-            httpx.AsyncClient(base_url=servers[0][2], headers=headers) as one,
-            httpx.AsyncClient(base_url=servers[1][2], headers=headers) as other,
-        ):
-            reader = Reader(one, {"since": since}, itertools.repeat(3))
-            turn = itertools.cycle([other, one])
-            while await reader.page():
-                reader.http = next(turn)
-        assert [item["id"] for item in reader.delivered] == [str(i) for i in _in_feed_order(ids)]
-        for metrics in replicas:
-            assert metrics.registry.get_sample_value("cdr_feed_read_ahead_changes") == 0  # nothing read ahead
-            assert metrics.registry.get_sample_value("cdr_feed_pages_total", {"source": "read_ahead"}) == 0
-            assert (metrics.registry.get_sample_value("cdr_feed_pages_total", {"source": "store"}) or 0) >= 17
-    finally:
-        for server, task, _ in servers:
-            server.should_exit = True
-            await task
-        await store.close()
+    headers = {"Authorization": f"Bearer {TOKENS[TENANT]}"}
+    async with (
+        running_api(settings, store, replicas[0]) as one_url,
+        running_api(settings, store, replicas[1]) as other_url,
+        httpx.AsyncClient(base_url=one_url, headers=headers) as one,
+        httpx.AsyncClient(base_url=other_url, headers=headers) as other,
+    ):
+        reader = Reader(one, {"since": since}, itertools.repeat(3))
+        turn = itertools.cycle([other, one])
+        while await reader.page():
+            reader.http = next(turn)
+    assert [item["id"] for item in reader.delivered] == [str(i) for i in _in_feed_order(ids)]
+    for metrics in replicas:
+        assert metrics.registry.get_sample_value("cdr_feed_read_ahead_changes") == 0  # nothing read ahead
+        assert metrics.registry.get_sample_value("cdr_feed_pages_total", {"source": "read_ahead"}) == 0
+        assert (metrics.registry.get_sample_value("cdr_feed_pages_total", {"source": "store"}) or 0) >= 17
 
 
 async def test_a_filter_that_matches_nothing_gets_pages_a_read_long_not_one_request_to_the_end(
