@@ -327,6 +327,16 @@ class ClickHouseSettings(_Group):
             " a read never waits behind a write."
         ),
     )
+    clickhouse_uncompressed_cache_mb: int = Field(
+        1024,
+        ge=0,
+        le=1024 * 1024,
+        description=(
+            "Embedded engine only: memory for the decompressed blocks of the API's short reads (a page, a"
+            " lookup, a phone search; ClickHouse's uncompressed cache), filled as they read and never by"
+            " ingest, stats or exports; 0: off. A server keeps its own (its uncompressed_cache_size)."
+        ),
+    )
     export_readers: int = Field(
         2,
         ge=1,

@@ -127,9 +127,12 @@ def connect(
     settings: Mapping[str, Any] | None = None,
     timeout_s: float | None = None,
     tls: ServerTls | None = None,
+    uncompressed_cache_bytes: int = 0,
 ) -> Client:
     """A new clickhouse-connect client for ``chdb:///dir`` or ``http(s)://[user@]host[:port]``.
-    ``settings`` apply to every query of the client; ``timeout_s`` bounds the HTTP wait."""
+    ``settings`` apply to every query of the client; ``timeout_s`` bounds the HTTP wait;
+    ``uncompressed_cache_bytes``: the embedded engine's cache of decompressed blocks (a
+    server's is its own configuration), taken by the first client of the process's engine."""
     import clickhouse_connect
 
     parts = urlsplit(dsn)
@@ -138,7 +141,8 @@ def connect(
     try:
         if parts.scheme == "chdb":
             require_embedded_engine()
-            return clickhouse_connect.get_client(dsn=dsn, settings=every)
+            engine = {"uncompressed_cache_size": uncompressed_cache_bytes} if uncompressed_cache_bytes else None
+            return clickhouse_connect.get_client(dsn=dsn, settings=every, chdb_options=engine)
         return clickhouse_connect.get_client(
             host=parts.hostname,
             port=parts.port or (8443 if parts.scheme == "https" else 8123),
@@ -289,6 +293,7 @@ class Store:
         bulk_workers: int = 2,
         read_budget: ReadBudget | None = None,
         max_replica_delay_s: int | None = None,
+        uncompressed_cache_bytes: int = 0,
     ) -> None:
         self.database = database
         self.cluster = cluster
@@ -301,7 +306,7 @@ class Store:
         self.dsn = dsn
 
         def make_client() -> Client:
-            return connect(dsn, password, tls=tls)
+            return connect(dsn, password, tls=tls, uncompressed_cache_bytes=uncompressed_cache_bytes)
 
         budget = read_budget or ReadBudget()
 
@@ -314,7 +319,14 @@ class Store:
             read_settings["additional_table_filters"] = {self.qualified(t): lag for t in ("cdr", "cdr_changes")}
 
         def make_read_client() -> Client:
-            return connect(dsn, password, read_settings, timeout_s=budget.seconds + 1, tls=tls)
+            return connect(
+                dsn,
+                password,
+                read_settings,
+                timeout_s=budget.seconds + 1,
+                tls=tls,
+                uncompressed_cache_bytes=uncompressed_cache_bytes,
+            )
 
         self._reads = _Lane("read", read_workers, make_read_client)
         self._writes = _Lane("write", write_workers, make_client)
@@ -475,6 +487,7 @@ def open_store(clickhouse: ClickHouseSettings) -> Store:
         ),
         # Replicas exist only in cluster mode; one server is never behind itself.
         max_replica_delay_s=clickhouse.clickhouse_max_replica_delay_s if clickhouse.clickhouse_cluster else None,
+        uncompressed_cache_bytes=clickhouse.clickhouse_uncompressed_cache_mb << 20,
     )
 
 

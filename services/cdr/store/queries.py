@@ -55,12 +55,18 @@ RECORD_WIDTH = 15  # the API fields; the last column is the cursor key
 # The partition key (month of time_started) derives from the sort key, so every version
 # of a record lies in one partition and FINAL need not merge across partitions.
 _FINAL_SETTINGS = " SETTINGS do_not_merge_across_partitions_select_final = 1"
-# The reads of a page, its total, a scroll batch and a lookup touch a tenant's range or a
-# few granules: one thread each, so that two cores serve two requests at once instead of
-# every request splitting both (measured: a page with its total, 8 clients, 44 -> 68
-# req/s on 2 M CDRs; 1 client no slower beyond noise; bench/RESULTS.md). Stats and exports, which
-# aggregate or stream whole ranges, keep the server's max_threads.
-_SMALL_READ = _FINAL_SETTINGS + ", max_threads = 1"
+# The reads of a page, its total, a scroll batch, a lookup and a phone search touch a
+# tenant's range or a few granules: one thread each, so that two cores serve two requests at
+# once instead of every request splitting both (measured: a page with its total, 8 clients,
+# 44 -> 68 req/s on 2 M CDRs; 1 client no slower beyond noise; bench/RESULTS.md). And their
+# blocks from the engine's cache of decompressed blocks, when it has one (the embedded
+# engine's CDR_CLICKHOUSE_UNCOMPRESSED_CACHE_MB, a server's uncompressed_cache_size): a short
+# read costs mostly decompressing one granule of each column it reads, the same few granules
+# for the next request of that tenant (a page 24 -> 14 ms, a lookup by id 21 -> 12 on 10 M
+# CDRs; bench/RESULTS.md, session 16). Stats and exports, which aggregate or stream whole
+# ranges, keep the server's max_threads and leave the cache to these.
+_SHORT = "max_threads = 1, use_uncompressed_cache = 1"
+_SMALL_READ = _FINAL_SETTINGS + ", " + _SHORT
 
 
 @dataclass(frozen=True)
@@ -252,7 +258,7 @@ def phone_keys_query(
     sql = _candidates(table, clauses, desc=desc)
     if count:
         sql = f"SELECT count() FROM ({sql})"
-    return Query(sql + " SETTINGS max_threads = 1", {**params, "phone_keys": keys})
+    return Query(sql + " SETTINGS " + _SHORT, {**params, "phone_keys": keys})
 
 
 def page_query(
@@ -435,7 +441,7 @@ def tenant_edge_query(table: str, tenant: str, *, latest: bool) -> Query:
     caller speed, never a record."""
     fn = "max" if latest else "min"
     return Query(
-        f"SELECT {fn}(time_started), count() > 0 FROM {table} WHERE tenant_id = {{tenant:String}}",
+        f"SELECT {fn}(time_started), count() > 0 FROM {table} WHERE tenant_id = {{tenant:String}} SETTINGS {_SHORT}",
         {"tenant": tenant},
     )
 
