@@ -62,9 +62,9 @@ _FINAL_SETTINGS = " SETTINGS do_not_merge_across_partitions_select_final = 1"
 # blocks from the engine's cache of decompressed blocks, when it has one (the embedded
 # engine's CDR_CLICKHOUSE_UNCOMPRESSED_CACHE_MB, a server's uncompressed_cache_size): a short
 # read costs mostly decompressing one granule of each column it reads, the same few granules
-# for the next request of that tenant (a page 24 -> 14 ms, a lookup by id 21 -> 12 on 10 M
-# CDRs; bench/RESULTS.md, session 16). Stats and exports, which aggregate or stream whole
-# ranges, keep the server's max_threads and leave the cache to these.
+# for the next request of that tenant (10 M CDRs: a page read again 25 -> 14 ms, a lookup by
+# id 17.5 -> 12; bench/RESULTS.md, session 16). Stats and exports, which aggregate or stream
+# whole ranges, keep the server's max_threads and leave the cache to these.
 _SHORT = "max_threads = 1, use_uncompressed_cache = 1"
 _SMALL_READ = _FINAL_SETTINGS + ", " + _SHORT
 
