@@ -109,6 +109,14 @@ async def test_sigkill_at_random_moments_loses_nothing(kafka_bootstrap: str, tmp
             return await committed() >= produced
 
         await wait_for(all_committed, 120, "the last incarnation to catch up")
+
+        async def last_started() -> bool:
+            # The incarnations share one log. The commits above may all be an earlier one's;
+            # the last stops gracefully only once it runs (its SIGTERM handler is installed
+            # before it logs its start; a SIGTERM during its imports ends it with -15).
+            return log_path.read_text().count('"msg":"ingest started"') > kills
+
+        await wait_for(last_started, 90, "the last incarnation to start")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
     finally:
