@@ -187,5 +187,25 @@ async def test_a_search_that_finds_its_calls_is_two_reads(phones_api: Api) -> No
         await store.close()
 
 
+async def test_a_page_of_a_number_with_few_calls_is_two_reads(phones_api: Api) -> None:
+    """Page mode (a CRM looking up a caller): the candidates, then all their records, whose
+    number is the total; no read of the month counts. A busy number (more candidates than
+    that read takes) counts its months: test_a_phone_search_equals_filtering_the_scroll."""
+    everything = await phones_api.scroll(TENANT, {"order": "asc"})
+    wanted = _matching(everything, MOBILES[2])
+    store = _CountingStore(phones_api.store.dsn, database=phones_api.store.database)
+    app = create_app(phones_api.settings.api, phones_api.settings.common, store, Metrics())
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=_auth()) as client:
+            params = {"phone": "+84" + MOBILES[2], "page": "3", "limit": "4", "order": "asc"}
+            answer = (await client.get("/v1/cdr", params=params)).json()
+        assert answer["total"] == len(wanted) > 12
+        assert [r["id"] for r in answer["data"]] == wanted[8:12]
+        assert store.reads == 2
+    finally:
+        await store.close()
+
+
 def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[TENANT]}"}
