@@ -332,9 +332,10 @@ class ClickHouseSettings(_Group):
         ge=0,
         le=1024 * 1024,
         description=(
-            "Embedded engine only: memory for the decompressed blocks of the API's short reads (a page, a"
-            " lookup, a phone search; ClickHouse's uncompressed cache), filled as they read and never by"
-            " ingest, stats or exports; 0: off. A server keeps its own (its uncompressed_cache_size)."
+            "Embedded engine only: memory (resident, up to this much, as it fills) for the decompressed"
+            " blocks of the API's reads of records (a page, a scroll batch, a lookup, a phone search;"
+            " ClickHouse's uncompressed cache), never filled by ingest, totals, stats or exports; 0: off."
+            " The first store a process opens sets it. A server keeps its own (its uncompressed_cache_size)."
         ),
     )
     export_readers: int = Field(

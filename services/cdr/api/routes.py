@@ -367,7 +367,10 @@ class CdrRoutes:
         (``_page_guess``) it is read at the same time as the counts, and again only when
         the counts put it elsewhere."""
         tenant, desc = caller.tenant, wanted.order == "desc"
-        if wanted.filters.phones and (found := await self._phone_page(caller, wanted)) is not None:
+        # A number with many candidates counts its months; once counted (a console paging
+        # on), it goes there at once instead of checking its candidates again.
+        many = self._counted_months(tenant, wanted.filters) is not None
+        if wanted.filters.phones and not many and (found := await self._phone_page(caller, wanted)) is not None:
             return found
         counts = month_counts_query(self._table, tenant, wanted.filters)
         # The route holds one read; the guessed page runs beside the counts on another.
@@ -394,6 +397,14 @@ class CdrRoutes:
             "page": wanted.page,
             "total": plan.total,
         }
+
+    def _counted_months(self, tenant: str, f: SearchFilters) -> list[list[Any]] | None:
+        """The month counts of the tenant's last page request, if it had these filters and
+        was a while ago at most."""
+        cached = self._months.get(tenant)
+        if cached is not None and cached[1] == f and time.monotonic() - cached[0] < _EDGE_TTL_S:
+            return cached[2]
+        return None
 
     async def _phone_page(self, caller: Caller, wanted: ListRequest) -> dict[str, Any] | None:
         """A phone search's page and total from all its records, when its number has at most
@@ -427,9 +438,9 @@ class CdrRoutes:
         month of the tenant's newest (oldest) call or of the filters' bound when that comes
         first (not for a phone search, whose calls need not be near the tenant's edge)."""
         f = wanted.filters
-        cached = self._months.get(tenant)
-        if cached is not None and cached[1] == f and time.monotonic() - cached[0] < _EDGE_TTL_S:
-            plan = page_plan(cached[2], offset=wanted.offset, limit=wanted.limit, desc=desc)
+        months = self._counted_months(tenant, f)
+        if months is not None:
+            plan = page_plan(months, offset=wanted.offset, limit=wanted.limit, desc=desc)
             return plan if plan.window is not None else None
         if wanted.offset or f.phones:
             return None

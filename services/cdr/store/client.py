@@ -132,7 +132,9 @@ def connect(
     """A new clickhouse-connect client for ``chdb:///dir`` or ``http(s)://[user@]host[:port]``.
     ``settings`` apply to every query of the client; ``timeout_s`` bounds the HTTP wait;
     ``uncompressed_cache_bytes``: the embedded engine's cache of decompressed blocks (a
-    server's is its own configuration), taken by the first client of the process's engine."""
+    server's is its own configuration). chdb runs one engine per process, started by the
+    first client that opens it: a later client's value is ignored (without an error) while
+    the engine runs, so every store a process opens passes the same setting (``open_store``)."""
     import clickhouse_connect
 
     parts = urlsplit(dsn)

@@ -58,13 +58,16 @@ _FINAL_SETTINGS = " SETTINGS do_not_merge_across_partitions_select_final = 1"
 # The reads of a page, its total, a scroll batch, a lookup and a phone search touch a
 # tenant's range or a few granules: one thread each, so that two cores serve two requests at
 # once instead of every request splitting both (measured: a page with its total, 8 clients,
-# 44 -> 68 req/s on 2 M CDRs; 1 client no slower beyond noise; bench/RESULTS.md). And their
-# blocks from the engine's cache of decompressed blocks, when it has one (the embedded
-# engine's CDR_CLICKHOUSE_UNCOMPRESSED_CACHE_MB, a server's uncompressed_cache_size): a short
-# read costs mostly decompressing one granule of each column it reads, the same few granules
-# for the next request of that tenant (10 M CDRs: a page read again 25 -> 14 ms, a lookup by
-# id 17.5 -> 12; bench/RESULTS.md, session 16). Stats and exports, which aggregate or stream
-# whole ranges, keep the server's max_threads and leave the cache to these.
+# 44 -> 68 req/s on 2 M CDRs; 1 client no slower beyond noise; bench/RESULTS.md). Stats and
+# exports, which aggregate or stream whole ranges, keep the server's max_threads.
+_ONE_THREAD = _FINAL_SETTINGS + ", max_threads = 1"
+# Those that read records (a page, a scroll batch, a lookup, a phone search's keys and
+# records) also take their blocks from the engine's cache of decompressed blocks, when it has
+# one (the embedded engine's CDR_CLICKHOUSE_UNCOMPRESSED_CACHE_MB, a server's
+# uncompressed_cache_size): such a read costs mostly decompressing one granule of each column
+# it reads, the same few granules for the next request of that tenant (10 M CDRs: a page read
+# again 25 -> 14 ms, a lookup by id 17.5 -> 12; bench/RESULTS.md, session 16). Not the totals,
+# which read the key columns of the tenant's whole range and would push those granules out.
 _SHORT = "max_threads = 1, use_uncompressed_cache = 1"
 _SMALL_READ = _FINAL_SETTINGS + ", " + _SHORT
 
@@ -330,7 +333,7 @@ def month_counts_query(table: str, tenant: str, f: SearchFilters) -> Query:
     _phone_keys(table, f, clauses, params)
     return Query(
         f"SELECT _partition_id, count() FROM {table} FINAL WHERE {' AND '.join(clauses)} GROUP BY _partition_id"
-        + _SMALL_READ,
+        + _ONE_THREAD,
         params,
     )
 
@@ -441,7 +444,7 @@ def tenant_edge_query(table: str, tenant: str, *, latest: bool) -> Query:
     caller speed, never a record."""
     fn = "max" if latest else "min"
     return Query(
-        f"SELECT {fn}(time_started), count() > 0 FROM {table} WHERE tenant_id = {{tenant:String}} SETTINGS {_SHORT}",
+        f"SELECT {fn}(time_started), count() > 0 FROM {table} WHERE tenant_id = {{tenant:String}}",
         {"tenant": tenant},
     )
 
