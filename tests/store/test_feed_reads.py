@@ -25,7 +25,18 @@ import pytest
 from cdr.store import Store, feed_hub
 from cdr.store.client import connect
 from cdr.store.errors import StoreUnavailable
-from cdr.store.feed import CHANGES_TABLE, IMPORT_PARTITION, ROWS_PER_MS, VERSIONS_TABLE, Change, hub_start, tenant_read
+from cdr.store.feed import (
+    CHANGES_TABLE,
+    IMPORT_PARTITION,
+    ROWS_PER_MS,
+    VERSIONS_TABLE,
+    Change,
+    hub_read,
+    hub_start,
+    tenant_read,
+    versions_of,
+    versions_read,
+)
 from cdr.store.feed_hub import FeedHub, Subscription, read_settled
 from cdr.store.migrations import migrate
 from tests.helpers import add_versions, wait_for
@@ -286,3 +297,21 @@ async def test_a_lookup_that_missed_the_reads_rows_is_made_again(store: Store) -
             assert change == "", (offset, id_)  # stale: a newer version is stored
         else:
             assert change == "created", (offset, id_)
+
+
+async def test_a_poll_of_thousands_looks_their_versions_up_by_where_they_lie(store: Store) -> None:
+    """A hub poll's versions lookup names its calls by the changes table's rows where they
+    lie (per partition, a range of offsets), not by a list of their ids: a poll of thousands
+    of changes would send that list as a form field, which a ClickHouse server caps at 128 KiB
+    (http_max_field_value_size: ~3,300 ids), and the poll would fail again and again."""
+    await add_calls(store, TENANT, 8_000)
+    await add_calls(store, OTHER, 8_000)
+    table = store.qualified(CHANGES_TABLE)
+    poll = hub_read(table, [TENANT], {}, low_ms=0, limit=20_000, now_ms=time.time_ns() // 10**6, horizon_s=None)
+    changes = [Change.of(row) for row in await store.query(poll.sql, poll.params)]
+    assert len(changes) == 8_000
+    lookup = versions_read(table, VERSIONS, changes)
+    assert len(repr(lookup.params)) < 1_000
+    found = versions_of(await store.query(lookup.sql, lookup.params))
+    assert set(found) == {(c.tenant, c.id) for c in changes}
+    assert all(first == newest == c.emitted_ms for c in changes for first, newest in [found[(c.tenant, c.id)]])

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from cdr.store.client import Param
@@ -250,6 +249,7 @@ class FeedRead:
 
     rows: Query
     versions: Query
+    changes_table: str
     versions_table: str
 
 
@@ -263,9 +263,11 @@ def versions_lookup(table: str, calls: str) -> str:
     )
 
 
-def _feed_read(versions_table: str, columns: str, body: str, tenant_filter: str, params: dict[str, Param]) -> FeedRead:
+def _feed_read(
+    table: str, versions_table: str, columns: str, body: str, tenant_filter: str, params: dict[str, Param]
+) -> FeedRead:
     lookup = versions_lookup(versions_table, f"{tenant_filter} AND id IN (SELECT id {body})")
-    return FeedRead(Query(f"SELECT {columns} {body}", params), Query(lookup, params), versions_table)
+    return FeedRead(Query(f"SELECT {columns} {body}", params), Query(lookup, params), table, versions_table)
 
 
 def tenant_read(
@@ -301,7 +303,7 @@ def tenant_read(
         f"FROM {table} WHERE {' AND '.join(clauses)}"
         " ORDER BY tenant_id, source_partition, source_offset LIMIT {limit:UInt32}"
     )
-    return _feed_read(versions_table, columns, body, "tenant_id = {tenant:String}", params)
+    return _feed_read(table, versions_table, columns, body, "tenant_id = {tenant:String}", params)
 
 
 def hub_read(
@@ -379,16 +381,30 @@ def start_position(rows: Iterable[list[Any] | tuple[Any, ...]]) -> Offsets:
     return position
 
 
-def versions_read(table: str, changes: Iterable[Change]) -> Query:
+def versions_read(changes_table: str, versions_table: str, changes: Iterable[Change]) -> Query:
     """The first and newest emitted_at of the live versions of ``changes``' calls: for a hub
     poll's changes, and for those whose own version the lookup beside their read
-    (``FeedRead.versions``) did not see. By their tenants as well as their ids: the table
-    is sorted by tenant first."""
-    calls = {(c.tenant, c.id) for c in changes}
-    return Query(
-        versions_lookup(table, "tenant_id IN {tenants:Array(String)} AND id IN {ids:Array(UUID)}"),
-        {"tenants": sorted({t for t, _ in calls}), "ids": sorted({UUID(i) for _, i in calls})},
-    )
+    (``FeedRead.versions``) did not see. By their tenants (the table is sorted by tenant
+    first), and their ids as those of the changes table's rows where the changes lie: per
+    partition, the range of their offsets (a superset; the other calls' versions go unused).
+    Not a list of the ids: a poll of thousands of changes would send it as a form field,
+    which a server caps (http_max_field_value_size, 128 KiB: ~3,300 ids), and the poll would
+    fail again and again; binding it also cost ~4 us an id."""
+    tenants: set[str] = set()
+    ranges: dict[int, tuple[int, int]] = {}
+    for c in changes:
+        tenants.add(c.tenant)
+        low, high = ranges.get(c.partition, (c.offset, c.offset))
+        ranges[c.partition] = (min(low, c.offset), max(high, c.offset))
+    params: dict[str, Param] = {"tenants": sorted(tenants)}
+    where = []
+    for i, (partition, (low, high)) in enumerate(sorted(ranges.items())):
+        where.append(
+            f"(source_partition = {{p{i}:Int32}} AND source_offset BETWEEN {{lo{i}:Int64}} AND {{hi{i}:Int64}})"
+        )
+        params[f"p{i}"], params[f"lo{i}"], params[f"hi{i}"] = partition, low, high
+    rows = f"SELECT id FROM {changes_table} WHERE tenant_id IN {{tenants:Array(String)}} AND ({' OR '.join(where)})"
+    return Query(versions_lookup(versions_table, f"tenant_id IN {{tenants:Array(String)}} AND id IN ({rows})"), params)
 
 
 Versions = dict[tuple[str, str], tuple[int, int]]

@@ -223,7 +223,7 @@ class FeedHub:
         # version stored before it, and a poll's latency matters less than a page's.
         changes = [Change.of(row) for row in await self._store.query(read.sql, read.params)]
         if changes:
-            lookup = versions_read(self._versions, changes)
+            lookup = versions_read(self._table, self._versions, changes)
             settle(changes, versions_of(await self._store.query(lookup.sql, lookup.params)))
         self.polls += 1
         self.rows += len(changes)
@@ -278,7 +278,7 @@ async def read_settled(store: Store, read: FeedRead, zone: str | None = None) ->
     if changes:
         versions = versions_of(found)
         if missing := unseen(changes, versions):
-            again = versions_read(read.versions_table, missing)
+            again = versions_read(read.changes_table, read.versions_table, missing)
             versions.update(versions_of(await store.query(again.sql, again.params)))
         settle(changes, versions)
     return changes
