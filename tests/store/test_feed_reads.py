@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cdr.store import Store, feed_hub
+from cdr.store import Store, feed, feed_hub
 from cdr.store.client import connect
 from cdr.store.errors import StoreUnavailable
 from cdr.store.feed import (
@@ -315,3 +315,32 @@ async def test_a_poll_of_thousands_looks_their_versions_up_by_where_they_lie(sto
     found = versions_of(await store.query(lookup.sql, lookup.params))
     assert set(found) == {(c.tenant, c.id) for c in changes}
     assert all(first == newest == c.emitted_ms for c in changes for first, newest in [found[(c.tenant, c.id)]])
+
+
+async def test_a_hub_listening_to_more_tenants_than_a_read_names_reads_them_all(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``MAX_NAMED_TENANTS`` listened tenants (a list of thousands as a parameter would
+    outgrow what a server takes), a poll reads every tenant's rows and delivers those of the
+    tenants listened to, settled as before (a correction is ``corrected``, the version it
+    replaced stale)."""
+    monkeypatch.setattr(feed, "MAX_NAMED_TENANTS", 1)
+    third = "third.example"
+    hub = FeedHub(store, interval_s=0.05, horizon_s=None)
+    try:
+        mine, theirs = await hub.subscribe(TENANT), await hub.subscribe(third)
+        ids = [uuid.uuid4() for _ in range(10)]
+        await add_calls(store, OTHER, 300)  # nobody listens to these
+        await add_versions(store, TENANT, ids, emitted_s=0, first_offset=10_000)
+        await add_versions(store, TENANT, ids[:3], emitted_s=100, first_offset=11_000)
+        await add_calls(store, third, 20, first_offset=20_000)
+        hub.poke()
+        got = await received(mine, 13, "the listened tenant's 13 changes")
+        got_third = await received(theirs, 20, "the third tenant's 20 changes")
+        assert {c.tenant for c in got} == {TENANT} and {c.tenant for c in got_third} == {third}
+        by_offset = sorted((c.offset, c.change) for c in got)
+        assert [change for offset, change in by_offset if offset >= 11_000] == ["corrected"] * 3
+        assert sorted(change for offset, change in by_offset if offset < 11_000) == [""] * 3 + ["created"] * 7
+        assert hub.rows >= 333  # every tenant's rows were read
+    finally:
+        await hub.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,6 +31,10 @@ IMPORT_HORIZON_S = 10
 HUB_LOOKBACK_S = 60
 # Partitions a cursor may name (a topic of more is not ours).
 MAX_PARTITIONS = 4096
+# Tenants a read across tenants names at most; with more it reads every tenant's rows. A
+# server takes a long parameter as a form field, capped at 128 KiB (http_max_field_value_size):
+# 500 tenant ids stay under it however long (up to 200 characters) they are.
+MAX_NAMED_TENANTS = 500
 # The feed's tables: the changes, and the first and newest version of each call, sorted by
 # (tenant_id, id) so that a lookup of one read's ids reads its tenants' ranges only (0008).
 CHANGES_TABLE = "cdr_changes"
@@ -308,7 +312,7 @@ def tenant_read(
 
 def hub_read(
     table: str,
-    tenants: Iterable[str],
+    tenants: Collection[str],
     position: Mapping[int, int],
     *,
     low_ms: int,
@@ -319,11 +323,12 @@ def hub_read(
     """The ``tenants``' rows past ``position`` among the parts stamped since ``low_ms`` (the
     day partitions and their ingested_at ranges prune the rest). Only the tenants someone
     listens to: the tenant leads the sort key, so a poll reads in proportion to what is
-    listened to, not to everything ingested. Their versions are looked up after it, for the
-    rows it found (``versions_read``)."""
-    params: dict[str, Param] = {"low": low_ms, "limit": limit, "tenants": sorted(tenants)}
+    listened to, not to everything ingested (past ``MAX_NAMED_TENANTS`` tenants, every
+    tenant's rows: the caller keeps those it wants). Their versions are looked up after it,
+    for the rows it found (``versions_read``)."""
+    params: dict[str, Param] = {"low": low_ms, "limit": limit}
     clauses = [
-        "tenant_id IN {tenants:Array(String)}",
+        _of_tenants(tenants, params),
         "ingested_at >= fromUnixTimestamp64Milli({low:Int64}, 'UTC')",
         _after(position, params),
         *_visible(params, now_ms=now_ms, horizon_s=horizon_s),
@@ -396,15 +401,25 @@ def versions_read(changes_table: str, versions_table: str, changes: Iterable[Cha
         tenants.add(c.tenant)
         low, high = ranges.get(c.partition, (c.offset, c.offset))
         ranges[c.partition] = (min(low, c.offset), max(high, c.offset))
-    params: dict[str, Param] = {"tenants": sorted(tenants)}
+    params: dict[str, Param] = {}
+    of_tenants = _of_tenants(tenants, params)
     where = []
     for i, (partition, (low, high)) in enumerate(sorted(ranges.items())):
         where.append(
             f"(source_partition = {{p{i}:Int32}} AND source_offset BETWEEN {{lo{i}:Int64}} AND {{hi{i}:Int64}})"
         )
         params[f"p{i}"], params[f"lo{i}"], params[f"hi{i}"] = partition, low, high
-    rows = f"SELECT id FROM {changes_table} WHERE tenant_id IN {{tenants:Array(String)}} AND ({' OR '.join(where)})"
-    return Query(versions_lookup(versions_table, f"tenant_id IN {{tenants:Array(String)}} AND id IN ({rows})"), params)
+    rows = f"SELECT id FROM {changes_table} WHERE {of_tenants} AND ({' OR '.join(where)})"
+    return Query(versions_lookup(versions_table, f"{of_tenants} AND id IN ({rows})"), params)
+
+
+def _of_tenants(tenants: Collection[str], params: dict[str, Param]) -> str:
+    """The condition that rows are of ``tenants``: by name, or, past ``MAX_NAMED_TENANTS``,
+    any tenant's (the caller takes those it wants)."""
+    if len(tenants) > MAX_NAMED_TENANTS:
+        return "1"
+    params["tenants"] = sorted(tenants)
+    return "tenant_id IN {tenants:Array(String)}"
 
 
 Versions = dict[tuple[str, str], tuple[int, int]]

@@ -222,9 +222,11 @@ class FeedHub:
         # interval), and cost one read, not two; a lookup begun after the read sees every
         # version stored before it, and a poll's latency matters less than a page's.
         changes = [Change.of(row) for row in await self._store.query(read.sql, read.params)]
-        if changes:
-            lookup = versions_read(self._table, self._versions, changes)
-            settle(changes, versions_of(await self._store.query(lookup.sql, lookup.params)))
+        # Those of the tenants listened to (a read naming too many tenants reads them all).
+        listened = [c for c in changes if c.tenant in self._subscribers]
+        if listened:
+            lookup = versions_read(self._table, self._versions, listened)
+            settle(listened, versions_of(await self._store.query(lookup.sql, lookup.params)))
         self.polls += 1
         self.rows += len(changes)
         cut = len(changes) >= _HUB_ROWS
@@ -232,9 +234,10 @@ class FeedHub:
             # A cut poll keeps its lower bound: the rows past the cut may be older than this
             # poll's, and a hub that stays behind must still read them.
             self._last_poll_ms = started
-        by_tenant: dict[str, list[Change]] = defaultdict(list)
         for change in changes:
             self._position[change.partition] = change.offset
+        by_tenant: dict[str, list[Change]] = defaultdict(list)
+        for change in listened:
             by_tenant[change.tenant].append(change)
         for tenant, theirs in by_tenant.items():
             for sub in self._subscribers.get(tenant, ()):
