@@ -36,6 +36,11 @@ import pyarrow.compute as pc
 
 from cdr.store import Store
 
+# Ids one lookup names at most. A server takes a long parameter as a form field, capped at
+# 128 KiB (http_max_field_value_size): 3,000 ids are ~117 KB as text. A batch of late events (a
+# backfill: every event a candidate) is looked up in several reads rather than failing (and
+# being retried) forever.
+_LOOKUP_IDS = 3_000
 # The newest stored live version of each (tenant_id, id) asked for, as epoch milliseconds.
 _STORED = (
     "SELECT tenant_id, toString(id), toUnixTimestamp64Milli(time_started), toUnixTimestamp64Milli(emitted_at)"
@@ -117,9 +122,11 @@ class Corrections:
     async def _stored(self, keys: set[tuple[str, str]]) -> list[tuple[tuple[str, str], _Version]]:
         """The newest live version stored of each key (the key table may still hold older
         ones until it merges; any tenant's rows of an id come back, ours are kept)."""
-        found = await self._store.query(
-            _STORED.format(table=self._keys), {"ids": [uuid.UUID(id_) for _, id_ in keys]}, writer=True
-        )
+        ids = sorted({uuid.UUID(id_) for _, id_ in keys})
+        found = []
+        for start in range(0, len(ids), _LOOKUP_IDS):
+            chunk = ids[start : start + _LOOKUP_IDS]
+            found += await self._store.query(_STORED.format(table=self._keys), {"ids": chunk}, writer=True)
         newest: dict[tuple[str, str], _Version] = {}
         for tenant, id_, time_ms, emitted_ms in found:
             key = (str(tenant), str(id_))
