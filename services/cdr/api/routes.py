@@ -105,6 +105,11 @@ _MORE_KEYS = 8
 _PHONE_PAGE_ALL = 250
 
 
+def _page_answer(wanted: ListRequest, rows: list[list[Any]], total: int) -> dict[str, Any]:
+    """A page-mode answer: the page's records and the selection's total."""
+    return {"data": [record(row) for row in rows], "limit": wanted.limit, "page": wanted.page, "total": total}
+
+
 def _accepts_gzip(request: Request) -> bool:
     return "gzip" in request.headers.get("accept-encoding", "").lower()
 
@@ -369,8 +374,11 @@ class CdrRoutes:
         tenant, desc = caller.tenant, wanted.order == "desc"
         # A number with many candidates counts its months; once counted (a console paging
         # on), it goes there at once instead of checking its candidates again.
-        many = self._counted_months(tenant, wanted.filters) is not None
-        if wanted.filters.phones and not many and (found := await self._phone_page(caller, wanted)) is not None:
+        if (
+            wanted.filters.phones
+            and self._counted_months(tenant, wanted.filters) is None
+            and (found := await self._phone_page(caller, wanted)) is not None
+        ):
             return found
         counts = month_counts_query(self._table, tenant, wanted.filters)
         # The route holds one read; the guessed page runs beside the counts on another.
@@ -391,12 +399,7 @@ class CdrRoutes:
         finally:
             release()
         self._months[tenant] = (time.monotonic(), wanted.filters, months)
-        return {
-            "data": [record(row) for row in rows] if plan.window is not None else [],
-            "limit": wanted.limit,
-            "page": wanted.page,
-            "total": plan.total,
-        }
+        return _page_answer(wanted, rows if plan.window is not None else [], plan.total)
 
     def _counted_months(self, tenant: str, f: SearchFilters) -> list[list[Any]] | None:
         """The month counts of the tenant's last page request, if it had these filters and
@@ -425,12 +428,7 @@ class CdrRoutes:
                 self._table, caller.tenant, f, tz=caller.timezone, limit=most, offset=0, desc=desc, phone_keys=listed
             )
             rows = await self.run(every.sql, every.params)
-        return {
-            "data": [record(row) for row in rows[wanted.offset : wanted.offset + wanted.limit]],
-            "limit": wanted.limit,
-            "page": wanted.page,
-            "total": len(rows),
-        }
+        return _page_answer(wanted, rows[wanted.offset : wanted.offset + wanted.limit], len(rows))
 
     async def _page_guess(self, tenant: str, wanted: ListRequest, desc: bool) -> PagePlan | None:
         """Where the page most likely lies: by the month counts of the tenant's last page
