@@ -150,6 +150,39 @@ async def test_the_hub_reads_only_the_tenants_someone_listens_to(store: Store) -
         await hub.close()
 
 
+async def test_a_poll_wakes_its_subscribers_one_turn_of_the_loop_at_a_time(store: Store) -> None:
+    """Woken all at once, every stream would render its share of a poll before a request
+    that became ready meanwhile runs again (a list request waited behind 100 streams). Here
+    a ticker that runs once every turn of the loop runs between any two subscribers."""
+    hub = FeedHub(store, interval_s=3600, horizon_s=None)  # polls only when poked
+    events: list[str] = []
+    ticking = True
+
+    async def ticker() -> None:
+        while ticking:
+            events.append("tick")
+            await asyncio.sleep(0)
+
+    async def follow(sub: Subscription, name: str) -> None:
+        assert await sub.next(30), f"{name}: nothing handed out within 30 s"
+        events.append(name)
+
+    try:
+        subs = [await hub.subscribe(TENANT) for _ in range(3)]
+        await add_calls(store, TENANT, 10)
+        followers = [asyncio.create_task(follow(sub, f"sub{n}")) for n, sub in enumerate(subs)]
+        tick = asyncio.create_task(ticker())
+        hub.poke()
+        await asyncio.wait_for(asyncio.gather(*followers), 30)
+        ticking = False
+        await tick
+        woken = [n for n, event in enumerate(events) if event != "tick"]
+        assert len(woken) == 3
+        assert all(events[n + 1] == "tick" for n in woken[:-1]), events[woken[0] :]
+    finally:
+        await hub.close()
+
+
 async def test_a_failing_poll_is_retried_after_growing_pauses_and_delivers_after(
     store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -240,9 +240,13 @@ class FeedHub:
         for change in listened:
             by_tenant[change.tenant].append(change)
         for tenant, theirs in by_tenant.items():
-            for sub in self._subscribers.get(tenant, ()):
+            for sub in list(self._subscribers.get(tenant, ())):
                 if index >= sub.first_poll:
                     sub.push(theirs)
+                    # One subscriber woken a turn of the loop: woken all at once, every
+                    # stream renders its share before a request that became ready meanwhile
+                    # runs again (a list request waited behind 100 streams' renders).
+                    await asyncio.sleep(0)
         return cut
 
     async def close(self) -> None:
