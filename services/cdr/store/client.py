@@ -275,8 +275,15 @@ def _command(client: Client, sql: str, params: dict[str, Param]) -> None:
     client.command(sql, parameters=params)
 
 
+# An insert into ``cdr`` feeds five materialized views (the key tables, the change feed, the
+# versions); one after another they kept the insert's thread busy for most of an ingest's
+# wall time while a core sat idle. In parallel: bench/ingest.py steady 66k -> 75k events/s
+# (five interleaved pairs, bench/RESULTS.md, session 17).
+_INSERT_SETTINGS = {"parallel_view_processing": 1}
+
+
 def _insert_arrow(client: Client, table: str, database: str, data: pa.Table) -> None:
-    client.insert_arrow(table, data, database=database)
+    client.insert_arrow(table, data, database=database, settings=_INSERT_SETTINGS)
 
 
 class Store:
