@@ -278,7 +278,9 @@ def _command(client: Client, sql: str, params: dict[str, Param]) -> None:
 # An insert into ``cdr`` feeds five materialized views (the key tables, the change feed, the
 # versions); one after another they kept the insert's thread busy for most of an ingest's
 # wall time while a core sat idle. In parallel: bench/ingest.py steady 66k -> 75k events/s
-# (five interleaved pairs, bench/RESULTS.md, session 17).
+# (five interleaved pairs, bench/RESULTS.md, session 17). So the change feed's table and the
+# versions table may each become visible first; the feed's reads take either order
+# (``cdr.store.feed_hub.read_settled``).
 _INSERT_SETTINGS = {"parallel_view_processing": 1}
 
 

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 _HUB_ROWS = 20_000
 # Changes a subscriber may have waiting; past that it reads for itself again (catch-up).
 _MAX_WAITING = 10_000
+# Subscribers a poll wakes a turn of the event loop (``FeedHub._poll``): a request ready
+# meanwhile waits for about this many streams' renders, and a poll of thousands of
+# subscribers costs a turn of the loop per this many, not per subscriber.
+_WAKE_AT_ONCE = 8
 # The hub stops polling this long after its last subscriber left.
 _HUB_IDLE_S = 30.0
 # A failed poll is retried after a pause that doubles up to this (pokes do not shorten
@@ -201,10 +205,22 @@ class FeedHub:
 
     async def _poll(self) -> bool:
         async with self._polling:
-            return await self._poll_listened()
+            cut, shares = await self._poll_listened()
+        # Handed out after the lock, so that a reader subscribing meanwhile waits for the
+        # read only (it is not among ``shares``: it takes the polls after this one), and a
+        # few subscribers a turn of the loop: woken all at once, 100 streams rendered their
+        # shares before a request that became ready meanwhile ran again (a list request's
+        # p99 beside them, bench/RESULTS.md, session 17). Polls still hand out in order:
+        # the next starts after this returns.
+        for n, (sub, changes) in enumerate(shares, 1):
+            sub.push(changes)
+            if n % _WAKE_AT_ONCE == 0:
+                await asyncio.sleep(0)
+        return cut
 
-    async def _poll_listened(self) -> bool:
-        """One read for every subscriber; True when it was cut at ``_HUB_ROWS`` (more wait)."""
+    async def _poll_listened(self) -> tuple[bool, list[tuple[Subscription, list[Change]]]]:
+        """One read for every subscriber: True when it was cut at ``_HUB_ROWS`` (more wait),
+        and each subscriber's share."""
         started = _now_ms()
         self._polls_started += 1
         index = self._polls_started
@@ -239,15 +255,13 @@ class FeedHub:
         by_tenant: dict[str, list[Change]] = defaultdict(list)
         for change in listened:
             by_tenant[change.tenant].append(change)
-        for tenant, theirs in by_tenant.items():
-            for sub in list(self._subscribers.get(tenant, ())):
-                if index >= sub.first_poll:
-                    sub.push(theirs)
-                    # One subscriber woken a turn of the loop: woken all at once, every
-                    # stream renders its share before a request that became ready meanwhile
-                    # runs again (a list request waited behind 100 streams' renders).
-                    await asyncio.sleep(0)
-        return cut
+        shares = [
+            (sub, theirs)
+            for tenant, theirs in by_tenant.items()
+            for sub in self._subscribers.get(tenant, ())
+            if index >= sub.first_poll
+        ]
+        return cut, shares
 
     async def close(self) -> None:
         """Stop polling; every subscriber's wait ends (streams end cleanly)."""
@@ -275,9 +289,13 @@ async def read_settled(store: Store, read: FeedRead, zone: str | None = None) ->
     on an earlier one, it was stored before this read began, so the lookup (begun with it)
     sees it. What the lookup's snapshot may lack is a row stored between the two, its own
     version among them, and ``unseen`` looks those up again. Even that lookup may miss the
-    versions of the insert a change came in (ClickHouse fills the two tables' views one
-    after the other): what it then lacks is this version alone, whose call is then either
-    new (``created``) or holds older versions only (``corrected``), as ``settle`` takes it."""
+    versions of the insert a change came in (ClickHouse fills the two tables' views in
+    parallel, ``cdr.store.client._INSERT_SETTINGS``, so either may be visible first): what
+    it then lacks is this version alone, whose call is then either new (``created``) or
+    holds older versions only (``corrected``), as ``settle`` takes it. Seen the other way
+    round, a newer version in the lookup whose change is not visible yet makes an older one
+    stale: the newer is delivered at its own position, which no reader passes before it is
+    visible (its partition's later offsets come in the same insert's one part or later)."""
     rows, found = await asyncio.gather(
         store.query(read.rows.sql, read.rows.params), store.query(read.versions.sql, read.versions.params)
     )
