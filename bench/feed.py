@@ -503,7 +503,7 @@ async def hub_child(port: int) -> None:
     await migrate(store, feed_retention_days=settings.api.feed_retention_days)
     metrics = Metrics()
     ingestor = build_ingestor(settings.kafka, settings.ingest, settings.common, store, metrics)
-    hub = feed_hub_for(settings.api, store)
+    hub = feed_hub_for(settings.api, store, metrics)
     ingestor.pipeline.on_stored = hub.poke  # as cdr.runner does
     app = create_app(settings.api, settings.common, store, metrics, feed_hub=hub)
     server = http_server(app, "127.0.0.1", port, settings.api)
@@ -512,7 +512,11 @@ async def hub_child(port: int) -> None:
     me = psutil.Process()
     while not serving.done():
         t = me.cpu_times()
-        sample = {"t": time.monotonic(), "cpu": t.user + t.system, "polls": hub.polls}
+        sample = {
+            "t": time.monotonic(),
+            "cpu": t.user + t.system,
+            "polls": metrics.registry.get_sample_value("cdr_feed_hub_polls_total"),
+        }
         print(_SAMPLE + orjson.dumps(sample).decode(), flush=True)
         await asyncio.sleep(1)
 

@@ -51,7 +51,8 @@ async def _check_config(settings: Settings, command: str) -> int:
             from cdr.notify.notifier import Notifier
             from cdr.store.feed_hub import feed_hub_for
 
-            Notifier(settings.notify, settings.common, store, Metrics(), hub=feed_hub_for(settings.api, store))
+            metrics = Metrics()
+            Notifier(settings.notify, settings.common, store, metrics, hub=feed_hub_for(settings.api, store, metrics))
     finally:
         await store.close()
     log.info(

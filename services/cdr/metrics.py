@@ -155,6 +155,19 @@ class Metrics:
             registry=api,
         )
 
+        # The change feed's shared reader (the API's streams and long polls, the notifier's
+        # endpoints): what its polls cost ClickHouse, which does not grow with listeners.
+        hub = r if api is not None or notify is not None else None
+        self.feed_hub_polls = Counter(
+            "cdr_feed_hub_polls_total",
+            "Reads of the change feed's shared reader (one per poll interval or stored batch while"
+            " anyone listens, whatever the number of streams, long polls and webhook endpoints).",
+            registry=hub,
+        )
+        self.feed_hub_rows = Counter(
+            "cdr_feed_hub_rows_total", "Rows the change feed's shared reader's polls read.", registry=hub
+        )
+
         # Notify
         self.webhook_deliveries = Counter(
             "cdr_webhook_deliveries_total",

@@ -68,7 +68,7 @@ async def run_all(settings: Settings) -> int:
             store,
             metrics,
             extra_ready=ingestor.ready,
-            feed_hub=_feed_hub_poked_by(ingestor, settings.api, store),
+            feed_hub=_feed_hub_poked_by(ingestor, settings.api, store, metrics),
         ),
         settings.api.api_port,
         _migrate_for(settings),
@@ -99,9 +99,9 @@ def _migrate_for(settings: Settings) -> Callable[[Store], Awaitable[object]]:
     return functools.partial(migrate, feed_retention_days=settings.api.feed_retention_days)
 
 
-def _feed_hub_poked_by(ingestor: Ingestor, api: ApiSettings, store: Store) -> FeedHub:
+def _feed_hub_poked_by(ingestor: Ingestor, api: ApiSettings, store: Store, metrics: Metrics) -> FeedHub:
     """The API's change feed reads right after each batch the ingestor beside it stored."""
-    hub = feed_hub_for(api, store)
+    hub = feed_hub_for(api, store, metrics)
     previous = ingestor.pipeline.on_stored
     if previous is None:
         ingestor.pipeline.on_stored = hub.poke
@@ -166,7 +166,7 @@ async def _ingest_and_serve(
     store = open_store(settings.clickhouse)
     ingestor = build_ingestor(settings.kafka, settings.ingest, settings.common, store, metrics)
     notifier = (
-        Notifier(settings.notify, settings.common, store, metrics, hub=feed_hub_for(settings.api, store))
+        Notifier(settings.notify, settings.common, store, metrics, hub=feed_hub_for(settings.api, store, metrics))
         if notify
         else None
     )

@@ -229,8 +229,9 @@ async def test_every_change_arrives_signed_and_in_order_through_failures_and_a_s
 
 @asynccontextmanager
 async def notifying(settings: Settings, store: Store, resolver: Resolver = system_resolver) -> AsyncIterator[Notifier]:
-    hub = feed_hub_for(settings.api, store)
-    notifier = Notifier(settings.notify, settings.common, store, Metrics(), hub=hub, resolver=resolver)
+    metrics = Metrics()
+    hub = feed_hub_for(settings.api, store, metrics)
+    notifier = Notifier(settings.notify, settings.common, store, metrics, hub=hub, resolver=resolver)
     stopping = asyncio.Event()
     task = asyncio.create_task(notifier.run(stopping))
     try:
@@ -693,7 +694,10 @@ async def test_the_notifier_stops_while_its_endpoints_wait_on_a_failing_store(
     monkeypatch.setattr(store, "query", failing)
     try:
         stopping = asyncio.Event()
-        notifier = Notifier(settings.notify, settings.common, store, Metrics(), hub=feed_hub_for(settings.api, store))
+        metrics = Metrics()
+        notifier = Notifier(
+            settings.notify, settings.common, store, metrics, hub=feed_hub_for(settings.api, store, metrics)
+        )
         task = asyncio.create_task(notifier.run(stopping))
 
         async def reading() -> bool:

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from cdr.metrics import Metrics
 from cdr.store import Store, feed, feed_hub
 from cdr.store.client import connect
 from cdr.store.errors import StoreUnavailable
@@ -85,6 +86,12 @@ def explain(store: Store, sql: str, params: dict[str, Any]) -> list[str]:
         client.close()
 
 
+def hub_reads(metrics: Metrics) -> tuple[float, float]:
+    """The hub's polls and the rows they read, as its metrics count them."""
+    value = metrics.registry.get_sample_value
+    return value("cdr_feed_hub_polls_total") or 0.0, value("cdr_feed_hub_rows_total") or 0.0
+
+
 async def received(sub: Subscription, count: int, what: str) -> list[Change]:
     """What the hub hands ``sub``, once it is at least ``count`` changes."""
     got: list[Change] = []
@@ -136,7 +143,8 @@ async def test_a_page_reads_its_own_rows_not_the_backlog_behind_it(store: Store)
 
 
 async def test_the_hub_reads_only_the_tenants_someone_listens_to(store: Store) -> None:
-    hub = FeedHub(store, interval_s=0.05, horizon_s=None)
+    metrics = Metrics()
+    hub = FeedHub(store, metrics, interval_s=0.05, horizon_s=None)
     try:
         sub = await hub.subscribe(TENANT)
         await add_calls(store, OTHER, 5_000)  # nobody listens to these
@@ -144,8 +152,8 @@ async def test_the_hub_reads_only_the_tenants_someone_listens_to(store: Store) -
         hub.poke()
         got = await received(sub, 40, "the listened tenant's 40 changes")
         assert {c.tenant for c in got} == {TENANT} and len(got) == 40
-        assert hub.rows == 40  # the other tenant's 5,000 were never read
-        assert hub.polls >= 1  # counted (bench/feed.py hub reports them per second)
+        assert hub_reads(metrics)[1] == 40  # the other tenant's 5,000 were never read
+        assert hub_reads(metrics)[0] >= 1  # counted (cdr_feed_hub_polls_total)
     finally:
         await hub.close()
 
@@ -156,7 +164,7 @@ async def test_a_poll_wakes_a_few_subscribers_a_turn_of_the_loop(store: Store) -
     a ticker that runs once every turn of the loop runs between any ``_WAKE_AT_ONCE``
     subscribers."""
     at_once = feed_hub._WAKE_AT_ONCE
-    hub = FeedHub(store, interval_s=3600, horizon_s=None)  # polls only when poked
+    hub = FeedHub(store, Metrics(), interval_s=3600, horizon_s=None)  # polls only when poked
     events: list[str] = []
     ticking = True
 
@@ -191,7 +199,7 @@ async def test_a_failing_poll_is_retried_after_growing_pauses_and_delivers_after
     """A store that fails the hub's reads (down, or a schema of another release during a
     rollout) is asked again after pauses that double, whatever pokes the hub in between,
     and once it answers every change is delivered."""
-    hub = FeedHub(store, interval_s=0.01, horizon_s=None)
+    hub = FeedHub(store, Metrics(), interval_s=0.01, horizon_s=None)
     query = store.query
     failing = [True]
 
@@ -288,7 +296,8 @@ async def test_a_hub_behind_by_more_than_its_lookback_still_reads_every_row(
     monkeypatch.setattr(feed_hub, "_now_ms", lambda: clock[0])
     monkeypatch.setattr(feed_hub, "_HUB_ROWS", 10)
     monkeypatch.setattr(feed_hub, "HUB_LOOKBACK_S", 1)
-    hub = FeedHub(store, interval_s=3600, horizon_s=None)  # polls only when poked
+    metrics = Metrics()
+    hub = FeedHub(store, metrics, interval_s=3600, horizon_s=None)  # polls only when poked
     try:
         sub = await hub.subscribe(TENANT)
         for offset in range(25):
@@ -303,7 +312,7 @@ async def test_a_hub_behind_by_more_than_its_lookback_still_reads_every_row(
             return len(got) >= 25
 
         await wait_for(all_25, 30, "25 changes read in three cut polls")
-        assert len({(c.partition, c.offset) for c in got}) == 25 and hub.polls == 3
+        assert len({(c.partition, c.offset) for c in got}) == 25 and hub_reads(metrics)[0] == 3
     finally:
         await hub.close()
 
@@ -364,7 +373,8 @@ async def test_a_hub_listening_to_more_tenants_than_a_read_names_reads_them_all(
     third = "third.example"
     # Polls only when poked, after every row is stored: a poll between the first versions
     # and their corrections would rightly deliver all ten as ``created``.
-    hub = FeedHub(store, interval_s=3600, horizon_s=None)
+    metrics = Metrics()
+    hub = FeedHub(store, metrics, interval_s=3600, horizon_s=None)
     try:
         mine, theirs = await hub.subscribe(TENANT), await hub.subscribe(third)
         ids = [uuid.uuid4() for _ in range(10)]
@@ -379,6 +389,6 @@ async def test_a_hub_listening_to_more_tenants_than_a_read_names_reads_them_all(
         by_offset = sorted((c.offset, c.change) for c in got)
         assert [change for offset, change in by_offset if offset >= 11_000] == ["corrected"] * 3
         assert sorted(change for offset, change in by_offset if offset < 11_000) == [""] * 3 + ["created"] * 7
-        assert hub.rows >= 333  # every tenant's rows were read
+        assert hub_reads(metrics)[1] >= 333  # every tenant's rows were read
     finally:
         await hub.close()

@@ -125,7 +125,7 @@ def create_app(
         feed_ttl_s=api.feed_retention_days * 86_400,
     )
     cdr = CdrRoutes(api, store, tokens, cursors, TenantRateLimiter())
-    hub = feed_hub or feed_hub_for(api, store)
+    hub = feed_hub or feed_hub_for(api, store, metrics)
     feed = FeedRoutes(api, store, cdr, cursors, hub, metrics)
     document = openapi_document(api)
 

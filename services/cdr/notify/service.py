@@ -28,7 +28,9 @@ async def run_notify(settings: Settings) -> int:
     embedded store is this process's alone, so it migrates (as `cdr ingest` does there)."""
     metrics = Metrics(roles=("notify",))
     store = open_store(settings.clickhouse)
-    notifier = Notifier(settings.notify, settings.common, store, metrics, hub=feed_hub_for(settings.api, store))
+    notifier = Notifier(
+        settings.notify, settings.common, store, metrics, hub=feed_hub_for(settings.api, store, metrics)
+    )
     stopping = asyncio.Event()
 
     async def ready() -> tuple[bool, dict[str, str]]:

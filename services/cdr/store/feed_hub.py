@@ -12,6 +12,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from cdr.metrics import Metrics
 from cdr.settings import ApiSettings
 from cdr.store.client import Store
 from cdr.store.errors import StoreError
@@ -117,7 +118,7 @@ class FeedHub:
     (a partition's rows become visible in offset order), before the subscriber read for
     itself: nothing falls between."""
 
-    def __init__(self, store: Store, *, interval_s: float, horizon_s: int | None) -> None:
+    def __init__(self, store: Store, metrics: Metrics, *, interval_s: float, horizon_s: int | None) -> None:
         self._store = store
         self._table = store.qualified(CHANGES_TABLE)
         self._versions = store.qualified(VERSIONS_TABLE)
@@ -134,8 +135,7 @@ class FeedHub:
         # Held by a poll from its start to its hand-out, and to add a subscriber.
         self._polling: asyncio.Lock = asyncio.Lock()
         self._closed = False
-        self.polls = 0  # polls that read (tests, and the README's cost figures)
-        self.rows = 0  # rows those polls read
+        self._metrics = metrics
 
     def poke(self) -> None:
         """New changes are stored: poll now, not at the next interval."""
@@ -243,8 +243,8 @@ class FeedHub:
         if listened:
             lookup = versions_read(self._table, self._versions, listened)
             settle(listened, versions_of(await self._store.query(lookup.sql, lookup.params)))
-        self.polls += 1
-        self.rows += len(changes)
+        self._metrics.feed_hub_polls.inc()
+        self._metrics.feed_hub_rows.inc(len(changes))
         cut = len(changes) >= _HUB_ROWS
         if not cut:
             # A cut poll keeps its lower bound: the rows past the cut may be older than this
@@ -276,8 +276,8 @@ class FeedHub:
                 await self._task
 
 
-def feed_hub_for(api: ApiSettings, store: Store) -> FeedHub:
-    return FeedHub(store, interval_s=api.feed_poll_interval_ms / 1000, horizon_s=store.max_replica_delay_s)
+def feed_hub_for(api: ApiSettings, store: Store, metrics: Metrics) -> FeedHub:
+    return FeedHub(store, metrics, interval_s=api.feed_poll_interval_ms / 1000, horizon_s=store.max_replica_delay_s)
 
 
 async def read_settled(store: Store, read: FeedRead, zone: str | None = None) -> list[Change]:
