@@ -408,10 +408,16 @@ def print_clients(
         )
     worst = min(eight[name]["rps"] / one[name]["rps"] for name in one)
     print(f"\n8 clients / 1 client req/s, lowest over the kinds: {worst:.2f}x (bar >= 1.6x)")
-    slowest = max(one, key=lambda name: one[name]["p50"])
-    print(f"1 client p50, slowest kind: {slowest} {one[slowest]['p50']:.1f} ms (bar <= 10 ms; get by id <= 3 ms)")
+    # Issue 29's bars: 1 client p50 for a phone search and the pages with their total.
+    barred = [name for name in one if "phone" in name or "with total" in name]
+    if barred:  # unless --kinds left them out
+        slowest = max(barred, key=lambda name: one[name]["p50"])
+        print(
+            f"1 client p50, slowest phone search or page with total: {slowest} {one[slowest]['p50']:.1f} ms"
+            " (bar <= 20 ms)"
+        )
     worst99 = max(eight, key=lambda name: eight[name]["p99"])
-    print(f"8 clients p99, slowest kind: {worst99} {eight[worst99]['p99']:.1f} ms (bar <= 50 ms)")
+    print(f"8 clients p99, slowest kind: {worst99} {eight[worst99]['p99']:.1f} ms (bar <= 150 ms)")
     worst_over = max(one, key=lambda name: one[name]["p50"] / direct[name]["p50"])
     print(
         f"API / direct p50, highest: {worst_over} {one[worst_over]['p50'] / direct[worst_over]['p50']:.2f}x"
