@@ -96,12 +96,20 @@ def _matching(records: list[dict[str, Any]], nsn: str) -> list[str]:
     return [r["id"] for r in records if nsn in (identity(r["from_number"]), identity(r["to_number"]))]
 
 
-@pytest.fixture(params=["listed", "counted"])
+@pytest.fixture(params=["listed", "counted", "all by keys", "all counted, then by range"])
 def candidates(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both ways a read takes its candidates: as a list of keys (up to MAX_LISTED_KEYS),
-    or as their number, read again by the read and counted when it comes back short."""
+    or as their number, read again by the read and counted when it comes back short. And
+    the ways a read of all of a number's records (a total, stats) goes: by its candidate
+    keys, when they are few against the tenant's granules; from the tenant's range when
+    they are not, known at once (these tests' tenant spans a few granules: the other
+    cases) or from counting the candidates."""
     if request.param == "counted":
         monkeypatch.setattr(routes, "MAX_LISTED_KEYS", 0)
+    elif request.param == "all by keys":
+        monkeypatch.setattr(routes, "_CANDIDATES_A_GRANULE", 10**9)
+    elif request.param == "all counted, then by range":
+        monkeypatch.setattr(routes, "_CANDIDATES_A_GRANULE", 1)
 
 
 @pytest.mark.usefixtures("candidates")
@@ -129,6 +137,8 @@ async def test_a_phone_search_equals_filtering_the_scroll(phones_api: Api, nsn: 
             ).json()
             assert page["total"] == len(wanted), form
             assert [r["id"] for r in page["data"]] == wanted[5:10], form
+            stats = (await client.get("/v1/cdr/stats", params={"phone": form, "group_by": "status"})).json()
+            assert sum(group["calls"] for group in stats["data"]) == len(wanted), form
 
 
 @pytest.mark.usefixtures("candidates")

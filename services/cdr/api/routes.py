@@ -61,6 +61,7 @@ from cdr.store.queries import (
     scroll_query,
     stats_query,
     tenant_edge_query,
+    tenant_granules_query,
 )
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,19 @@ _MORE_KEYS = 8
 # month counts, the candidates, the page's records), each read ~5 ms before it reads anything
 # (bench/RESULTS.md, session 16).
 _PHONE_PAGE_ALL = 250
+# A phone search that reads all of its records (a page's total, stats) reads them by the
+# number's candidate keys only when there are at most this many a granule of the tenant's
+# range (8,192 rows): then the keys skip most granules. Beyond it nearly every granule holds
+# a candidate, and checking each row against the keys costs more than it saves (a hotline's
+# 22,464 calls in a tenant of 100,000: counted through its keys 28.9 ms, from the tenant's
+# range 12.2; bench/RESULTS.md, session 18). The number itself is matched on each record's
+# newest version either way, so the answer is the same.
+_CANDIDATES_A_GRANULE = 0.25
+
+
+def _phone_page_most() -> int:
+    """The most candidates whose records a phone search in page mode reads at once."""
+    return min(_PHONE_PAGE_ALL, MAX_LISTED_KEYS)
 
 
 def _page_answer(wanted: ListRequest, rows: list[list[Any]], total: int) -> dict[str, Any]:
@@ -138,6 +152,7 @@ class CdrRoutes:
         self._params = list_params(self._limits)
         # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
         self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
+        self._granules: dict[str, tuple[float, int]] = {}
         # tenant -> (read at, filters, month counts) of its last page: only a hint for where
         # its next page lies (``_page_guess``); one per tenant, whatever it filters by.
         self._months: dict[str, tuple[float, SearchFilters, list[list[Any]]]] = {}
@@ -332,7 +347,14 @@ class CdrRoutes:
 
     async def cdr_stats(self, request: Request, caller: Caller) -> Response:
         wanted = parse_stats_request(request.query_params, self._stats_params, caller.context)
-        query = stats_query(self._table, caller.tenant, wanted.filters, group_by=wanted.group_by, tz=caller.timezone)
+        query = stats_query(
+            self._table,
+            caller.tenant,
+            wanted.filters,
+            group_by=wanted.group_by,
+            tz=caller.timezone,
+            by_candidates=await self._by_candidates(caller.tenant, wanted.filters),
+        )
         rows = await self.run(query.sql, query.params)
         if len(rows) > MAX_GROUPS:
             raise InvalidParameter(
@@ -380,7 +402,10 @@ class CdrRoutes:
             and (found := await self._phone_page(caller, wanted)) is not None
         ):
             return found
-        counts = month_counts_query(self._table, tenant, wanted.filters)
+        # A number that gets here has more candidates than _phone_page reads at once (or
+        # had, when its months were counted before).
+        by_candidates = await self._by_candidates(tenant, wanted.filters, more_than=_phone_page_most())
+        counts = month_counts_query(self._table, tenant, wanted.filters, by_candidates=by_candidates)
         # The route holds one read; the guessed page runs beside the counts on another.
         release = self.claim_reads(tenant, 1)
         try:
@@ -415,7 +440,7 @@ class CdrRoutes:
         record it selects is a candidate's (``_phone_keys``), so reading the candidates'
         records with the search's filters is the whole selection, in list order."""
         f, desc = wanted.filters, wanted.order == "desc"
-        most = min(_PHONE_PAGE_ALL, MAX_LISTED_KEYS)
+        most = _phone_page_most()
         keys = phone_keys_query(self._table, caller.tenant, f, desc=desc, after=None, keys=most + 1)
         listed = [(_as_utc(started), id_) for started, id_ in await self.run(keys.sql, keys.params)]
         if len(listed) > most:
@@ -625,6 +650,30 @@ class CdrRoutes:
             if len(rows) >= enough or found < wanted:
                 return rows
             wanted *= _MORE_KEYS
+
+    async def _by_candidates(self, tenant: str, f: SearchFilters, *, more_than: int = 0) -> bool:
+        """Whether a read of all the records of a phone search should read them by their
+        candidate keys (``_CANDIDATES_A_GRANULE``); ``more_than``: what the caller already
+        knows the candidates outnumber."""
+        if not f.phones:
+            return True  # no candidates to read by
+        most = int(await self._tenant_granules(tenant) * _CANDIDATES_A_GRANULE)
+        if most <= more_than:
+            return False
+        counted = phone_keys_query(self._table, tenant, f, desc=True, after=None, keys=most + 1, count=True)
+        return int((await self.run(counted.sql, counted.params))[0][0]) <= most
+
+    async def _tenant_granules(self, tenant: str) -> int:
+        """The granules of the tenant's range (from the primary index), cached for a while:
+        it changes as the tenant's calls do, and only decides how to read."""
+        now = time.monotonic()
+        cached = self._granules.get(tenant)
+        if cached is not None and now - cached[0] < _EDGE_TTL_S:
+            return cached[1]
+        query = tenant_granules_query(self._table, tenant)
+        granules = sum(int(row[-1]) for row in await self.run(query.sql, query.params))
+        self._granules[tenant] = (now, granules)
+        return granules
 
     async def _tenant_edge(self, tenant: str, *, latest: bool) -> datetime | None:
         """The tenant's earliest (latest) call, cached for a while. A stale value only

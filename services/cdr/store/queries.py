@@ -330,12 +330,17 @@ STAT_QUANTILE_FIELDS = tuple(f"duration_p{round(level * 100)}" for level in STAT
 MAX_GROUPS = 10_000
 
 
-def stats_query(table: str, tenant: str, f: SearchFilters, *, group_by: str, tz: str) -> Query:
+def stats_query(
+    table: str, tenant: str, f: SearchFilters, *, group_by: str, tz: str, by_candidates: bool = True
+) -> Query:
     """Per group: calls, answered calls, their billsec, all billsec, exact duration
     quantiles (quantileExact: the value at index floor(level x n) of the sorted durations).
-    FINAL, so re-sent and corrected events count once, as their newest version."""
+    FINAL, so re-sent and corrected events count once, as their newest version. A phone
+    search reads its candidates' records, or with ``by_candidates`` False the tenant's
+    range (``_phone_keys``; the same records either way)."""
     clauses, params = _where(tenant, f)
-    _phone_keys(table, f, clauses, params)
+    if by_candidates:
+        _phone_keys(table, f, clauses, params)
     levels = ", ".join(str(q) for q in STAT_QUANTILES)
     sql = (
         f"SELECT {_GROUP_KEYS[group_by]} AS grp, count(), countIf(status = 'ANSWERED'),"
@@ -346,13 +351,14 @@ def stats_query(table: str, tenant: str, f: SearchFilters, *, group_by: str, tz:
     return Query(sql, {**params, "tz": tz, "max_groups": MAX_GROUPS + 1})
 
 
-def month_counts_query(table: str, tenant: str, f: SearchFilters) -> Query:
+def month_counts_query(table: str, tenant: str, f: SearchFilters, *, by_candidates: bool = True) -> Query:
     """The selected records per month (the table's partition, ``toYYYYMM(time_started)`` in
     UTC), each call once as its newest version: a page's total, and which months hold the
     page (``page_plan``). Grouped by the partition itself (``_partition_id``, no column
-    read), so it costs what a bare count does."""
+    read), so it costs what a bare count does. ``by_candidates``: as ``stats_query``."""
     clauses, params = _where(tenant, f)
-    _phone_keys(table, f, clauses, params)
+    if by_candidates:
+        _phone_keys(table, f, clauses, params)
     return Query(
         f"SELECT _partition_id, count() {_final_from(table, clauses)} GROUP BY _partition_id" + _ONE_THREAD,
         params,
@@ -457,6 +463,13 @@ def scroll_query(
         f"ORDER BY time_started {direction}, id {direction} LIMIT {{limit:UInt32}}" + _SMALL_READ
     )
     return Query(sql, {**params, "tz": tz, "limit": limit + 1})
+
+
+def tenant_granules_query(table: str, tenant: str) -> Query:
+    """How many granules the tenant's range spans, from the primary index alone (nothing is
+    read): one row per table read, its granules (marks) last."""
+    # Not count(): a count the engine can answer from the parts' metadata estimates no read.
+    return Query(f"EXPLAIN ESTIMATE SELECT tenant_id FROM {table} WHERE {_TENANT}", {"tenant": tenant})
 
 
 def tenant_edge_query(table: str, tenant: str, *, latest: bool) -> Query:
