@@ -38,6 +38,7 @@ from cdr.store.queries import (
     scroll_query,
     stats_query,
     tenant_edge_query,
+    tenant_granules_query,
 )
 from tests.helpers import encoded, events, parse_event
 
@@ -136,6 +137,12 @@ def main() -> None:
     candidates = [(moment, UUID(first["id"]))]
     by_keys = page_query(TABLE, "t.example", phone, tz=TZ, limit=10, offset=0, desc=True, phone_keys=candidates)
     run(db, "page of phone candidates", by_keys)
+    total = month_counts_query(TABLE, "t.example", phone, by_candidates=False)
+    run(db, "total of a phone search, from the tenant's range", total)
+    ranged = stats_query(TABLE, "t.example", phone, group_by="status", tz=TZ, by_candidates=False)
+    run(db, "stats of a phone search, from the tenant's range", ranged)
+    if "marks" not in run(db, "tenant granules", tenant_granules_query(TABLE, "t.example"), "TSVWithNames"):
+        sys.exit("EXPLAIN ESTIMATE did not name its marks")
     run(db, "tenant edge", tenant_edge_query(TABLE, "t.example", latest=True))
     found = run(db, "get by id", id_lookup_query(TABLE, "t.example", UUID(first["id"]), tz=TZ))
     by_call = run(db, "get by Call-ID", call_id_lookup_query(TABLE, "t.example", first["sip_call_id"], tz=TZ))
