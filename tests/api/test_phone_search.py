@@ -19,6 +19,7 @@ from cdr.metrics import Metrics
 from cdr.store import open_store
 from cdr.store.client import Row, Store
 from cdr.store.migrations import load_migrations, migrate
+from cdr.store.queries import SearchFilters, tenant_granules_query
 from tests.api.conftest import TOKENS, Api, api_settings, serve
 from tests.helpers import make_event, store_events
 
@@ -172,13 +173,18 @@ async def test_a_renumbered_call_is_not_found_by_its_old_number(phones_api: Api)
 
 
 class _CountingStore(Store):
-    """The store, counting the reads the API runs on it."""
+    """The store, counting the reads the API runs on it, and keeping their SQL."""
 
     reads = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.statements: list[str] = []
 
     async def query(self, sql: str, params: Any = None, *, health: bool = False, **options: Any) -> list[Row]:
         if not health:
             self.reads += 1
+            self.statements.append(sql)
         return await super().query(sql, params, health=health, **options)
 
 
@@ -256,3 +262,40 @@ def test_the_busy_number_has_more_candidates_than_a_page_reads_at_once(phones_ap
 
 def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[TENANT]}"}
+
+
+@pytest.mark.parametrize("way", ["range, known at once", "range, once counted", "keys"])
+async def test_a_busy_numbers_total_and_stats_read_its_keys_only_when_they_are_few(
+    phones_api: Api, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    """A page's total and stats read every record of the number: by its candidate keys when
+    they are few against the tenant's granules, else from the tenant's range (known from the
+    granules alone when even a page's worth of candidates is too many, else by counting
+    them). The same answers every way."""
+    candidates = len(
+        {e["id"] for e in phones_api.events if BUSY in (identity(e["from_number"]), identity(e["to_number"]))}
+    )
+    assert candidates > routes._PHONE_PAGE_ALL + 2, "room for a bound between a page's worth and all of them"
+    granules = tenant_granules_query("cdr.cdr", TENANT, SearchFilters())
+    marks = sum(int(row[-1]) for row in await phones_api.store.query(granules.sql, granules.params))
+    assert marks > 0
+    # The most candidates read by their keys: none; between a page's worth and all; all.
+    most = {"range, known at once": 0.5, "range, once counted": (routes._PHONE_PAGE_ALL + candidates) / 2, "keys": 1e12}
+    monkeypatch.setattr(routes, "_CANDIDATES_A_GRANULE", most[way] / marks)
+    wanted = _matching(await phones_api.scroll(TENANT, {"order": "desc"}), BUSY)
+    store = _CountingStore(phones_api.store.dsn, database=phones_api.store.database)
+    app = create_app(phones_api.settings.api, phones_api.settings.common, store, Metrics())
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=_auth()) as client:
+            page = (await client.get("/v1/cdr", params={"phone": "0" + BUSY, "page": "1", "limit": "20"})).json()
+            stats = (await client.get("/v1/cdr/stats", params={"phone": "0" + BUSY, "group_by": "status"})).json()
+        assert page["total"] == len(wanted)
+        assert sum(group["calls"] for group in stats["data"]) == len(wanted)
+        every = [sql for sql in store.statements if "GROUP BY _partition_id" in sql or "GROUP BY grp" in sql]
+        assert len(every) == 2, store.statements
+        assert all(("_key_by_phone" in sql) == (way == "keys") for sql in every), every
+        counted = [sql for sql in store.statements if sql.startswith("SELECT count() FROM (SELECT time_started, id")]
+        assert len(counted) == (0 if way == "range, known at once" else 2), store.statements
+    finally:
+        await store.close()

@@ -141,7 +141,7 @@ def main() -> None:
     run(db, "total of a phone search, from the tenant's range", total)
     ranged = stats_query(TABLE, "t.example", phone, group_by="status", tz=TZ, by_candidates=False)
     run(db, "stats of a phone search, from the tenant's range", ranged)
-    if "marks" not in run(db, "tenant granules", tenant_granules_query(TABLE, "t.example"), "TSVWithNames"):
+    if "marks" not in run(db, "tenant granules", tenant_granules_query(TABLE, "t.example", every), "TSVWithNames"):
         sys.exit("EXPLAIN ESTIMATE did not name its marks")
     run(db, "tenant edge", tenant_edge_query(TABLE, "t.example", latest=True))
     found = run(db, "get by id", id_lookup_query(TABLE, "t.example", UUID(first["id"]), tz=TZ))

@@ -106,11 +106,12 @@ _MORE_KEYS = 8
 _PHONE_PAGE_ALL = 250
 # A phone search that reads all of its records (a page's total, stats) reads them by the
 # number's candidate keys only when there are at most this many a granule of the tenant's
-# range (8,192 rows): then the keys skip most granules. Beyond it nearly every granule holds
-# a candidate, and checking each row against the keys costs more than it saves (a hotline's
-# 22,464 calls in a tenant of 100,000: counted through its keys 28.9 ms, from the tenant's
-# range 12.2; bench/RESULTS.md, session 18). The number itself is matched on each record's
-# newest version either way, so the answer is the same.
+# range (8,192 rows) within its time bounds: then the keys leave ~4 in 5 granules unread.
+# With more, they skip ever fewer granules and still cost a lookup for every row read; at
+# the far end, a hotline's 22,464 calls in a tenant of 100,000 (~1,800 a granule), counting
+# through its keys took 28.9 ms, from the tenant's range 12.2 (bench/RESULTS.md, session
+# 18). The number itself is matched on each record's newest version either way, so the
+# answer is the same.
 _CANDIDATES_A_GRANULE = 0.25
 
 
@@ -657,22 +658,24 @@ class CdrRoutes:
         knows the candidates outnumber."""
         if not f.phones:
             return True  # no candidates to read by
-        most = int(await self._tenant_granules(tenant) * _CANDIDATES_A_GRANULE)
+        most = int(await self._tenant_granules(tenant, f) * _CANDIDATES_A_GRANULE)
         if most <= more_than:
             return False
         counted = phone_keys_query(self._table, tenant, f, desc=True, after=None, keys=most + 1, count=True)
         return int((await self.run(counted.sql, counted.params))[0][0]) <= most
 
-    async def _tenant_granules(self, tenant: str) -> int:
-        """The granules of the tenant's range (from the primary index), cached for a while:
-        it changes as the tenant's calls do, and only decides how to read."""
-        now = time.monotonic()
-        cached = self._granules.get(tenant)
+    async def _tenant_granules(self, tenant: str, f: SearchFilters) -> int:
+        """The granules of the tenant's range within the time bounds of ``f`` (from the
+        primary index). Without bounds cached for a while, one entry a tenant: it changes as
+        the tenant's calls do, and only decides how to read; bounds vary by request."""
+        now, bounded = time.monotonic(), f.start is not None or f.end is not None
+        cached = None if bounded else self._granules.get(tenant)
         if cached is not None and now - cached[0] < _EDGE_TTL_S:
             return cached[1]
-        query = tenant_granules_query(self._table, tenant)
+        query = tenant_granules_query(self._table, tenant, f)
         granules = sum(int(row[-1]) for row in await self.run(query.sql, query.params))
-        self._granules[tenant] = (now, granules)
+        if not bounded:
+            self._granules[tenant] = (now, granules)
         return granules
 
     async def _tenant_edge(self, tenant: str, *, latest: bool) -> datetime | None:

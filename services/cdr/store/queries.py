@@ -465,11 +465,13 @@ def scroll_query(
     return Query(sql, {**params, "tz": tz, "limit": limit + 1})
 
 
-def tenant_granules_query(table: str, tenant: str) -> Query:
-    """How many granules the tenant's range spans, from the primary index alone (nothing is
-    read): one row per table read, its granules (marks) last."""
+def tenant_granules_query(table: str, tenant: str, f: SearchFilters) -> Query:
+    """How many granules the tenant's range within the filters' time bounds spans, from the
+    primary index alone (nothing is read): one row per table read, its granules (marks) last."""
+    clauses, params = _where(tenant, SearchFilters(start=f.start, end=f.end))
+    keyed = [c for c in clauses if c != _LIVE]
     # Not count(): a count the engine can answer from the parts' metadata estimates no read.
-    return Query(f"EXPLAIN ESTIMATE SELECT tenant_id FROM {table} WHERE {_TENANT}", {"tenant": tenant})
+    return Query(f"EXPLAIN ESTIMATE SELECT tenant_id FROM {table} WHERE {' AND '.join(keyed)}", params)
 
 
 def tenant_edge_query(table: str, tenant: str, *, latest: bool) -> Query:
