@@ -153,6 +153,8 @@ class CdrRoutes:
         self._params = list_params(self._limits)
         # (tenant, latest) -> (looked up at, edge): only a hint for where a read starts.
         self._edges: dict[tuple[str, bool], tuple[float, datetime | None]] = {}
+        # tenant -> (looked up at, granules of its whole range): only decides how a busy
+        # number's records are read (``_by_candidates``).
         self._granules: dict[str, tuple[float, int]] = {}
         # tenant -> (read at, filters, month counts) of its last page: only a hint for where
         # its next page lies (``_page_guess``); one per tenant, whatever it filters by.
